@@ -1,0 +1,288 @@
+"""Components of modular layers: specs, and Flax modules that run n copies of one kind at once.
+
+A *spec* (a frozen dataclass) describes one component; a *group* module runs ``n``
+components of the same spec over the same input and returns ``[..., n, F]``. The group
+always stores its parameters stacked over the ``n`` copies, and computes either
+
+* fused (default): one wide op for all copies (one dense / conv with ``n * F`` outputs, then
+  grouped convolutions for the later ops of a stack), or
+* unfused: each copy as its own op, slicing the same parameters (the straightforward
+  implementation; used as the ``--reference`` in benchmarks and in equivalence tests).
+
+Both give the same numbers up to float rounding.
+
+Spec builders, as named in the paper: :func:`mlp`, :func:`conv`, :func:`conv_pair`,
+:func:`conv_1xk_kx1`, :func:`max_pool`, :func:`avg_pool`, :func:`identity`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Kernel = Tuple[int, int]
+glorot = nn.initializers.glorot_uniform()
+# TF's contrib group_norm default epsilon (the authors' code).
+GN_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- specs
+@dataclasses.dataclass(frozen=True)
+class MLP:
+  """Dense stack: ``hidden`` widths with ReLU, then ``out`` units (ReLU iff ``out_activation``)."""
+  hidden: Tuple[int, ...]
+  out: int
+  out_activation: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStack:
+  """Convolutions in sequence (e.g. 3x3 -> 3x3, or 1x7 -> 7x1), ``features`` filters each.
+
+  The stride is applied by the last convolution. ``norm_groups > 0`` follows every
+  convolution by GroupNorm with that many groups; ``activation`` adds a ReLU after each.
+  """
+  kernels: Tuple[Kernel, ...]
+  features: int
+  stride: int = 1
+  padding: str = "SAME"
+  norm_groups: int = 0
+  activation: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """Parameter-free ``kind`` in {"max", "avg"} pooling, ``window x window``."""
+  kind: str
+  window: int = 3
+  stride: int = 1
+  padding: str = "SAME"
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  """Skip connection; in a strided layer a strided 1x1 convolution without norm (ref. [13])."""
+  stride: int = 1
+  features: int = 0
+
+
+def mlp(hidden=(), out=4, out_activation=True) -> MLP:
+  return MLP(tuple(hidden), out, out_activation)
+
+
+def conv(k: int, features: int, stride=1, padding="SAME", norm_groups=0, activation=True):
+  return ConvStack(((k, k),), features, stride, padding, norm_groups, activation)
+
+
+def conv_pair(k: int, features: int, stride=1, padding="SAME", norm_groups=0):
+  return ConvStack(((k, k), (k, k)), features, stride, padding, norm_groups, True)
+
+
+def conv_1xk_kx1(k: int, features: int, stride=1, padding="SAME", norm_groups=0):
+  return ConvStack(((1, k), (k, 1)), features, stride, padding, norm_groups, True)
+
+
+def max_pool(window=3, stride=1) -> Pool:
+  return Pool("max", window, stride)
+
+
+def avg_pool(window=3, stride=1) -> Pool:
+  return Pool("avg", window, stride)
+
+
+def identity(stride=1, features=0) -> Identity:
+  return Identity(stride, features)
+
+
+# ----------------------------------------------------------------------------- pure ops
+def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="xla"):
+  """2-D convolution, NHWC input, HWIO kernel ``[kh, kw, cin / groups, cout]``.
+
+  ``impl="xla"`` uses ``lax.conv_general_dilated``; ``impl="patches"`` extracts patches and
+  does one (batched) matmul, which XLA:CPU runs faster for the small channel counts of
+  these networks. Both compute the same function.
+  """
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups)
+  if impl != "patches":
+    raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'patches'")
+  kh, kw, cin_g, cout = kernel.shape
+  # patches: [B, H', W', cin * kh * kw], feature order (cin, kh, kw).
+  p = jax.lax.conv_general_dilated_patches(
+      x, (kh, kw), (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, w, _ = p.shape
+  if groups == 1:
+    k = kernel.transpose(2, 0, 1, 3).reshape(cin_g * kh * kw, cout)
+    return p @ k
+  p = p.reshape(b, h, w, groups, cin_g * kh * kw)
+  k = kernel.reshape(kh, kw, cin_g, groups, cout // groups).transpose(3, 2, 0, 1, 4)
+  k = k.reshape(groups, cin_g * kh * kw, cout // groups)
+  return jnp.einsum("bhwgk,gko->bhwgo", p, k).reshape(b, h, w, cout)
+
+
+def group_norm(x, groups: int, scale, bias, eps=GN_EPS):
+  """GroupNorm over the last axis split into ``groups`` contiguous groups (and all spatial axes)."""
+  shape = x.shape
+  xg = x.reshape(shape[:-1] + (groups, shape[-1] // groups))
+  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+  mean = xg.mean(axes, keepdims=True)
+  var = jnp.square(xg - mean).mean(axes, keepdims=True)
+  xg = (xg - mean) * jax.lax.rsqrt(var + eps)
+  return xg.reshape(shape) * scale + bias
+
+
+def pool2d(x, kind: str, window: int, stride: int, padding="SAME"):
+  """Max or average pooling over H, W of NHWC ``x`` (average ignores padded cells, as TF's)."""
+  w, s = (window, window), (stride, stride)
+  if kind == "max":
+    return nn.max_pool(x, w, s, padding)
+  if kind == "avg":
+    return nn.avg_pool(x, w, s, padding, count_include_pad=False)
+  raise ValueError(f"unknown pool kind {kind!r}; use 'max' or 'avg'")
+
+
+# ----------------------------------------------------------------------------- groups
+class MLPGroup(nn.Module):
+  """``n`` dense stacks over the same input: ``[..., D] -> [..., n, out]``."""
+  spec: MLP
+  n: int
+  fused: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    widths = self.spec.hidden + (self.spec.out,)
+    din = x.shape[-1]
+    kernels, biases = [], []
+    for i, w in enumerate(widths):
+      kernels.append(self.param(f"kernel_{i}", _stacked(glorot, self.n), (self.n, din, w)))
+      biases.append(self.param(f"bias_{i}", nn.initializers.zeros, (self.n, w)))
+      din = w
+    acts = [True] * len(self.spec.hidden) + [self.spec.out_activation]
+    if self.fused:
+      k0 = kernels[0]
+      h = (x @ k0.transpose(1, 0, 2).reshape(k0.shape[1], -1)).reshape(
+          x.shape[:-1] + (self.n, widths[0])) + biases[0]
+      h = nn.relu(h) if acts[0] else h
+      for k, b, a in zip(kernels[1:], biases[1:], acts[1:]):
+        h = jnp.einsum("...nh,nhk->...nk", h, k) + b
+        h = nn.relu(h) if a else h
+      return h
+    outs = []
+    for c in range(self.n):
+      h = x
+      for k, b, a in zip(kernels, biases, acts):
+        h = h @ k[c] + b[c]
+        h = nn.relu(h) if a else h
+      outs.append(h)
+    return jnp.stack(outs, axis=-2)
+
+
+class ConvStackGroup(nn.Module):
+  """``n`` convolution stacks over the same NHWC input: ``[B, H, W, C] -> [B, H', W', n, F]``.
+
+  Parameters: ``kernel_i: [kh, kw, cin_i, n * F]`` (component-major output channels; for
+  ``i > 0`` a grouped kernel with ``cin_i = F``), ``bias_i: [n * F]``, and GroupNorm
+  ``scale_i`` / ``offset_i: [n * F]``.
+  """
+  spec: ConvStack
+  n: int
+  fused: bool = True
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x):
+    s, n, f = self.spec, self.n, self.spec.features
+    last = len(s.kernels) - 1
+    cin = x.shape[-1]
+    params = []
+    for i, (kh, kw) in enumerate(s.kernels):
+      k = self.param(f"kernel_{i}", _grouped_glorot(n), (kh, kw, cin if i == 0 else f, n * f))
+      b = self.param(f"bias_{i}", nn.initializers.zeros, (n * f,))
+      gn = None
+      if s.norm_groups:
+        gn = (self.param(f"scale_{i}", nn.initializers.ones, (n * f,)),
+              self.param(f"offset_{i}", nn.initializers.zeros, (n * f,)))
+      params.append((k, b, gn))
+
+    def run(h, k_slice, b_slice, groups):
+      for i, ((k, b, gn), stride) in enumerate(
+          zip(params, [1] * last + [s.stride])):
+        h = conv2d(h, k_slice(k, i), stride, s.padding, groups if i > 0 else 1,
+                   self.conv_impl) + b_slice(b)
+        if gn is not None:
+          h = group_norm(h, s.norm_groups * groups, b_slice(gn[0]), b_slice(gn[1]))
+        if s.activation:
+          h = nn.relu(h)
+      return h
+
+    if self.fused:
+      y = run(x, lambda k, i: k, lambda v: v, n)
+      return y.reshape(y.shape[:-1] + (n, f))
+    outs = []
+    for c in range(n):
+      sl = slice(c * f, (c + 1) * f)
+      outs.append(run(x, lambda k, i: k[..., sl], lambda v: v[sl], 1))
+    return jnp.stack(outs, axis=-2)
+
+
+class PoolGroup(nn.Module):
+  """``n`` identical pooling components: ``[B, H, W, C] -> [B, H', W', n, C]`` (computed once)."""
+  spec: Pool
+  n: int
+  fused: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    y = pool2d(x, self.spec.kind, self.spec.window, self.spec.stride, self.spec.padding)
+    return jnp.broadcast_to(y[..., None, :], y.shape[:-1] + (self.n, y.shape[-1]))
+
+
+class IdentityGroup(nn.Module):
+  """Identity, or a strided 1x1 convolution (no norm, no activation) when ``stride > 1``."""
+  spec: Identity
+  n: int
+  fused: bool = True
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x):
+    if self.spec.stride == 1:
+      return jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (self.n, x.shape[-1]))
+    features = self.spec.features or x.shape[-1]
+    as_conv = ConvStack(((1, 1),), features, self.spec.stride, "SAME", 0, False)
+    return ConvStackGroup(as_conv, self.n, self.fused, self.conv_impl, name="conv")(x)
+
+
+def group_module(spec, n: int, fused: bool, conv_impl: str, name: str) -> nn.Module:
+  """The group module that runs ``n`` components of ``spec``."""
+  if isinstance(spec, MLP):
+    return MLPGroup(spec, n, fused, name=name)
+  if isinstance(spec, ConvStack):
+    return ConvStackGroup(spec, n, fused, conv_impl, name=name)
+  if isinstance(spec, Pool):
+    return PoolGroup(spec, n, fused, name=name)
+  if isinstance(spec, Identity):
+    return IdentityGroup(spec, n, fused, conv_impl, name=name)
+  raise TypeError(f"unknown component spec {spec!r}")
+
+
+def _stacked(init, n):
+  """Initialise ``[n, ...]`` as n independent draws of ``init`` over ``[...]``."""
+  def f(key, shape, dtype=jnp.float32):
+    return jax.vmap(lambda k: init(k, shape[1:], dtype))(jax.random.split(key, n))
+  return f
+
+
+def _grouped_glorot(n):
+  """Glorot-uniform per component for a ``[kh, kw, cin, n * F]`` kernel (fan-out of one component)."""
+  def f(key, shape, dtype=jnp.float32):
+    kh, kw, cin, nf = shape
+    per = jax.vmap(lambda k: glorot(k, (kh, kw, cin, nf // n), dtype))(jax.random.split(key, n))
+    return per.transpose(1, 2, 3, 0, 4).reshape(shape)
+  return f

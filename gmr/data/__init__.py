@@ -1,0 +1,44 @@
+"""Task suites by name: ``load_suite(config)`` builds the suite a config asks for."""
+
+from __future__ import annotations
+
+import jax
+
+from gmr.data import synthetic
+from gmr.data.suite import Split, TaskSuite
+
+SUITES = {}
+
+
+def register(name):
+  def deco(fn):
+    SUITES[name] = fn
+    return fn
+  return deco
+
+
+@register("transfer")
+def _transfer(config, key):
+  s = config.synthetic
+  return synthetic.transfer_suite(key, config.rho, s.d, s.c, s.m, s.noise_std, s.num_train,
+                                  s.num_test)
+
+
+@register("synthetic_pairs")
+def _pairs(config, key):
+  s = config.synthetic
+  return synthetic.pairs_suite(key, s.d, s.c, s.m, s.noise_std, s.num_train, s.num_test,
+                               s.num_pairs)
+
+
+def load_suite(config) -> TaskSuite:
+  """The suite named ``config.suite``; synthetic data is drawn from ``config.data_seed``
+  (or ``config.seed`` when unset)."""
+  if config.suite not in SUITES:
+    raise ValueError(f"suite: unknown suite {config.suite!r}; choose one of {sorted(SUITES)}")
+  seed = config.get("data_seed", None)
+  key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), 7)
+  return SUITES[config.suite](config, key)
+
+
+__all__ = ["Split", "TaskSuite", "load_suite", "SUITES"]

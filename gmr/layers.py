@@ -1,0 +1,82 @@
+"""ModularLayer: run the components of one layer and combine them with one task's allocation row."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gmr import components as comp
+
+
+def group_specs(specs: Sequence) -> Tuple[Tuple[object, Tuple[int, ...]], ...]:
+  """Group equal component specs: ``((spec, (indices...)), ...)`` in order of first appearance.
+
+  Components of one group read the same input and share a kind, so they run as one op.
+  """
+  order, groups = [], {}
+  for i, s in enumerate(specs):
+    if s not in groups:
+      groups[s] = []
+      order.append(s)
+    groups[s].append(i)
+  return tuple((s, tuple(groups[s])) for s in order)
+
+
+def combine(outputs, weights, mode: str = "mean"):
+  """Combine per-component outputs with a (possibly straight-through) allocation row.
+
+  Args:
+    outputs: ``[..., C, F]`` component outputs.
+    weights: ``[C]`` allocation row (0/1 forward).
+    mode: "mean" divides by ``max(sum(weights), 1)`` (the authors' code; an all-zero row
+      gives zeros), "sum" adds the active outputs.
+  """
+  return normalize(jnp.einsum("...cf,c->...f", outputs, weights), weights, mode)
+
+
+def normalize(weighted_sum, weights, mode: str):
+  """Turn ``sum_c weights[c] * out_c`` into the layer output for ``mode`` ("mean" or "sum")."""
+  out = weighted_sum
+  if mode == "mean":
+    return out / jnp.maximum(weights.sum(), 1.0)
+  if mode == "sum":
+    return out
+  raise ValueError(f"unknown combine mode {mode!r}; use 'mean' or 'sum'")
+
+
+class ModularLayer(nn.Module):
+  """One routed layer: ``x -> combine_c(weights[c] * component_c(x))``.
+
+  Every component is evaluated on every call (the allocation gradient needs the outputs of
+  inactive components too). Components with equal specs form a group that runs as one op.
+
+  Attributes:
+    specs: the component specs, in component order (the order of allocation columns).
+    combine_mode: "mean" or "sum".
+    fused: run each group as one wide op (True) or each component alone (False).
+    conv_impl: "xla" or "patches" (see :func:`gmr.components.conv2d`).
+  """
+  specs: Tuple
+  combine_mode: str = "mean"
+  fused: bool = True
+  conv_impl: str = "xla"
+
+  @property
+  def num_components(self) -> int:
+    return len(self.specs)
+
+  @nn.compact
+  def __call__(self, x, weights):
+    """``x``: the layer input; ``weights``: ``[C]``. Returns the combined output."""
+    out, shape = 0.0, None
+    for g, (spec, idx) in enumerate(group_specs(self.specs)):
+      y = comp.group_module(spec, len(idx), self.fused, self.conv_impl, f"group_{g}")(x)
+      if shape is not None and y.shape[:-2] + y.shape[-1:] != shape:
+        raise ValueError(
+            f"components of one layer must produce equal shapes; {spec} gives "
+            f"{y.shape[:-2] + y.shape[-1:]} but an earlier one gives {shape}")
+      shape = y.shape[:-2] + y.shape[-1:]
+      out = out + jnp.einsum("...nf,n->...f", y, weights[jnp.asarray(idx)])
+    return normalize(out, weights, self.combine_mode)

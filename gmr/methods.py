@@ -1,0 +1,186 @@
+"""How allocations are produced, by name: a registry of methods.
+
+A method turns its (possibly empty) trainable allocation parameters into one allocation row
+per routed layer for a given task, at training time (maybe sampled) and at evaluation time.
+Adding a method = one new class with ``@register("name")``.
+
+Allocation parameters live in ``params["alloc"]`` as ``{"layer_<l>": array}``; methods
+without learned allocations have ``{}``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmr import allocation as A
+
+METHODS: Dict[str, type] = {}
+
+
+class ConfigError(ValueError):
+  """A config value is wrong; ``field`` names it, the message says how to fix it."""
+
+  def __init__(self, field: str, problem: str, fix: str):
+    super().__init__(f"{field}: {problem}; {fix}")
+    self.field, self.problem, self.fix = field, problem, fix
+
+
+def register(name):
+  def deco(cls):
+    cls.name = name
+    METHODS[name] = cls
+    return cls
+  return deco
+
+
+def build(name: str, config, num_tasks: int, layer_sizes: Sequence[int]):
+  """Instantiate the method ``name`` for a network with ``layer_sizes`` components per layer."""
+  if name not in METHODS:
+    raise ConfigError("method", f"unknown method {name!r}", f"choose one of {sorted(METHODS)}")
+  return METHODS[name](config, num_tasks, tuple(layer_sizes))
+
+
+def _layer_key(l: int) -> str:
+  return f"layer_{l}"
+
+
+class Method:
+  """Base class: a fixed allocation given by :meth:`matrices` (no learned parameters)."""
+  name = "?"
+  learned = False
+
+  def __init__(self, config, num_tasks: int, layer_sizes: Sequence[int]):
+    self.config, self.num_tasks, self.layer_sizes = config, num_tasks, tuple(layer_sizes)
+    self._fixed = [jnp.asarray(m, jnp.float32) for m in self.matrices_fixed()]
+
+  # -- to override
+  def matrices_fixed(self) -> List[np.ndarray]:
+    raise NotImplementedError
+
+  def init(self, key) -> Dict[str, jax.Array]:
+    del key
+    return {}
+
+  def train_rows(self, alloc_params, key, task, temperature) -> List[jax.Array]:
+    """Allocation rows ``[C_l]`` for one training batch of ``task``."""
+    del alloc_params, key, temperature
+    return [m[task] for m in self._fixed]
+
+  def eval_rows(self, alloc_params, task, key=None, sample=False, temperature=0.5):
+    """Allocation rows for evaluation (greedy unless ``sample``)."""
+    del alloc_params, key, sample, temperature
+    return [m[task] for m in self._fixed]
+
+  def penalty(self, alloc_params, task):
+    """Auxiliary loss for one task batch (budget, entropy, ...)."""
+    del alloc_params, task
+    return jnp.zeros((), jnp.float32)
+
+  def probabilities(self, alloc_params) -> List[jax.Array]:
+    """P(on) per layer, ``[tasks, C_l]`` (0/1 for fixed methods)."""
+    del alloc_params
+    return list(self._fixed)
+
+  def matrices(self, alloc_params) -> List[np.ndarray]:
+    """Greedy binary allocation per layer, ``[tasks, C_l]``."""
+    return [np.asarray(p >= 0.5, np.int32) for p in self.probabilities(alloc_params)]
+
+
+@register("shared_bottom")
+class SharedBottom(Method):
+  """Every task uses every component."""
+
+  def matrices_fixed(self):
+    return [np.ones((self.num_tasks, c), np.float32) for c in self.layer_sizes]
+
+
+@register("no_sharing")
+class NoSharing(Method):
+  """Task i uses component i (needs #components == #tasks). With
+  ``no_sharing_components_per_task = k`` task i uses components i, i + T, ..., i + (k-1) T,
+  which needs #components == k * #tasks (the transfer experiment: 2 tasks, 4 components)."""
+
+  def matrices_fixed(self):
+    k = int(self.config.get("no_sharing_components_per_task", 1))
+    out = []
+    for l, c in enumerate(self.layer_sizes):
+      if c != k * self.num_tasks:
+        raise ConfigError(
+            "method", f"no_sharing needs #components == {k} x #tasks, but layer {l} has {c} "
+            f"components for {self.num_tasks} tasks",
+            "pick an architecture with one component per task, or set "
+            "no_sharing_components_per_task")
+      m = np.zeros((self.num_tasks, c), np.float32)
+      for t in range(self.num_tasks):
+        m[t, t::self.num_tasks] = 1.0
+      out.append(m)
+    return out
+
+
+@register("fixed")
+class Fixed(Method):
+  """Any given binary matrix: ``config.fixed_allocation`` is one ``[tasks, C]`` nested list
+  used for every layer, or a list of them, one per layer."""
+
+  def matrices_fixed(self):
+    raw = self.config.get("fixed_allocation", None)
+    if raw is None:
+      raise ConfigError("fixed_allocation", "is not set for method 'fixed'",
+                        "give a [tasks x components] 0/1 nested list (or one per layer)")
+    arr = [np.asarray(raw, np.float32)]
+    if arr[0].ndim == 3 or (arr[0].ndim == 1 and arr[0].dtype == object):
+      arr = [np.asarray(m, np.float32) for m in raw]
+    elif arr[0].ndim == 2:
+      arr = arr * len(self.layer_sizes)
+    if len(arr) != len(self.layer_sizes):
+      raise ConfigError("fixed_allocation", f"has {len(arr)} matrices for "
+                        f"{len(self.layer_sizes)} routed layers", "give one per layer or one for all")
+    for l, (m, c) in enumerate(zip(arr, self.layer_sizes)):
+      if m.shape != (self.num_tasks, c) or not np.all((m == 0) | (m == 1)):
+        raise ConfigError("fixed_allocation", f"layer {l} must be a 0/1 matrix of shape "
+                          f"({self.num_tasks}, {c}), got shape {m.shape}",
+                          "fix the nested list")
+    return arr
+
+
+@register("gumbel_matrix")
+class GumbelMatrix(Method):
+  """Learned allocations: straight-through Gumbel-Softmax samples of factorised Bernoullis."""
+  learned = True
+
+  def matrices_fixed(self):
+    return []
+
+  def init(self, key):
+    del key
+    p = self.config.p_init
+    return {_layer_key(l): A.init_logits(p, self.num_tasks, c)
+            for l, c in enumerate(self.layer_sizes)}
+
+  def _logits(self, alloc_params):
+    return [alloc_params[_layer_key(l)] for l in range(len(self.layer_sizes))]
+
+  def train_rows(self, alloc_params, key, task, temperature):
+    keys = jax.random.split(key, len(self.layer_sizes))
+    return [A.sample(k, lg[task], temperature) for k, lg in zip(keys, self._logits(alloc_params))]
+
+  def eval_rows(self, alloc_params, task, key=None, sample=False, temperature=0.5):
+    if sample:
+      return self.train_rows(jax.lax.stop_gradient(alloc_params), key, task, temperature)
+    return [A.greedy(lg[task]) for lg in self._logits(alloc_params)]
+
+  def penalty(self, alloc_params, task):
+    logits = self._logits(alloc_params)
+    c = self.config
+    out = A.budget_penalty(A.expected_active_fraction(logits, task), c.budget, c.budget_lambda)
+    if c.get("entropy_penalty", 0.0):
+      total = sum(self.layer_sizes)
+      out = out + c.entropy_penalty * sum(A.entropy(lg[task]).sum() for lg in logits) / total
+    return out
+
+  def probabilities(self, alloc_params):
+    return [A.probabilities(lg) for lg in self._logits(alloc_params)]

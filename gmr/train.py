@@ -1,0 +1,332 @@
+"""Training: train state, the pure task-batch step, the round-robin schedule run many steps per
+device call (``lax.scan``), and greedy evaluation.
+
+Round-robin (the paper's schedule): each round shuffles the task order, then each task takes
+one batch and one optimizer step. All randomness derives from ``config.seed`` by explicit
+keys, and every random choice is a pure function of (key, round or step), so a run is
+reproducible bit for bit and can be resumed from any round:
+
+* round ``r``'s task order: ``permutation(fold_in(k_order, r), T)``;
+* task ``t``'s ``r``-th batch: slice ``r % E`` of ``permutation(fold_in(fold_in(k_batch, t), r // E))``
+  where ``E = n_t // batch_size`` batches per epoch (the remainder of an epoch is dropped);
+* the Gumbel noise and dropout of step ``s``: ``fold_in(k_step, s)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gmr import allocation as A
+from gmr import methods as methods_lib
+from gmr import models
+from gmr.data.suite import Split, TaskSuite
+from gmr.optim import make_optimizer
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array  # task-batch updates so far (one round over T tasks adds T)
+  params: dict     # {"model": ..., "alloc": ...}
+  opt_state: optax.OptState
+
+
+class Keys(NamedTuple):
+  init: jax.Array
+  order: jax.Array
+  batch: jax.Array
+  step: jax.Array
+  eval: jax.Array
+  data: jax.Array
+
+
+def make_keys(seed: int) -> Keys:
+  return Keys(*jax.random.split(jax.random.key(seed), 6))
+
+
+# ----------------------------------------------------------------------------- losses
+def task_loss(kind: str, out, y):
+  """Per-example loss and (for classification) correctness: ``[B]``, ``[B]``."""
+  if kind == "mse":
+    pred = out[..., 0]
+    return jnp.square(pred - y), jnp.zeros_like(pred)
+  if kind == "xent":
+    loss = optax.softmax_cross_entropy_with_integer_labels(out, y)
+    return loss, (jnp.argmax(out, -1) == y).astype(jnp.float32)
+  raise ValueError(f"unknown loss {kind!r}")
+
+
+# ----------------------------------------------------------------------------- setup
+class Setup(NamedTuple):
+  """Everything static about a run: network, method, optimizer and the suite's facts."""
+  net: models.MultiTaskNet
+  arch: models.Architecture
+  method: methods_lib.Method
+  tx: optax.GradientTransformation
+  loss: str
+  x_scale: float
+  num_tasks: int
+
+
+def make_setup(config, suite: TaskSuite) -> Setup:
+  arch = models.build(config.arch, num_tasks=suite.num_tasks, head_dims=suite.head_dims,
+                      dropout=config.dropout, **config.get("arch_kwargs", {}))
+  if arch.head_dims is not None and len(arch.head_dims) != suite.num_tasks:
+    raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
+                                  f"for {suite.num_tasks} tasks", "match the suite's tasks")
+  method = methods_lib.build(config.method, config, suite.num_tasks, arch.layer_sizes)
+  net = models.MultiTaskNet(arch, config.combine, config.fused, config.conv_impl)
+  tx = make_optimizer(config, suite.num_tasks)
+  return Setup(net, arch, method, tx, suite.loss, float(suite.x_scale), suite.num_tasks)
+
+
+def init_state(setup: Setup, key) -> TrainState:
+  k_model, k_alloc, k_drop = jax.random.split(key, 3)
+  x = jnp.zeros((1,) + setup.arch.input_shape, jnp.float32)
+  rows = [jnp.ones((c,), jnp.float32) for c in setup.arch.layer_sizes]
+  model = setup.net.init({"params": k_model, "dropout": k_drop}, x, rows, 0)["params"]
+  params = {"model": model, "alloc": setup.method.init(k_alloc)}
+  return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+
+
+# ----------------------------------------------------------------------------- step
+def _select_task_rows(new, old, task, num_tasks):
+  """Keep ``old`` except row ``task`` for leaves under ``heads`` with a leading task axis."""
+  def sel(path, n, o):
+    if any(getattr(p, "key", None) == "heads" for p in path) and n.ndim and n.shape[0] == num_tasks:
+      mask = (jnp.arange(num_tasks) == task).reshape((-1,) + (1,) * (n.ndim - 1))
+      return jnp.where(mask, n, o)
+    return n
+  return jax.tree_util.tree_map_with_path(sel, new, old)
+
+
+def make_train_step(setup: Setup, config) -> Callable:
+  """``step(state, x, y, task, key) -> (state, task_loss)`` for one task batch (pure)."""
+  t_init, t_min = float(config.t_init), float(config.t_min)
+  sparse_heads = bool(config.sparse_head_updates)
+
+  def step(state: TrainState, x, y, task, key):
+    temperature = A.temperature(state.step, t_init, t_min)
+    k_alloc, k_drop = jax.random.split(key)
+
+    def loss_fn(params):
+      rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
+      out = setup.net.apply({"params": params["model"]}, x, rows, task, train=True,
+                            rngs={"dropout": k_drop})
+      loss = task_loss(setup.loss, out, y)[0].mean()
+      return loss + setup.method.penalty(params["alloc"], task), loss
+
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if sparse_heads:
+      # Heads of other tasks get no gradient in the authors' code and so are not touched
+      # (TF skips variables without a gradient); keep their weights and Adam moments.
+      params = _select_task_rows(params, state.params, task, setup.num_tasks)
+      opt_state = _select_task_rows(opt_state, state.opt_state, task, setup.num_tasks)
+    return TrainState(state.step + 1, params, opt_state), loss
+
+  return step
+
+
+def make_run_steps(setup: Setup, config) -> Callable:
+  """Jitted ``run(state, x_pool, y_pool, tasks [S], idx [S, B], step_key) -> (state, losses [S])``.
+
+  Runs S task-batch steps in one device call. The batch of step ``i`` is gathered on device
+  from the example pools with ``idx[i]``; its randomness is ``fold_in(step_key, state.step)``.
+  """
+  step = make_train_step(setup, config)
+  scale = setup.x_scale
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def run(state, x_pool, y_pool, tasks, idx, step_key):
+    def body(st, inp):
+      task, ix = inp
+      x = x_pool[ix].astype(jnp.float32) * scale
+      return step(st, x, y_pool[ix], task, jax.random.fold_in(step_key, st.step))
+    return jax.lax.scan(body, state, (tasks, idx))
+
+  return run
+
+
+# ----------------------------------------------------------------------------- schedule
+@functools.partial(jax.jit, static_argnums=(2,))
+def _orders(key, rounds, num_tasks):
+  return jax.vmap(lambda r: jax.random.permutation(jax.random.fold_in(key, r), num_tasks))(rounds)
+
+
+def round_orders(key, first_round: int, num_rounds: int, num_tasks: int) -> np.ndarray:
+  """Task order of each round, ``[num_rounds, T]`` (a fresh permutation per round)."""
+  return np.asarray(_orders(key, jnp.arange(first_round, first_round + num_rounds), num_tasks))
+
+
+class BatchSampler:
+  """Epoch-wise shuffled batches per task, as a pure function of (key, task, round)."""
+
+  def __init__(self, key, split: Split, batch_size: int):
+    self.key, self.split, self.batch_size = key, split, batch_size
+    for t, n in enumerate(split.sizes):
+      if n < batch_size:
+        raise ValueError(f"task {t} has {n} training examples, fewer than batch_size={batch_size}")
+    self._cache: Dict = {}
+
+  def _perm(self, task, epoch):
+    k = (task, epoch)
+    if k not in self._cache:
+      if len(self._cache) > 4 * len(self.split.sizes):
+        self._cache.clear()
+      key = jax.random.fold_in(jax.random.fold_in(self.key, task), epoch)
+      self._cache[k] = np.asarray(jax.random.permutation(key, self.split.sizes[task]))
+    return self._cache[k]
+
+  def task_indices(self, task: int, rounds: np.ndarray) -> np.ndarray:
+    """Global pool indices of task ``task``'s batches at ``rounds``: ``[len(rounds), B]``."""
+    b = self.batch_size
+    per_epoch = self.split.sizes[task] // b
+    out = np.empty((len(rounds), b), np.int32)
+    epochs = rounds // per_epoch
+    for e in np.unique(epochs):
+      sel = epochs == e
+      pos = (rounds[sel] % per_epoch)[:, None] * b + np.arange(b)
+      out[sel] = self._perm(task, int(e))[pos]
+    return out + self.split.offsets[task]
+
+  def round_robin(self, orders: np.ndarray, first_round: int):
+    """Flatten rounds ``first_round..`` with task ``orders [K, T]`` into steps:
+    ``tasks [K*T]`` and ``idx [K*T, B]``."""
+    k, t = orders.shape
+    rounds = np.arange(first_round, first_round + k)
+    per_task = np.stack([self.task_indices(i, rounds) for i in range(t)])  # [T, K, B]
+    idx = per_task[orders, np.arange(k)[:, None]]  # [K, T, B]
+    return orders.reshape(-1).astype(np.int32), idx.reshape(k * t, -1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def make_eval_batch(setup: Setup, sample: bool):
+  @jax.jit
+  def eval_batch(params, x, y, mask, task, key):
+    rows = setup.method.eval_rows(params["alloc"], task, key, sample)
+    out = setup.net.apply({"params": params["model"]}, x.astype(jnp.float32) * setup.x_scale,
+                          rows, task, train=False)
+    loss, correct = task_loss(setup.loss, out, y)
+    return (loss * mask).sum(), (correct * mask).sum()
+  return eval_batch
+
+
+def evaluate(setup: Setup, eval_batch, params, split: Split, batch_size: int, key,
+             task_names) -> Dict[str, Dict[str, float]]:
+  """Mean loss (and accuracy for classification) per task and over tasks on ``split``."""
+  loss, acc = {}, {}
+  for t, name in enumerate(task_names):
+    x, y = split.task(t)
+    n = len(x)
+    tot_l, tot_c = 0.0, 0.0
+    for i, s in enumerate(range(0, n, batch_size)):
+      xb, yb = x[s:s + batch_size], y[s:s + batch_size]
+      m = len(xb)
+      if m < batch_size:  # pad to one shape: one compilation
+        xb = np.concatenate([xb, np.zeros((batch_size - m,) + xb.shape[1:], xb.dtype)])
+        yb = np.concatenate([yb, np.zeros((batch_size - m,), yb.dtype)])
+      mask = (np.arange(batch_size) < m).astype(np.float32)
+      l, c = eval_batch(params, xb, yb, mask, t, jax.random.fold_in(jax.random.fold_in(key, t), i))
+      tot_l += float(l)
+      tot_c += float(c)
+    loss[name] = tot_l / n
+    acc[name] = tot_c / n
+  out = {"loss": dict(loss, mean=float(np.mean(list(loss.values()))))}
+  if setup.loss == "xent":
+    out["accuracy"] = dict(acc, mean=float(np.mean(list(acc.values()))))
+  return out
+
+
+def allocation_summary(setup: Setup, params, task_names) -> Dict:
+  """Greedy allocation matrices per routed layer, their active fraction and P(on)."""
+  mats = setup.method.matrices(params["alloc"])
+  probs = [np.asarray(p) for p in setup.method.probabilities(params["alloc"])]
+  return {
+      "allocations": {f"layer_{l}": m.tolist() for l, m in enumerate(mats)},
+      "active_fraction": A.active_fraction_of(mats),
+      "probabilities": {f"layer_{l}": np.round(p, 6).tolist() for l, p in enumerate(probs)},
+  }
+
+
+# ----------------------------------------------------------------------------- loop
+class Event(NamedTuple):
+  kind: str  # "log" or "eval"
+  data: dict
+
+
+def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] = None,
+          state: Optional[TrainState] = None, start_round: int = 0):
+  """Run the round-robin schedule for ``config.num_rounds`` rounds.
+
+  Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds and
+  ``Event("eval", ...)`` every ``eval_every`` rounds (test, and validation if present).
+  Returns ``(setup, state, final)`` where ``final`` holds the last evaluation.
+  """
+  on_event = on_event or (lambda e: None)
+  keys = make_keys(config.seed)
+  setup = make_setup(config, suite)
+  if state is None:
+    state = init_state(setup, keys.init)
+  run_steps = make_run_steps(setup, config)
+  sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
+  eval_batch = make_eval_batch(setup, bool(config.eval_sample))
+  x_pool, y_pool = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
+  t_count, names = suite.num_tasks, suite.task_names
+  total = int(config.num_rounds)
+  boundaries = {total}
+  for every in (config.log_every, config.eval_every):
+    if every:
+      boundaries.update(range(every, total, every))
+  chunk = max(1, int(config.rounds_per_call))
+
+  def do_eval(r):
+    res = {"test": evaluate(setup, eval_batch, state.params, suite.test, config.eval_batch_size,
+                            keys.eval, names)}
+    if suite.validation is not None:
+      res["validation"] = evaluate(setup, eval_batch, state.params, suite.validation,
+                                   config.eval_batch_size, keys.eval, names)
+    return res
+
+  r = start_round
+  pending: List = []  # (tasks, losses) device arrays since the last log
+  t_start, t_log, r_log = time.time(), time.time(), r
+  last_eval = None
+  while r < total:
+    nxt = min([b for b in boundaries if b > r] + [r + chunk])
+    orders = round_orders(keys.order, r, nxt - r, t_count)
+    tasks, idx = sampler.round_robin(orders, r)
+    state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step)
+    pending.append((tasks, losses))
+    r = nxt
+    if (config.log_every and r % config.log_every == 0) or r == total:
+      tk = np.concatenate([p[0] for p in pending])
+      ls = np.concatenate([np.asarray(p[1]) for p in pending])
+      now = time.time()
+      rate = (r - r_log) * t_count / max(now - t_log, 1e-9)
+      per_task = {n: float(ls[tk == i].mean()) for i, n in enumerate(names) if np.any(tk == i)}
+      on_event(Event("log", {
+          "round": r, "step": int(state.step), "train_loss": per_task,
+          "train_loss_mean": float(np.mean(list(per_task.values()))),
+          "temperature": float(A.temperature(int(state.step), config.t_init, config.t_min)),
+          "steps_per_s": rate, "eta_s": (total - r) * t_count / max(rate, 1e-9),
+          "elapsed_s": now - t_start}))
+      if not np.all(np.isfinite(ls)):
+        bad = int(np.argmax(~np.isfinite(ls)))
+        raise FloatingPointError(
+            f"non-finite loss at step {int(state.step) - len(ls) + bad} (task "
+            f"{names[int(tk[bad])]}); lower the learning rate or enable clip_norm")
+      pending, t_log, r_log = [], now, r
+    if (config.eval_every and r % config.eval_every == 0) or r == total:
+      last_eval = do_eval(r)
+      on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval}))
+  if last_eval is None:
+    last_eval = do_eval(r)
+  return setup, state, last_eval

@@ -1,0 +1,124 @@
+"""Aggregate a sweep's workdirs into tables (mean +- std over seeds) as Markdown and JSON.
+
+  python -m launch.aggregate --root=runs/transfer --out=results/transfer
+
+Groups are the sweep's run directories (``<root>/<name>/seed_*/results.json``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Dict, List
+
+import numpy as np
+from absl import app, flags
+
+_ROOT = flags.DEFINE_string("root", None, "Sweep directory.")
+_OUT = flags.DEFINE_string("out", None, "Output prefix: writes <out>.md and <out>.json.")
+_TITLE = flags.DEFINE_string("title", "", "Table title.")
+_COMMAND = flags.DEFINE_string("command", "", "Command that produced the sweep (for the record).")
+flags.mark_flags_as_required(["root"])
+
+# two-sided 90% Student-t quantiles by degrees of freedom (1..30); normal beyond
+_T90 = [6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782,
+        1.771, 1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711,
+        1.708, 1.706, 1.703, 1.701, 1.699, 1.697]
+
+
+def interval90(values) -> float:
+  """Half-width of the 90% t-interval of the mean."""
+  n = len(values)
+  if n < 2:
+    return float("nan")
+  t = _T90[n - 2] if n - 1 <= len(_T90) else 1.645
+  return t * float(np.std(values, ddof=1)) / math.sqrt(n)
+
+
+def groups_recovered(results) -> bool:
+  """True iff tasks in one known group share one allocation and groups have distinct ones."""
+  groups = results.get("task_groups")
+  if not groups:
+    return False
+  emb = []
+  for t in range(len(results["tasks"])):
+    emb.append(tuple(v for l in sorted(results["allocations"]) for v in results["allocations"][l][t]))
+  per_group = [{emb[t] for t in g} for g in groups]
+  if any(len(s) != 1 for s in per_group):
+    return False
+  reps = [next(iter(s)) for s in per_group]
+  return len(set(reps)) == len(reps)
+
+
+def collect(root: str) -> Dict[str, List[dict]]:
+  out: Dict[str, List[dict]] = {}
+  for path in sorted(glob.glob(os.path.join(root, "*", "seed_*", "results.json"))):
+    name = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    with open(path) as f:
+      out.setdefault(name, []).append(json.load(f))
+  return out
+
+
+def summarize(runs: List[dict]) -> dict:
+  loss = [r["final"]["loss"]["mean"] for r in runs]
+  s = {"seeds": sorted(r["seed"] for r in runs), "n": len(runs),
+       "loss_mean": float(np.mean(loss)), "loss_std": float(np.std(loss, ddof=1)) if len(loss) > 1 else 0.0,
+       "loss_ci90": interval90(loss), "loss_per_seed": loss,
+       "active_fraction": float(np.mean([r["active_fraction"] for r in runs])),
+       "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
+       "steps": runs[0]["steps"]}
+  if "accuracy" in runs[0]["final"]:
+    acc = [100 * r["final"]["accuracy"]["mean"] for r in runs]
+    s.update(acc_mean=float(np.mean(acc)), acc_std=float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+             acc_ci90=interval90(acc), acc_per_seed=acc)
+  if runs[0].get("task_groups"):
+    s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
+  return s
+
+
+def to_markdown(table: Dict[str, dict], title="", command="") -> str:
+  has_acc = any("acc_mean" in s for s in table.values())
+  has_groups = any("groups_recovered" in s for s in table.values())
+  head = ["run", "seeds", "test loss (mean +- std)", "90% CI"]
+  if has_acc:
+    head += ["accuracy % (mean +- std)"]
+  head += ["active connections"]
+  if has_groups:
+    head += ["task groups recovered"]
+  lines = []
+  if title:
+    lines += [f"### {title}", ""]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, s in table.items():
+    row = [name, str(s["n"]), f"{s['loss_mean']:.4f} +- {s['loss_std']:.4f}",
+           f"[{s['loss_mean'] - s['loss_ci90']:.4f}, {s['loss_mean'] + s['loss_ci90']:.4f}]"]
+    if has_acc:
+      row.append(f"{s['acc_mean']:.2f} +- {s['acc_std']:.2f}" if "acc_mean" in s else "")
+    row.append(f"{100 * s['active_fraction']:.1f}%")
+    if has_groups:
+      row.append(f"{s.get('groups_recovered', 0)}/{s['n']}")
+    lines.append("| " + " | ".join(row) + " |")
+  if command:
+    lines += ["", f"Command: `{command}`"]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  table = {name: summarize(runs) for name, runs in collect(_ROOT.value).items()}
+  if not table:
+    raise SystemExit(f"error: no results.json under {_ROOT.value}/*/seed_*/; run the sweep first")
+  md = to_markdown(table, _TITLE.value, _COMMAND.value)
+  print(md)
+  if _OUT.value:
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value + ".md", "w") as f:
+      f.write(md)
+    with open(_OUT.value + ".json", "w") as f:
+      json.dump(table, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gmr",
+    version="0.1.0",
+    description="Gumbel-Matrix routing and learned parameter sharing for multi-task networks (JAX/Flax)",
+    packages=find_packages(include=["gmr", "gmr.*", "experiments", "experiments.*", "launch", "launch.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "tensorflow-datasets>=4.9",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "tensorboard": ["tensorboardX"],
+    },
+)

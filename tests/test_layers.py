@@ -1,0 +1,105 @@
+"""Modular layers: combination rules, fused == unfused, conv formulations agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmr import components as comp
+from gmr import models
+from gmr.layers import ModularLayer, combine, group_specs
+
+
+def test_mean_combination_and_all_zero_row():
+  outs = jnp.arange(12.0).reshape(3, 4, 1)  # [B=3, C=4, F=1]
+  w = jnp.array([1.0, 0.0, 1.0, 1.0])
+  np.testing.assert_allclose(combine(outs, w, "mean")[:, 0], (outs[:, 0, 0] + outs[:, 2, 0] + outs[:, 3, 0]) / 3)
+  np.testing.assert_allclose(combine(outs, w, "sum")[:, 0], outs[:, 0, 0] + outs[:, 2, 0] + outs[:, 3, 0])
+  np.testing.assert_array_equal(combine(outs, jnp.zeros(4), "mean"), 0.0)
+  np.testing.assert_array_equal(combine(outs, jnp.zeros(4), "sum"), 0.0)
+
+
+def test_layer_mean_of_active_components_and_zero_when_none():
+  specs = (comp.mlp((), 3, out_activation=False),) * 3
+  layer = ModularLayer(specs)
+  x = jax.random.normal(jax.random.key(0), (5, 4))
+  v = layer.init(jax.random.key(1), x, jnp.ones(3))
+  k, b = v["params"]["group_0"]["kernel_0"], v["params"]["group_0"]["bias_0"]
+  each = [x @ k[i] + b[i] for i in range(3)]
+  y = layer.apply(v, x, jnp.array([1.0, 0.0, 1.0]))
+  np.testing.assert_allclose(y, (each[0] + each[2]) / 2, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(layer.apply(v, x, jnp.zeros(3)), 0.0)
+
+
+def test_group_specs_groups_equal_kinds_in_first_appearance_order():
+  a, b = comp.conv(3, 4), comp.conv(5, 4)
+  assert group_specs((a, b, a, b, a)) == ((a, (0, 2, 4)), (b, (1, 3)))
+
+
+@pytest.mark.parametrize("arch", ["transfer", "four_mnists", "clusters"])
+def test_fused_and_unfused_give_equal_outputs_and_gradients(arch):
+  a = models.build(arch, dropout=0.0)
+  x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
+  rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
+          for l, c in enumerate(a.layer_sizes)]
+  fused, plain = models.MultiTaskNet(a, fused=True), models.MultiTaskNet(a, fused=False)
+  params = fused.init(jax.random.key(1), x, rows, 0)["params"]
+
+  def loss(net, p, r):
+    return jnp.sum(jnp.sin(net.apply({"params": p}, x, r, 1)))
+
+  np.testing.assert_allclose(fused.apply({"params": params}, x, rows, 1),
+                             plain.apply({"params": params}, x, rows, 1), rtol=1e-4, atol=1e-5)
+  gf = jax.grad(loss, argnums=(1, 2))(fused, params, rows)
+  gp = jax.grad(loss, argnums=(1, 2))(plain, params, rows)
+  for u, v in zip(jax.tree.leaves(gf), jax.tree.leaves(gp)):
+    np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
+
+
+def test_omniglot_layer_fused_equals_unfused():
+  specs = models.omniglot(filters=8, gn_groups=2).layers[0]  # stride-2 layer, all 7 kinds
+  x = jax.random.normal(jax.random.key(0), (2, 15, 15, 8))
+  w = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+  f, u = ModularLayer(specs, fused=True), ModularLayer(specs, fused=False)
+  v = f.init(jax.random.key(1), x, w)
+  yf, yu = f.apply(v, x, w), u.apply(v, x, w)
+  assert yf.shape == (2, 8, 8, 8)
+  np.testing.assert_allclose(yf, yu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
+def test_conv_formulations_agree(groups, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
+  a = comp.conv2d(x, k, stride, padding, groups, "xla")
+  b = comp.conv2d(x, k, stride, padding, groups, "patches")
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_architecture_shapes_match_the_paper():
+  a = models.omniglot()
+  assert a.layer_sizes == (7,) * 8
+  x = jnp.zeros((1, 105, 105, 1))
+  net = models.MultiTaskNet(a)
+  v = jax.eval_shape(lambda: net.init(jax.random.key(0), x, [jnp.ones(7)] * 8, 0))
+  assert v["params"]["heads"]["kernel"].shape == (20, 4 * 4 * 48, 10)
+  c = models.clusters()
+  assert c.layer_sizes == (16, 16, 16)
+  v = jax.eval_shape(lambda: models.MultiTaskNet(c).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), [jnp.ones(16)] * 3, 0))
+  assert v["params"]["heads"]["kernel"].shape == (40, 128, 9)
+  m = models.four_mnists()
+  v = jax.eval_shape(lambda: models.MultiTaskNet(m).init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 1)), [jnp.ones(4)] * 3, 0))
+  assert v["params"]["heads"]["kernel"].shape == (4, 36, 10)
+
+
+def test_heads_mask_columns_beyond_a_tasks_classes():
+  a = models.clusters(head_dims=(5, 9), num_layers=1)
+  net = models.MultiTaskNet(a)
+  x = jnp.ones((2, 32, 32, 3))
+  v = net.init(jax.random.key(0), x, [jnp.ones(16)], 0)
+  out0 = net.apply(v, x, [jnp.ones(16)], 0)
+  assert np.all(np.asarray(out0[:, 5:]) <= -1e8) and np.all(np.abs(out0[:, :5]) < 1e3)
+  out1 = net.apply(v, x, [jnp.ones(16)], 1)
+  assert np.all(np.abs(out1) < 1e3)
