@@ -75,8 +75,10 @@ class Setup(NamedTuple):
 
 
 def make_setup(config, suite: TaskSuite) -> Setup:
-  arch = models.build(config.arch, num_tasks=suite.num_tasks, head_dims=suite.head_dims,
-                      dropout=config.dropout, **config.get("arch_kwargs", {}))
+  kwargs = dict(num_tasks=suite.num_tasks, head_dims=suite.head_dims, dropout=config.dropout,
+                input_dim=int(suite.train.x.shape[-1]))
+  kwargs.update(config.get("arch_kwargs", {}))
+  arch = models.build(config.arch, **kwargs)
   if arch.head_dims is not None and len(arch.head_dims) != suite.num_tasks:
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {suite.num_tasks} tasks", "match the suite's tasks")

@@ -36,9 +36,10 @@ def test_group_specs_groups_equal_kinds_in_first_appearance_order():
   assert group_specs((a, b, a, b, a)) == ((a, (0, 2, 4)), (b, (1, 3)))
 
 
-@pytest.mark.parametrize("arch", ["transfer", "four_mnists", "clusters"])
-def test_fused_and_unfused_give_equal_outputs_and_gradients(arch):
-  a = models.build(arch, dropout=0.0)
+@pytest.mark.parametrize("arch,kw", [("transfer", {}), ("four_mnists", {}),
+                                     ("clusters", dict(per_kind=2, num_layers=2))])
+def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw):
+  a = models.build(arch, dropout=0.0, **kw)
   x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
   rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
           for l, c in enumerate(a.layer_sizes)]

@@ -1,0 +1,61 @@
+"""Regenerate a results table of the repository: run its sweep (finished runs are skipped),
+aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and the machine.
+
+  python -m launch.tables synthetic        # appendix A3 / Fig. 7
+  python -m launch.tables transfer         # section II / Fig. 1
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+
+from launch import aggregate
+
+RECIPES = {
+    "synthetic": dict(
+        title="Synthetic Gumbel-Matrix experiment (appendix A3): mean test loss over the 4 tasks",
+        config="experiments/configs/synthetic.py", methods="gumbel_matrix,no_sharing", grid=[]),
+    "transfer": dict(
+        title="Positive and negative transfer (section II): mean test loss over the 2 tasks",
+        config="experiments/configs/transfer.py", methods="shared_bottom,no_sharing",
+        grid=["rho=0.0,1.0"]),
+}
+
+
+def machine() -> str:
+  return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+          f"jax {jax.__version__} on {jax.default_backend()}").replace("  ", " ")
+
+
+def main():
+  if len(sys.argv) < 2 or sys.argv[1] not in RECIPES:
+    raise SystemExit(f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2]")
+  name = sys.argv[1]
+  extra = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--"))
+  r = RECIPES[name]
+  seeds, parallel = extra.get("seeds", "0-4"), extra.get("parallel", "2")
+  root = extra.get("root", os.path.join("runs", name))
+  argv = [sys.executable, "-m", "launch.sweep", f"--config={r['config']}", f"--methods={r['methods']}",
+          f"--seeds={seeds}", f"--root={root}", f"--parallel={parallel}"] + [f"--grid={g}" for g in r["grid"]]
+  subprocess.check_call(argv)
+  table = {n: aggregate.summarize(runs) for n, runs in aggregate.collect(root).items()}
+  cmd = f"python -m launch.tables {name} --seeds={seeds}"
+  md = aggregate.to_markdown(table, r["title"], cmd)
+  md += (f"\nMachine: {machine()}. Seeds: {seeds}. Mean wall time per run: "
+         + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items()) + ".\n")
+  os.makedirs("results", exist_ok=True)
+  with open(os.path.join("results", f"{name}.md"), "w") as f:
+    f.write(md)
+  with open(os.path.join("results", f"{name}.json"), "w") as f:
+    import json
+    json.dump(table, f, indent=1)
+  print(md)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,100 @@
+"""Methods registry and optimizer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import synthetic as synthetic_cfg
+from gmr import allocation as A
+from gmr import methods
+from gmr.optim import alloc_learning_rate, l2_mask, make_optimizer
+
+
+def cfg(**kw):
+  c = synthetic_cfg.get_config()
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def test_shared_bottom_and_no_sharing_allocations():
+  sb = methods.build("shared_bottom", cfg(), 4, (4, 4))
+  assert all(np.all(m == 1) for m in sb.matrices({}))
+  ns = methods.build("no_sharing", cfg(), 4, (4, 4))
+  for m in ns.matrices({}):
+    np.testing.assert_array_equal(m, np.eye(4))
+  rows = ns.train_rows({}, jax.random.key(0), 2, 1.0)
+  np.testing.assert_array_equal(rows[0], [0, 0, 1, 0])
+
+
+def test_no_sharing_needs_one_component_per_task():
+  with pytest.raises(methods.ConfigError, match="no_sharing needs #components == 1 x #tasks"):
+    methods.build("no_sharing", cfg(), 3, (4,))
+  two = methods.build("no_sharing", cfg(no_sharing_components_per_task=2), 2, (4,))
+  np.testing.assert_array_equal(two.matrices({})[0], [[1, 0, 1, 0], [0, 1, 0, 1]])
+
+
+def test_fixed_matrix_and_its_errors():
+  m = [[1, 0, 1], [0, 1, 1]]
+  f = methods.build("fixed", cfg(fixed_allocation=m), 2, (3, 3))
+  for got in f.matrices({}):
+    np.testing.assert_array_equal(got, m)
+  with pytest.raises(methods.ConfigError, match="fixed_allocation"):
+    methods.build("fixed", cfg(fixed_allocation=[[1, 0], [0, 1]]), 2, (3,))
+  with pytest.raises(methods.ConfigError, match="unknown method"):
+    methods.build("nope", cfg(), 2, (3,))
+
+
+def test_gumbel_matrix_budget_penalty_uses_probabilities():
+  c = cfg(budget=0.5, budget_lambda=2.0, p_init=0.8)
+  gm = methods.build("gumbel_matrix", c, 3, (4, 2))
+  p = gm.init(jax.random.key(0))
+  np.testing.assert_allclose(gm.penalty(p, 1), 2.0 * (0.8 - 0.5), rtol=1e-5)
+  gm2 = methods.build("gumbel_matrix", cfg(p_init=0.3, budget=0.5, budget_lambda=2.0), 3, (4,))
+  assert float(gm2.penalty(gm2.init(None), 0)) == 0.0
+  rows = gm.eval_rows(p, 2)
+  np.testing.assert_array_equal(rows[0], [1, 1, 1, 1])
+
+
+def test_alloc_learning_rate_default_multiplier_is_num_tasks():
+  assert alloc_learning_rate(cfg(learning_rate=0.01), 4) == pytest.approx(0.04)
+  assert alloc_learning_rate(cfg(learning_rate=0.01, alloc_lr_multiplier=1.0), 4) == 0.01
+  assert alloc_learning_rate(cfg(learning_rate=0.01, alloc_learning_rate=0.3), 4) == 0.3
+
+
+def test_one_adam_update_moves_logits_with_T_times_model_lr():
+  T, lr = 4, 1e-3
+  tx = make_optimizer(cfg(learning_rate=lr, clip_norm=0.0), T)
+  params = {"model": {"w": jnp.ones(3)}, "alloc": {"layer_0": A.init_logits(0.5, T, 2)}}
+  grads = jax.tree.map(lambda x: 0.37 * jnp.ones_like(x), params)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step is -lr * g / (|g| + eps) = -lr per coordinate
+  np.testing.assert_allclose(upd["model"]["w"], -lr, rtol=1e-4)
+  np.testing.assert_allclose(upd["alloc"]["layer_0"], -T * lr, rtol=1e-4)
+
+
+def test_l2_on_kernels_and_norm_scales_never_biases_or_logits():
+  model = {"layer_0": {"group_0": {"kernel_0": jnp.ones(2), "bias_0": jnp.ones(2),
+                                   "scale_0": jnp.ones(2)}},
+           "heads": {"kernel": jnp.ones(2), "bias": jnp.ones(2)}}
+  m = l2_mask(model)
+  assert m["layer_0"]["group_0"] == {"kernel_0": True, "bias_0": False, "scale_0": True}
+  assert m["heads"] == {"kernel": True, "bias": False}
+  tx = make_optimizer(cfg(learning_rate=1.0, l2=0.5, clip_norm=0.0), 2)
+  params = {"model": model, "alloc": {"layer_0": jnp.full((2, 2, 2), 3.0)}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  upd, _ = tx.update(zero, tx.init(params), params)
+  assert float(upd["model"]["heads"]["kernel"][0]) < 0  # decayed
+  assert float(upd["model"]["heads"]["bias"][0]) == 0.0
+  assert float(jnp.abs(upd["alloc"]["layer_0"]).max()) == 0.0
+
+
+def test_clip_norm_bounds_update_input():
+  tx = make_optimizer(cfg(learning_rate=1.0, clip_norm=1.0), 1)
+  params = {"model": {"w": jnp.zeros(2)}, "alloc": {}}
+  clipped = optax.clip_by_global_norm(1.0).update({"w": jnp.array([30.0, 40.0])}, None)[0]
+  np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
+  upd, _ = tx.update({"model": {"w": jnp.array([30.0, 40.0])}, "alloc": {}}, tx.init(params), params)
+  assert np.all(np.isfinite(upd["model"]["w"]))
