@@ -99,13 +99,16 @@ def identity(stride=1, features=0) -> Identity:
 
 
 # ----------------------------------------------------------------------------- pure ops
-def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="xla"):
+def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto"):
   """2-D convolution, NHWC input, HWIO kernel ``[kh, kw, cin / groups, cout]``.
 
   ``impl="xla"`` uses ``lax.conv_general_dilated``; ``impl="patches"`` extracts patches and
   does one (batched) matmul, which XLA:CPU runs faster for the small channel counts of
-  these networks. Both compute the same function.
+  these networks (see BENCHMARKS.md); ``impl="auto"`` picks patches on CPU and XLA's
+  convolution elsewhere. All compute the same function.
   """
+  if impl == "auto":  # measured: patches + matmul wins on XLA:CPU for these channel counts
+    impl = "patches" if jax.default_backend() == "cpu" else "xla"
   if impl == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -113,17 +116,30 @@ def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="xla"):
   if impl != "patches":
     raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'patches'")
   kh, kw, cin_g, cout = kernel.shape
-  # patches: [B, H', W', cin * kh * kw], feature order (cin, kh, kw).
-  p = jax.lax.conv_general_dilated_patches(
-      x, (kh, kw), (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  p = extract_patches(x, kh, kw, stride, padding)  # [B, H', W', kh * kw * cin], order (kh, kw, cin)
   b, h, w, _ = p.shape
   if groups == 1:
-    k = kernel.transpose(2, 0, 1, 3).reshape(cin_g * kh * kw, cout)
-    return p @ k
-  p = p.reshape(b, h, w, groups, cin_g * kh * kw)
-  k = kernel.reshape(kh, kw, cin_g, groups, cout // groups).transpose(3, 2, 0, 1, 4)
-  k = k.reshape(groups, cin_g * kh * kw, cout // groups)
-  return jnp.einsum("bhwgk,gko->bhwgo", p, k).reshape(b, h, w, cout)
+    return p @ kernel.reshape(kh * kw * cin_g, cout)
+  p = p.reshape(b, h, w, kh * kw, groups, cin_g)
+  k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
+  return jnp.einsum("bhwpgc,pcgo->bhwgo", p, k).reshape(b, h, w, cout)
+
+
+def extract_patches(x, kh: int, kw: int, stride: int, padding: str):
+  """``[B, H, W, C] -> [B, H', W', kh * kw * C]`` by strided slicing (TF's SAME / VALID padding)."""
+  _, hgt, wid, _ = x.shape
+  if padding == "SAME":
+    oh, ow = -(-hgt // stride), -(-wid // stride)
+    ph = max((oh - 1) * stride + kh - hgt, 0)
+    pw = max((ow - 1) * stride + kw - wid, 0)
+    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+  elif padding == "VALID":
+    oh, ow = (hgt - kh) // stride + 1, (wid - kw) // stride + 1
+  else:
+    raise ValueError(f"unknown padding {padding!r}; use 'SAME' or 'VALID'")
+  cols = [x[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride, :]
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
 
 
 def group_norm(x, groups: int, scale, bias, eps=GN_EPS):
@@ -193,7 +209,7 @@ class ConvStackGroup(nn.Module):
   spec: ConvStack
   n: int
   fused: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -211,9 +227,10 @@ class ConvStackGroup(nn.Module):
       params.append((k, b, gn))
 
     def run(h, k_slice, b_slice, groups):
+      """The stack on ``h``; ``k_slice`` / ``b_slice`` pick this run's kernel / vector columns."""
       for i, ((k, b, gn), stride) in enumerate(
           zip(params, [1] * last + [s.stride])):
-        h = conv2d(h, k_slice(k, i), stride, s.padding, groups if i > 0 else 1,
+        h = conv2d(h, k_slice(k), stride, s.padding, groups if i > 0 else 1,
                    self.conv_impl) + b_slice(b)
         if gn is not None:
           h = group_norm(h, s.norm_groups * groups, b_slice(gn[0]), b_slice(gn[1]))
@@ -222,12 +239,12 @@ class ConvStackGroup(nn.Module):
       return h
 
     if self.fused:
-      y = run(x, lambda k, i: k, lambda v: v, n)
+      y = run(x, lambda k: k, lambda v: v, n)
       return y.reshape(y.shape[:-1] + (n, f))
     outs = []
     for c in range(n):
       sl = slice(c * f, (c + 1) * f)
-      outs.append(run(x, lambda k, i: k[..., sl], lambda v: v[sl], 1))
+      outs.append(run(x, lambda k: k[..., sl], lambda v: v[sl], 1))
     return jnp.stack(outs, axis=-2)
 
 
@@ -248,7 +265,7 @@ class IdentityGroup(nn.Module):
   spec: Identity
   n: int
   fused: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):

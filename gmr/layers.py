@@ -56,12 +56,12 @@ class ModularLayer(nn.Module):
     specs: the component specs, in component order (the order of allocation columns).
     combine_mode: "mean" or "sum".
     fused: run each group as one wide op (True) or each component alone (False).
-    conv_impl: "xla" or "patches" (see :func:`gmr.components.conv2d`).
+    conv_impl: "auto", "xla" or "patches" (see :func:`gmr.components.conv2d`).
   """
   specs: Tuple
   combine_mode: str = "mean"
   fused: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @property
   def num_components(self) -> int:

@@ -131,11 +131,8 @@ class Fixed(Method):
     if raw is None:
       raise ConfigError("fixed_allocation", "is not set for method 'fixed'",
                         "give a [tasks x components] 0/1 nested list (or one per layer)")
-    arr = [np.asarray(raw, np.float32)]
-    if arr[0].ndim == 3 or (arr[0].ndim == 1 and arr[0].dtype == object):
-      arr = [np.asarray(m, np.float32) for m in raw]
-    elif arr[0].ndim == 2:
-      arr = arr * len(self.layer_sizes)
+    one_for_all = np.ndim(raw[0][0]) == 0  # [[0, 1], ...] rather than [[[0, 1], ...], ...]
+    arr = [np.asarray(m, np.float32) for m in ([raw] * len(self.layer_sizes) if one_for_all else raw)]
     if len(arr) != len(self.layer_sizes):
       raise ConfigError("fixed_allocation", f"has {len(arr)} matrices for "
                         f"{len(self.layer_sizes)} routed layers", "give one per layer or one for all")

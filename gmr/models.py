@@ -109,7 +109,7 @@ class MultiTaskNet(nn.Module):
   arch: Architecture
   combine_mode: str = "mean"
   fused: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, alloc: Sequence, task, train: bool = False):

@@ -54,6 +54,6 @@ def validate(c) -> None:
   _num(c, "adam_eps", 0, lo_open=True)
   if c.combine not in ("mean", "sum"):
     raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean' or 'sum'")
-  if c.conv_impl not in ("xla", "patches"):
-    raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'xla' or 'patches'")
+  if c.conv_impl not in ("auto", "xla", "patches"):
+    raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'auto', 'xla' or 'patches'")
   _num(c, "no_sharing_components_per_task", 1, integer=True)

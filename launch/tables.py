@@ -7,6 +7,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -52,7 +53,6 @@ def main():
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)
   with open(os.path.join("results", f"{name}.json"), "w") as f:
-    import json
     json.dump(table, f, indent=1)
   print(md)
 

@@ -98,3 +98,9 @@ def test_clip_norm_bounds_update_input():
   np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
   upd, _ = tx.update({"model": {"w": jnp.array([30.0, 40.0])}, "alloc": {}}, tx.init(params), params)
   assert np.all(np.isfinite(upd["model"]["w"]))
+
+
+def test_fixed_matrix_per_layer_with_different_widths():
+  per_layer = [[[1, 0, 1], [0, 1, 1]], [[1, 1], [0, 1]]]
+  f = methods.build("fixed", cfg(fixed_allocation=per_layer), 2, (3, 2))
+  assert [m.tolist() for m in f.matrices({})] == per_layer

@@ -24,7 +24,7 @@ def base_config() -> config_dict.ConfigDict:
   c.combine = "mean"  # mean | sum of active component outputs
   c.dropout = 0.0
   c.fused = True  # components of one kind as one batched op
-  c.conv_impl = "xla"  # xla | patches
+  c.conv_impl = "auto"  # auto (patches on CPU, xla elsewhere) | xla | patches
   # --- optimizer
   c.learning_rate = 1e-3
   c.alloc_learning_rate = config_dict.placeholder(float)  # absolute; overrides the multiplier

@@ -1,0 +1,136 @@
+"""Training throughput per architecture, ours vs. the straightforward reference in one run.
+
+  python -m experiments.benchmark                         # all architectures, print a table
+  python -m experiments.benchmark --arch=four_mnists --reference --write=BENCHMARKS.md
+
+"ours": fused components, ``rounds_per_call`` rounds per device call (``lax.scan``).
+"reference" (``--reference``): each component its own op, one jitted call per task batch
+(batches still gathered on device, so the difference is the model and the dispatch).
+Inputs are random arrays of each benchmark's shape (throughput does not depend on the data).
+Reported: median task-batch steps/s over ``--repeats`` timed calls after a warm-up,
+examples/s, compile time (first call) and peak memory where the backend reports it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments.configs import common
+from gmr import train as T
+from gmr.data.suite import Split, TaskSuite
+
+_ARCH = flags.DEFINE_list("arch", ["synthetic", "four_mnists", "clusters", "omniglot"], "Architectures.")
+_REF = flags.DEFINE_bool("reference", False, "Also time the straightforward reference.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size per task.")
+_ROUNDS = flags.DEFINE_integer("rounds", 50, "Rounds per timed call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
+_IMPLS = flags.DEFINE_list("conv_impl", ["xla", "patches"], "Convolution formulations to time.")
+_WRITE = flags.DEFINE_string("write", "", "Write the table (with command and machine) to this file.")
+
+SHAPES = {  # arch -> (input shape, head dims, loss, method)
+    "synthetic": ((128,), (1,) * 4, "mse"),
+    "four_mnists": ((28, 28, 1), (10,) * 4, "xent"),
+    "clusters": ((32, 32, 3), (5,) * 20 + (9,) * 20, "xent"),
+    "omniglot": ((105, 105, 1), (10,) * 20, "xent"),
+}
+
+
+def random_suite(arch: str, n: int = 512) -> TaskSuite:
+  shape, heads, loss = SHAPES[arch]
+  rng = np.random.default_rng(0)
+  xs = [rng.random((n,) + shape, np.float32) for _ in heads]
+  ys = [(rng.integers(0, h, n) if loss == "xent" else rng.random(n)).astype(
+      np.int32 if loss == "xent" else np.float32) for h in heads]
+  split = Split.from_tasks(xs, ys)
+  return TaskSuite(arch, tuple(f"t{i}" for i in range(len(heads))), loss, heads, split, split)
+
+
+def config_for(arch: str, fused: bool, conv_impl: str):
+  c = common.base_config()
+  c.arch, c.method, c.batch_size = arch, "gumbel_matrix", _BATCH.value
+  c.fused, c.conv_impl, c.dropout = fused, conv_impl, 0.5 if arch != "synthetic" else 0.0
+  c.p_init = 0.97 if arch == "omniglot" else 0.5
+  return c
+
+
+def _peak_mb():
+  stats = jax.devices()[0].memory_stats() or {}
+  v = stats.get("peak_bytes_in_use")
+  return f"{v / 2 ** 20:.0f}" if v else "n/a"
+
+
+def time_run(arch, fused, conv_impl, per_batch):
+  suite = random_suite(arch)
+  c = config_for(arch, fused, conv_impl)
+  setup = T.make_setup(c, suite)
+  state = T.init_state(setup, jax.random.key(0))
+  tcount, r = suite.num_tasks, _ROUNDS.value
+  sampler = T.BatchSampler(jax.random.key(1), suite.train, c.batch_size)
+  tasks, idx = sampler.round_robin(T.round_orders(jax.random.key(2), 0, r, tcount), 0)
+  xp, yp = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
+  key = jax.random.key(3)
+  if per_batch:
+    run1 = T.make_run_steps(setup, c)  # a scan of length 1 = one jitted call per task batch
+
+    def call(st):
+      for i in range(len(tasks)):
+        st, l = run1(st, xp, yp, tasks[i:i + 1], idx[i:i + 1], key)
+      return st, l
+  else:
+    run = T.make_run_steps(setup, c)
+    call = lambda st: run(st, xp, yp, tasks, idx, key)
+  t0 = time.perf_counter()
+  state, l = call(state)
+  jax.block_until_ready(l)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(_REPEATS.value):
+    t0 = time.perf_counter()
+    state, l = call(state)
+    jax.block_until_ready(l)
+    times.append(time.perf_counter() - t0)
+  sps = len(tasks) / float(np.median(times))
+  return dict(steps_s=sps, ex_s=sps * c.batch_size, compile_s=compile_s, peak_mb=_peak_mb())
+
+
+def main(argv):
+  del argv
+  rows = []
+  for arch in _ARCH.value:
+    impls = _IMPLS.value if arch != "synthetic" else ["xla"]
+    variants = [(f"ours conv={i}", True, i, False) for i in impls]
+    if _REF.value:
+      variants.append(("reference", False, "xla", True))
+    res = {}
+    for name, fused, impl, per_batch in variants:
+      res[name] = time_run(arch, fused, impl, per_batch)
+      print(f"{arch:12s} {name:18s} {res[name]['steps_s']:9.0f} steps/s", flush=True)
+    ref = res.get("reference")
+    for name, v in res.items():
+      speedup = f"{v['steps_s'] / ref['steps_s']:.1f}x" if ref else "-"
+      rows.append((arch, name, v, speedup))
+  md = ["| architecture | implementation | task-steps/s | examples/s | compile s | peak MB | vs reference |",
+        "|---|---|---|---|---|---|---|"]
+  for arch, name, v, sp in rows:
+    md.append(f"| {arch} | {name} | {v['steps_s']:.0f} | {v['ex_s']:.0f} | {v['compile_s']:.1f} | "
+              f"{v['peak_mb']} | {sp} |")
+  machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+             f"{len(jax.devices())} device(s), jax {jax.__version__}")
+  import sys
+  text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin, median of "
+          f"{_REPEATS.value} calls of {_ROUNDS.value} rounds after one warm-up call. Machine: {machine}.\n"
+          f"Command: `python -m experiments.benchmark {' '.join(sys.argv[1:])}`\n")
+  print(text)
+  if _WRITE.value:
+    with open(_WRITE.value, "w") as f:
+      f.write("# Training throughput\n\nGenerated by the command below; do not edit by hand.\n\n" + text)
+
+
+if __name__ == "__main__":
+  app.run(main)
