@@ -14,10 +14,10 @@ examples/s, compile time (first call) and peak memory where the backend reports 
 from __future__ import annotations
 
 import platform
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -33,7 +33,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
 _IMPLS = flags.DEFINE_list("conv_impl", ["xla", "patches"], "Convolution formulations to time.")
 _WRITE = flags.DEFINE_string("write", "", "Write the table (with command and machine) to this file.")
 
-SHAPES = {  # arch -> (input shape, head dims, loss, method)
+SHAPES = {  # arch -> (input shape, head dims, loss)
     "synthetic": ((128,), (1,) * 4, "mse"),
     "four_mnists": ((28, 28, 1), (10,) * 4, "xent"),
     "clusters": ((32, 32, 3), (5,) * 20 + (9,) * 20, "xent"),
@@ -122,7 +122,6 @@ def main(argv):
               f"{v['peak_mb']} | {sp} |")
   machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
              f"{len(jax.devices())} device(s), jax {jax.__version__}")
-  import sys
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin, median of "
           f"{_REPEATS.value} calls of {_ROUNDS.value} rounds after one warm-up call. Machine: {machine}.\n"
           f"Command: `python -m experiments.benchmark {' '.join(sys.argv[1:])}`\n")
