@@ -99,16 +99,21 @@ def identity(stride=1, features=0) -> Identity:
 
 
 # ----------------------------------------------------------------------------- pure ops
+PATCHES_MAX_DEPTH = 256
 def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto"):
   """2-D convolution, NHWC input, HWIO kernel ``[kh, kw, cin / groups, cout]``.
 
   ``impl="xla"`` uses ``lax.conv_general_dilated``; ``impl="patches"`` extracts patches and
   does one (batched) matmul, which XLA:CPU runs faster for the small channel counts of
-  these networks (see BENCHMARKS.md); ``impl="auto"`` picks patches on CPU and XLA's
-  convolution elsewhere. All compute the same function.
+  these networks (see BENCHMARKS.md); ``impl="auto"`` picks patches on CPU when a patch is
+  small (``kh * kw * cin <= PATCHES_MAX_DEPTH``: the patch matrix is ``kh * kw`` times the
+  input, too much memory for Omniglot's 7x7 convs over 48 channels) and XLA's convolution
+  otherwise and on other backends. All compute the same function.
   """
   if impl == "auto":  # measured: patches + matmul wins on XLA:CPU for these channel counts
-    impl = "patches" if jax.default_backend() == "cpu" else "xla"
+    kh, kw, cin_g, _ = kernel.shape
+    small = kh * kw * cin_g * groups <= PATCHES_MAX_DEPTH
+    impl = "patches" if jax.default_backend() == "cpu" and small else "xla"
   if impl == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmr import components as comp
 from gmr.layers import ModularLayer
@@ -83,9 +84,15 @@ class Heads(nn.Module):
     d, m = h.shape[-1], max(dims)
 
     def init(key, shape, dtype=jnp.float32):
+      # Task t's head is glorot(ks[t], (d, o_t)) padded to m columns. Tasks with the same o
+      # are drawn in one vmapped call (same values as one call per task, far less to compile).
       ks = jax.random.split(key, len(dims))
-      per = [jnp.pad(comp.glorot(k, (d, o), dtype), ((0, 0), (0, m - o))) for k, o in zip(ks, dims)]
-      return jnp.stack(per)
+      out = jnp.zeros(shape, dtype)
+      for o in sorted(set(dims)):
+        idx = np.array([t for t, ot in enumerate(dims) if ot == o])
+        w = jax.vmap(lambda k, o=o: comp.glorot(k, (d, o), dtype))(ks[idx])
+        out = out.at[idx, :, :o].set(w)
+      return out
 
     kernel = self.param("kernel", init, (len(dims), d, m))
     bias = self.param("bias", nn.initializers.zeros, (len(dims), m))

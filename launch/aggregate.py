@@ -52,6 +52,16 @@ def groups_recovered(results) -> bool:
   return len(set(reps)) == len(reps)
 
 
+def groups_identical(results) -> bool:
+  """True iff the tasks of every known group end with one and the same allocation."""
+  groups = results.get("task_groups")
+  if not groups:
+    return False
+  emb = [tuple(v for l in sorted(results["allocations"]) for v in results["allocations"][l][t])
+         for t in range(len(results["tasks"]))]
+  return all(len({emb[t] for t in g}) == 1 for g in groups)
+
+
 def collect(root: str) -> Dict[str, List[dict]]:
   out: Dict[str, List[dict]] = {}
   for path in sorted(glob.glob(os.path.join(root, "*", "seed_*", "results.json"))):
@@ -75,6 +85,7 @@ def summarize(runs: List[dict]) -> dict:
              acc_ci90=interval90(acc), acc_per_seed=acc)
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
+    s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
   return s
 
 
@@ -86,7 +97,7 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
     head += ["accuracy % (mean +- std)"]
   head += ["active connections"]
   if has_groups:
-    head += ["task groups recovered"]
+    head += ["groups share one allocation", "groups recovered (and distinct)"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -98,6 +109,7 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
       row.append(f"{s['acc_mean']:.2f} +- {s['acc_std']:.2f}" if "acc_mean" in s else "")
     row.append(f"{100 * s['active_fraction']:.1f}%")
     if has_groups:
+      row.append(f"{s.get('groups_identical', 0)}/{s['n']}")
       row.append(f"{s.get('groups_recovered', 0)}/{s['n']}")
     lines.append("| " + " | ".join(row) + " |")
   if command:

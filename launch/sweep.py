@@ -3,7 +3,8 @@
   python -m launch.sweep --config=experiments/configs/transfer.py \
       --methods=shared_bottom,no_sharing --seeds=0-4 --grid=rho=0,1 --root=runs/transfer
 
-Each run gets ``<root>/<method>[__key=value...]/seed_<s>``. Runs whose workdir already holds a
+``--methods`` takes method names or other variant tokens of the config file (``budget``),
+appended to the config's variant. Each run gets ``<root>/<method>[__key=value...]/seed_<s>``. Runs whose workdir already holds a
 ``results.json`` are skipped. ``--print_only`` prints one command per run (for a scheduler).
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import shutil
 import shlex
 import subprocess
 import sys
@@ -27,6 +30,8 @@ _SET = flags.DEFINE_multi_string("set", [], "key=value applied to every run (rep
 _ROOT = flags.DEFINE_string("root", None, "Sweep directory.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
 _PRINT = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
+_PIN = flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU "
+                         "core (taskset). On small CPUs N one-core runs beat one N-core run.")
 flags.mark_flags_as_required(["config", "root"])
 
 
@@ -50,10 +55,11 @@ def plan(config, methods, seeds, grid, fixed, root):
       name = "__".join([method or "default"] + [f"{k}={v}" for k, v in combo])
       for seed in seeds:
         wd = os.path.join(root, name, f"seed_{seed}")
-        argv = [sys.executable, "-m", "experiments.main", f"--config={config}",
+        cfg = config
+        if method:  # a method name or another variant token of the config file
+          cfg = f"{config},{method}" if ":" in config else f"{config}:{method}"
+        argv = [sys.executable, "-m", "experiments.main", f"--config={cfg}",
                 f"--workdir={wd}", f"--config.seed={seed}", "--quiet"]
-        if method:
-          argv.append(f"--config.method={method}")
         argv += [f"--config.{kv}" for kv in fixed] + [f"--config.{k}={v}" for k, v in combo]
         runs.append((wd, argv))
   return runs
@@ -68,14 +74,24 @@ def main(argv):
       print(shlex.join(a))
     return
   todo = [(wd, a) for wd, a in runs if not os.path.exists(os.path.join(wd, "results.json"))]
+  # seed-major order: a sweep cut short still has every method at the first seeds
+  todo.sort(key=lambda item: int(item[0].rsplit("seed_", 1)[1]))
   print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+
+  free = queue.Queue()
+  for i in range(max(1, _PARALLEL.value)):
+    free.put(i % (os.cpu_count() or 1))
 
   def one(item):
     wd, a = item
     os.makedirs(wd, exist_ok=True)
     t = time.time()
+    cpu = free.get()
+    if _PIN.value and shutil.which("taskset"):
+      a = ["taskset", "-c", str(cpu)] + a
     with open(os.path.join(wd, "log.txt"), "a") as log:
       rc = subprocess.call(a, stdout=log, stderr=subprocess.STDOUT)
+    free.put(cpu)
     print(f"{'ok ' if rc == 0 else 'FAILED'} {wd} ({time.time() - t:.0f}s)", flush=True)
     return rc
 

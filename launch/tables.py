@@ -3,6 +3,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
 
   python -m launch.tables synthetic        # appendix A3 / Fig. 7
   python -m launch.tables transfer         # section II / Fig. 1
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ RECIPES = {
         title="Positive and negative transfer (section II): mean test loss over the 2 tasks",
         config="experiments/configs/transfer.py", methods="shared_bottom,no_sharing",
         grid=["rho=0.0,1.0"]),
+    "four_mnists": dict(
+        title="Table I, 4-MNISTs: mean test accuracy over the 4 tasks",
+        config="experiments/configs/four_mnists.py",
+        methods="no_sharing,shared_bottom,gumbel_matrix,budget", grid=[], pin=True),
 }
 
 
@@ -43,6 +48,8 @@ def main():
   root = extra.get("root", os.path.join("runs", name))
   argv = [sys.executable, "-m", "launch.sweep", f"--config={r['config']}", f"--methods={r['methods']}",
           f"--seeds={seeds}", f"--root={root}", f"--parallel={parallel}"] + [f"--grid={g}" for g in r["grid"]]
+  if r.get("pin"):
+    argv.append("--pin_cpus")
   subprocess.check_call(argv)
   table = {n: aggregate.summarize(runs) for n, runs in aggregate.collect(root).items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from gmr.data import synthetic
+from gmr.data import real, synthetic
 from gmr.data.suite import Split, TaskSuite
 
 SUITES = {}
@@ -29,6 +29,37 @@ def _pairs(config, key):
   s = config.synthetic
   return synthetic.pairs_suite(key, s.d, s.c, s.m, s.noise_std, s.num_train, s.num_test,
                                s.num_pairs)
+
+
+def _data_options(config) -> dict:
+  """The fields real-data suites read: data_dir, tfds_dir, download and ``config.data.*``."""
+  opts = {k: config.get(k, d) for k, d in (("data_dir", ""), ("tfds_dir", ""), ("download", False))}
+  opts.update(dict(config.get("data", {}) or {}))
+  return opts
+
+
+@register("four_mnists")
+def _four_mnists(config, key):
+  del key
+  return real.four_mnists(_data_options(config))
+
+
+@register("omniglot20")
+def _omniglot20(config, key):
+  del key
+  return real.omniglot20(_data_options(config))
+
+
+@register("clusters40")
+def _clusters40(config, key):
+  del key
+  return real.clusters40(_data_options(config))
+
+
+@register("clusters40_offline")
+def _clusters40_offline(config, key):
+  del key
+  return real.clusters40(_data_options(config), offline=True)
 
 
 def load_suite(config) -> TaskSuite:

@@ -16,14 +16,24 @@ import numpy as np
 
 @dataclasses.dataclass
 class Split:
+  """Examples of every task. ``y`` has one entry per (task, example) slot; task ``t`` owns
+  slots ``offsets[t] : offsets[t] + sizes[t]``. Without ``index`` the slots are also rows of
+  ``x``; with ``index`` slot ``i`` reads image ``x[index[i]]`` (tasks sharing images)."""
   x: np.ndarray
   y: np.ndarray
   offsets: Tuple[int, ...]
   sizes: Tuple[int, ...]
+  index: Optional[np.ndarray] = None
 
   def task(self, t: int):
     o, n = self.offsets[t], self.sizes[t]
+    if self.index is not None:
+      return self.x[self.index[o:o + n]], self.y[o:o + n]
     return self.x[o:o + n], self.y[o:o + n]
+
+  def image_rows(self, slots: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` for slot indices."""
+    return slots if self.index is None else self.index[slots]
 
   @staticmethod
   def from_tasks(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> "Split":

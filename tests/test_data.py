@@ -1,0 +1,230 @@
+"""Raw readers, TFDS builders (without TensorFlow) and the real-data suites, on generated fixtures.
+
+The ``slow`` test at the end reads ``../shared/datasets`` when it is there.
+"""
+
+import gzip
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from gmr.data import raw, real, tfds_builders
+from tests import data_fixtures as fx
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("raw"))
+  fx.make_mnist(root, "mnist", seed=0)
+  fx.make_mnist(root, "fashion-mnist", seed=1)
+  counts = fx.make_omniglot(root)
+  fx.make_cifar100(root)
+  return root, str(tmp_path_factory.mktemp("tfds")), counts
+
+
+@pytest.fixture(autouse=True)
+def small_counts(monkeypatch, dirs):
+  _, _, counts = dirs
+  monkeypatch.setattr(raw, "MNIST_FILES", {
+      "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 200),
+      "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 50)})
+  monkeypatch.setattr(raw, "OMNIGLOT_ZIPS", {
+      k: (f"images_{k}.zip",) + counts[f"images_{k}"] for k in ("background", "evaluation")})
+  monkeypatch.setattr(raw, "CIFAR100_COUNTS", {"train": 500, "test": 100})
+
+
+def _opts(dirs, **kw):
+  return dict(data_dir=dirs[0], tfds_dir=dirs[1], **kw)
+
+
+# ----------------------------------------------------------------------------- raw readers
+def test_idx_reader_round_trip(dirs):
+  x, y = raw.mnist_like(dirs[0], "mnist", "train")
+  assert x.shape == (200, 28, 28, 1) and x.dtype == np.uint8
+  np.testing.assert_array_equal(y, np.arange(200) % 10)
+  np.testing.assert_array_equal(x[:, 0, 0, 0], y)
+
+
+def _copy_mnist(dirs, tmp_path):
+  import shutil
+  shutil.copytree(os.path.join(dirs[0], "mnist"), tmp_path / "mnist")
+  return str(tmp_path), str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz")
+
+
+def test_truncated_idx_names_the_file(dirs, tmp_path):
+  root, path = _copy_mnist(dirs, tmp_path)
+  with open(path, "rb") as f:
+    blob = f.read()
+  with open(path, "wb") as f:
+    f.write(blob[:len(blob) // 2])
+  with pytest.raises(raw.DataError, match="train-images-idx3-ubyte.gz.*truncated or corrupt"):
+    raw.mnist_like(root, "mnist", "train")
+
+
+def test_idx_short_body_and_bad_magic(dirs, tmp_path):
+  root, path = _copy_mnist(dirs, tmp_path)
+  with gzip.open(path, "rb") as f:
+    blob = f.read()
+  with gzip.open(path, "wb") as f:
+    f.write(blob[:-100])
+  with pytest.raises(raw.DataError, match="data bytes, its header"):
+    raw.mnist_like(root, "mnist", "train")
+  with gzip.open(path, "wb") as f:
+    f.write(b"\x12\x34\x08\x03" + blob[4:])
+  with pytest.raises(raw.DataError, match="bad IDX magic number 12340803"):
+    raw.mnist_like(root, "mnist", "train")
+
+
+def test_wrong_image_count(dirs, monkeypatch):
+  monkeypatch.setattr(raw, "MNIST_FILES", {"train": (
+      "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000)})
+  with pytest.raises(raw.DataError, match="200 images / 200 labels, expected 60000"):
+    raw.mnist_like(dirs[0], "mnist", "train")
+
+
+def test_missing_files_and_data_dir(tmp_path, monkeypatch):
+  with pytest.raises(raw.DataError, match="missing; put the canonical file there"):
+    raw.mnist_like(str(tmp_path), "mnist", "train")
+  monkeypatch.delenv(raw.DATA_DIR_ENV, raising=False)
+  with pytest.raises(raw.DataError, match="data_dir: not set; pass --config.data_dir"):
+    raw.resolve_data_dir("")
+
+
+def test_corrupt_zip_and_tar(dirs, tmp_path):
+  z = tmp_path / "omniglot" / "images_background.zip"
+  os.makedirs(z.parent)
+  with open(os.path.join(dirs[0], "omniglot", "images_background.zip"), "rb") as f:
+    blob = f.read()
+  z.write_bytes(blob[: len(blob) // 2])
+  with pytest.raises(raw.DataError, match="images_background.zip: not a readable zip"):
+    raw.read_omniglot_zip(str(z))
+  t = tmp_path / "cifar100" / "cifar-100-python.tar.gz"
+  os.makedirs(t.parent)
+  with open(os.path.join(dirs[0], "cifar100", "cifar-100-python.tar.gz"), "rb") as f:
+    blob = f.read()
+  t.write_bytes(blob[: len(blob) // 2])
+  with pytest.raises(raw.DataError, match="cifar-100-python.tar.gz: cannot be read"):
+    raw.cifar100(str(tmp_path), "train")
+
+
+def test_omniglot_content_check(dirs):
+  path = os.path.join(dirs[0], "omniglot", "images_background.zip")
+  with pytest.raises(raw.DataError, match="holds 11 alphabets / 22 characters / 440 images, "
+                     "expected 30 / 964 / 19280"):
+    raw.read_omniglot_zip(path, expect=(30, 964, 19280))
+  out = raw.read_omniglot_zip(path, ["Gujarati"])
+  imgs = np.stack([i for _, _, i in out["Gujarati"]])
+  assert imgs.shape == (40, 105, 105) and set(np.unique(imgs)) <= {0, 1}
+  assert 0.05 < imgs.mean() < 0.15  # strokes (10% of pixels) are 1
+
+
+# ----------------------------------------------------------------------------- TFDS
+def test_tfds_builder_without_tensorflow(dirs):
+  a = tfds_builders.load_arrays("gmr_mnist", "train", dirs[0], dirs[1])
+  x, y = raw.mnist_like(dirs[0], "mnist", "train")
+  np.testing.assert_array_equal(a["image"], x)  # canonical order restored
+  np.testing.assert_array_equal(a["label"], y)
+  assert os.path.isdir(os.path.join(dirs[1], "gmr_mnist", "1.0.0"))
+  assert "tensorflow" not in sys.modules
+
+
+# ----------------------------------------------------------------------------- suites
+def test_four_mnists_suite(dirs):
+  s = real.four_mnists(_opts(dirs))
+  assert s.task_names == ("mnist", "mnist_copy", "mnist_rot", "mnist_rot_copy")
+  assert s.train.sizes == (200,) * 4 and s.test.sizes == (50,) * 4
+  assert len(s.train.x) == 400  # the copies share their images
+  x0, y0 = s.train.task(0)
+  x1, y1 = s.train.task(1)
+  x2, _ = s.train.task(2)
+  np.testing.assert_array_equal(x0, x1)
+  np.testing.assert_array_equal(y0, y1)
+  np.testing.assert_array_equal(x2, np.rot90(x0, k=-1, axes=(1, 2)))  # clockwise
+  np.testing.assert_array_equal(x2[:, 0, -1, 0], x0[:, 0, 0, 0])  # top-left -> top-right
+  assert s.info["groups"] == [[0, 1], [2, 3]]
+
+
+def test_omniglot20_splits(dirs):
+  s = real.omniglot20(_opts(dirs))
+  assert s.task_names == real.OMNIGLOT20 and s.head_dims == (2,) * 20
+  assert s.train.sizes == (20,) * 20 and s.validation.sizes == (8,) * 20
+  assert s.test.sizes == (12,) * 20
+  for t in range(20):
+    rows = [set(sp.index[sp.offsets[t]:sp.offsets[t] + sp.sizes[t]].tolist())
+            for sp in (s.train, s.validation, s.test)]
+    assert not (rows[0] & rows[1]) and not (rows[0] & rows[2]) and not (rows[1] & rows[2])
+    _, y = s.train.task(t)
+    assert np.bincount(y).tolist() == [10, 10]
+  again = real.omniglot20(_opts(dirs))
+  np.testing.assert_array_equal(again.train.index, s.train.index)  # seeded by alphabet id
+  assert s.train.x.shape[1:] == (105, 105, 1) and s.train.x.max() == 255
+
+
+def test_clusters40_suites(dirs):
+  s = real.clusters40(_opts(dirs))
+  assert s.num_tasks == 40 and s.head_dims == (5,) * 20 + (9,) * 20
+  assert s.train.x.shape[1:] == (32, 32, 3)
+  for t in range(40):
+    _, y = s.train.task(t)
+    assert 0 <= y.min() and y.max() < s.head_dims[t]
+  # MNIST task "without_3": no image of class 3; labels above 3 shifted down
+  t = s.task_names.index("mnist/without_3")
+  ix = s.test.index[s.test.offsets[t]:s.test.offsets[t] + s.test.sizes[t]]
+  assert s.test.sizes[t] == 45 and len(np.unique(ix)) == 45
+  assert s.info["clusters"]["mnist"] == list(range(20, 30))
+  off = real.clusters40(_opts(dirs), offline=True)
+  assert off.task_names[0] == "omniglot/Gujarati" and off.head_dims[:20] == (2,) * 20
+  assert off.train.x.shape[1:] == (32, 32, 3)
+
+
+def test_pad_crop_shapes_and_content():
+  import jax
+  import jax.numpy as jnp
+  from gmr.train import pad_crop
+  x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1) + 1
+  y = pad_crop(x, jax.random.key(0), 2)
+  assert y.shape == x.shape
+  for b in range(2):  # every crop is a window of the zero-padded image
+    pad = np.pad(np.asarray(x[b]), ((2, 2), (2, 2), (0, 0)))
+    assert any(np.array_equal(pad[i:i + 4, j:j + 4], np.asarray(y[b]))
+               for i in range(5) for j in range(5))
+
+
+# ----------------------------------------------------------------------------- smoke runs
+@pytest.mark.parametrize("config_name,variant", [
+    ("four_mnists", "smoke"), ("omniglot", "smoke"), ("clusters40", "smoke,offline")])
+def test_smoke_variants_train(dirs, tmp_path, config_name, variant):
+  import importlib
+  from gmr import experiment
+  mod = importlib.import_module(f"experiments.configs.{config_name}")
+  c = mod.get_config(variant)
+  c.data_dir, c.tfds_dir = dirs[0], dirs[1]
+  if config_name == "four_mnists":
+    c.data.max_examples = 0
+  if config_name == "clusters40":
+    c.data.max_examples = 0
+  res = experiment.run(c, str(tmp_path / "w"), quiet=True)
+  assert np.isfinite(res["final"]["loss"]["mean"])
+  assert 0 <= res["final"]["accuracy"]["mean"] <= 1
+
+
+# ----------------------------------------------------------------------------- real data
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/datasets not present")
+def test_real_omniglot_and_mnist(tmp_path, monkeypatch):
+  monkeypatch.undo()  # the canonical counts
+  x, y = raw.mnist_like(SHARED, "mnist", "test", verify_hash=True)
+  assert x.shape == (10000, 28, 28, 1) and np.bincount(y).sum() == 10000
+  s = real.omniglot20(dict(data_dir=SHARED, tfds_dir=str(tmp_path)))
+  assert s.task_names == real.OMNIGLOT20
+  per_alpha = [s.train.sizes[t] + s.validation.sizes[t] + s.test.sizes[t] for t in range(20)]
+  assert per_alpha == [20 * h for h in s.head_dims]
+  assert [s.train.sizes[t] for t in range(20)] == [10 * h for h in s.head_dims]
+  allrows = [set(sp.index.tolist()) for sp in (s.train, s.validation, s.test)]
+  assert not (allrows[0] & allrows[1] or allrows[0] & allrows[2] or allrows[1] & allrows[2])
+  assert sum(len(r) for r in allrows) == sum(per_alpha)  # no image twice
+  assert s.train.x.shape[1:] == (105, 105, 1)
