@@ -14,6 +14,12 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py>=2.0",
         "numpy",
+        # tfds' builders import importlib_resources when TensorFlow is absent; Pillow decodes
+        # Omniglot's PNGs (the field's standard image library)
+        "importlib_resources",
+        # checkpoints: the JAX ecosystem's standard (atomic saves, keep-last-N, best-by-metric)
+        "orbax-checkpoint",
+        "pillow",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from gmr import checkpoint as checkpoint_lib
 from gmr import data as data_lib
 from gmr import train as train_lib
 from gmr import validate
@@ -73,32 +77,165 @@ def _progress(d, total, out):
   out.flush()
 
 
-def run(config, workdir: str, quiet: bool = False, stream=None) -> dict:
-  """Train and evaluate ``config``; write everything under ``workdir``; return results."""
+class WorkdirError(Exception):
+  """A workdir that cannot take this run: ``<workdir>: <problem>; <fix>``."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was written."""
+
+
+def _config_diff(a: dict, b: dict, prefix="") -> list:
+  keys = sorted(set(a) | set(b))
+  out = []
+  for k in keys:
+    va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+_RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best", "tb")
+
+
+def _prepare_workdir(config, workdir: str, fresh: bool):
+  """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
+  return the finished results if this very run is already done."""
+  os.makedirs(workdir, exist_ok=True)
+  cfg = json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      old = {"<unreadable config.json>": True}
+    diff = _config_diff(old, cfg)
+    if diff and not fresh:
+      shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+      raise WorkdirError(f"{workdir}: holds a run with a different config (differs in {shown}); "
+                         "use another --workdir, or pass --fresh to move that run to "
+                         f"{workdir}/previous_<n>/ and start again")
+    if diff or fresh:
+      n = 0
+      while os.path.exists(os.path.join(workdir, f"previous_{n}")):
+        n += 1
+      dest = os.path.join(workdir, f"previous_{n}")
+      os.makedirs(dest)
+      for name in _RUN_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+          os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+    elif os.path.exists(os.path.join(workdir, "results.json")):
+      with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+  write_json_atomic(path, cfg)
+  return None
+
+
+def _truncate_metrics(path: str, last_round: int):
+  """Drop metric lines after ``last_round`` (written after the checkpoint we resume from)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line).get("round", 0) <= last_round:
+          keep.append(line)
+      except json.JSONDecodeError:
+        pass  # a line cut by a kill
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False) -> dict:
+  """Train and evaluate ``config``; write everything under ``workdir``; return results.
+
+  Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
+  a finished workdir returns its results without training; a workdir of another config is
+  refused (``fresh=True`` moves the old run to ``previous_<n>/``). SIGTERM writes a checkpoint
+  and raises :class:`Preempted`.
+  """
   stream = stream or sys.stdout
   validate.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+  done = _prepare_workdir(config, workdir, fresh)
+  if done is not None:
+    if not quiet:
+      stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
+    return done
   suite = data_lib.load_suite(config)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
+  state, start, best, resumed_from = None, 0, None, None
+  last = ckpt.latest_round()
+  if last is not None:
+    setup0 = train_lib.make_setup(config, suite)
+    like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
+    restored, meta = ckpt.restore(like, last)
+    state = jax.tree_util.tree_map(jnp.asarray, restored)
+    state = train_lib.TrainState(state.step, state.params, state.opt_state) if not isinstance(
+        state, train_lib.TrainState) else state
+    start, best, resumed_from = int(meta["round"]), meta.get("best"), last
+    _truncate_metrics(metrics_path, start)
+    if not quiet:
+      stream.write(f"resuming from {ckpt.last_dir}/{last} (round {start})\n")
   tb = _TensorBoard(workdir)
   t0 = time.time()
+  every = int(config.get("checkpoint_every", 0))
+  stop = {"signal": None}
+  good = {"round": resumed_from}
 
-  with open(metrics_path, "a") as mf:
-    def on_event(ev):
-      mf.write(json.dumps(_jsonable({"kind": ev.kind, **ev.data})) + "\n")
-      mf.flush()
-      if ev.kind == "log":
-        tb.scalars(ev.data["step"], "train", {"loss": ev.data["train_loss"],
-                                              "temperature": ev.data["temperature"]})
-        if not quiet:
-          _progress(ev.data, config.num_rounds, stream)
-      else:
-        tb.scalars(ev.data["step"], "eval", {k: v for k, v in ev.data.items()
-                                             if k in ("test", "validation")})
+  def on_sigterm(signum, frame):
+    del frame
+    stop["signal"] = signum
 
-    setup, state, final = train_lib.train(config, suite, on_event)
-  tb.close()
+  prev_handler = None
+  if threading.current_thread() is threading.main_thread():
+    prev_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+  def on_chunk(r, st, best_now, evaluated):
+    meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None}
+    if best_now and best_now.get("new") and evaluated:
+      meta["best"]["checkpoint"] = ckpt.save(r, st, meta, best=True)
+    if (every and r % every == 0) or r == config.num_rounds or stop["signal"] is not None:
+      ckpt.save(r, st, meta)
+      good["round"] = r
+    if stop["signal"] is not None:
+      raise Preempted(f"stopped by signal {stop['signal']} at round {r}; checkpoint "
+                      f"{ckpt.last_dir}/{r} written; rerun the same command to resume")
+
+  try:
+    with open(metrics_path, "a") as mf:
+      def on_event(ev):
+        mf.write(json.dumps(_jsonable({"kind": ev.kind, **ev.data})) + "\n")
+        mf.flush()
+        if ev.kind == "log":
+          tb.scalars(ev.data["step"], "train", {"loss": ev.data["train_loss"],
+                                                "temperature": ev.data["temperature"]})
+          if not quiet:
+            _progress(ev.data, config.num_rounds, stream)
+        else:
+          tb.scalars(ev.data["step"], "eval", {k: v for k, v in ev.data.items()
+                                               if k in ("test", "validation")})
+
+      try:
+        setup, state, final, best = train_lib.train(config, suite, on_event, state=state,
+                                                    start_round=start, on_chunk=on_chunk,
+                                                    best=best)
+      except train_lib.NonFiniteError as e:
+        where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
+                 if good["round"] is not None else "no checkpoint had been written yet")
+        raise train_lib.NonFiniteError(e.step, e.task, e.what, f"{where}; lower the "
+                                       "learning rate or enable clip_norm") from None
+  finally:
+    tb.close()
+    ckpt.close()
+    if prev_handler is not None:
+      signal.signal(signal.SIGTERM, prev_handler)
   wall = time.time() - t0
   results = {
       "method": config.method,
@@ -107,15 +244,29 @@ def run(config, workdir: str, quiet: bool = False, stream=None) -> dict:
       "arch": config.arch,
       "tasks": list(suite.task_names),
       "task_groups": suite.info.get("groups"),
+      "task_clusters": suite.info.get("clusters"),
       "rounds": int(config.num_rounds),
       "steps": int(state.step),
       "wall_time_s": wall,
+      "resumed_from_round": start if resumed_from is not None else None,
       "final": final["test"],
+      "checkpoint": os.path.join(ckpt.last_dir, str(int(config.num_rounds))),
       "backend": jax.default_backend(),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
   if "validation" in final:
     results["final_validation"] = final["validation"]
+  if best is not None:  # the reported numbers are those of the best checkpoint
+    results["last"] = results["final"]
+    results["final"] = best["evaluation"]["test"]
+    results["final_validation"] = best["evaluation"].get("validation")
+    results["selected_by"] = {"metric": config.select_by, "value": best["value"],
+                              "round": best["round"]}
+    results["checkpoint"] = best.get("checkpoint") or os.path.join(
+        ckpt.best_dir, str(best["round"]))
+    best_state, _ = checkpoint_lib.load(workdir, state, best=True)
+    results.update(train_lib.allocation_summary(
+        setup, jax.tree_util.tree_map(jnp.asarray, best_state).params, suite.task_names))
   write_json_atomic(os.path.join(workdir, "results.json"), results)
   if not quiet:
     acc = results["final"].get("accuracy", {}).get("mean")

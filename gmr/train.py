@@ -74,6 +74,13 @@ class Setup(NamedTuple):
   num_tasks: int
 
 
+def resolve_combine(config) -> str:
+  """``combine="auto"``: what the authors' code does, sum for shared bottom, mean otherwise."""
+  if config.combine == "auto":
+    return "sum" if config.method == "shared_bottom" else "mean"
+  return config.combine
+
+
 def make_setup(config, suite: TaskSuite) -> Setup:
   kwargs = dict(num_tasks=suite.num_tasks, head_dims=suite.head_dims, dropout=config.dropout,
                 input_dim=int(suite.train.x.shape[-1]))
@@ -83,7 +90,7 @@ def make_setup(config, suite: TaskSuite) -> Setup:
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {suite.num_tasks} tasks", "match the suite's tasks")
   method = methods_lib.build(config.method, config, suite.num_tasks, arch.layer_sizes)
-  net = models.MultiTaskNet(arch, config.combine, config.fused, config.conv_impl)
+  net = models.MultiTaskNet(arch, resolve_combine(config), config.fused, config.conv_impl)
   tx = make_optimizer(config, suite.num_tasks)
   return Setup(net, arch, method, tx, suite.loss, float(suite.x_scale), suite.num_tasks)
 
@@ -92,7 +99,9 @@ def init_state(setup: Setup, key) -> TrainState:
   k_model, k_alloc, k_drop = jax.random.split(key, 3)
   x = jnp.zeros((1,) + setup.arch.input_shape, jnp.float32)
   rows = [jnp.ones((c,), jnp.float32) for c in setup.arch.layer_sizes]
-  model = setup.net.init({"params": k_model, "dropout": k_drop}, x, rows, 0)["params"]
+  # jitted: eager init runs (and compiles) every op of the network one by one
+  init = jax.jit(lambda k1, k2: setup.net.init({"params": k1, "dropout": k2}, x, rows, 0))
+  model = init(k_model, k_drop)["params"]
   params = {"model": model, "alloc": setup.method.init(k_alloc)}
   return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
 
@@ -141,20 +150,35 @@ def make_run_steps(setup: Setup, config) -> Callable:
   """Jitted ``run(state, x_pool, y_pool, tasks [S], idx [S, B], step_key) -> (state, losses [S])``.
 
   Runs S task-batch steps in one device call. The batch of step ``i`` is gathered on device
-  from the example pools with ``idx[i]``; its randomness is ``fold_in(step_key, state.step)``.
+  from the example pools with ``idx[i]`` (slots; images through ``x_index`` when given); its randomness is ``fold_in(step_key, state.step)``.
   """
   step = make_train_step(setup, config)
   scale = setup.x_scale
+  augment, pad = config.get("augment", ""), int(config.get("augment_pad", 4))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def run(state, x_pool, y_pool, tasks, idx, step_key):
+  def run(state, x_pool, y_pool, tasks, idx, step_key, x_index=None):
     def body(st, inp):
       task, ix = inp
-      x = x_pool[ix].astype(jnp.float32) * scale
-      return step(st, x, y_pool[ix], task, jax.random.fold_in(step_key, st.step))
+      rows = ix if x_index is None else x_index[ix]
+      x = x_pool[rows].astype(jnp.float32) * scale
+      key = jax.random.fold_in(step_key, st.step)
+      if augment == "pad_crop":
+        x = pad_crop(x, jax.random.fold_in(key, 7), pad)
+      return step(st, x, y_pool[ix], task, key)
     return jax.lax.scan(body, state, (tasks, idx))
 
   return run
+
+
+def pad_crop(x, key, pad: int):
+  """Zero-pad ``[B, H, W, C]`` by ``pad`` on each side and crop a random ``H x W`` window per
+  example (the 40-task benchmark's augmentation; no flips)."""
+  b, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offs = jax.random.randint(key, (b, 2), 0, 2 * pad + 1)
+  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1]))
+  return jax.vmap(crop)(xp, offs)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -225,6 +249,7 @@ def evaluate(setup: Setup, eval_batch, params, split: Split, batch_size: int, ke
              task_names) -> Dict[str, Dict[str, float]]:
   """Mean loss (and accuracy for classification) per task and over tasks on ``split``."""
   loss, acc = {}, {}
+  batch_size = min(batch_size, max(split.sizes))  # no padding beyond the largest task
   for t, name in enumerate(task_names):
     x, y = split.task(t)
     n = len(x)
@@ -264,13 +289,53 @@ class Event(NamedTuple):
   data: dict
 
 
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or parameter; ``step`` and ``task`` name where it first appeared."""
+
+  def __init__(self, step: int, task: str, what: str, detail: str = ""):
+    self.step, self.task, self.what = step, task, what
+    super().__init__(f"non-finite {what} at step {step} (task {task})"
+                     + (f"; {detail}" if detail else ""))
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def metric_value(evaluation: dict, path: str) -> float:
+  """``metric_value(ev, "validation.accuracy.mean")``: a number inside an evaluation."""
+  v = evaluation
+  for p in path.split("."):
+    v = v[p]
+  return float(v)
+
+
+def better(a: float, b: Optional[float], path: str) -> bool:
+  """Is ``a`` better than ``b`` for metric ``path`` (losses: lower; others: higher)?"""
+  if b is None:
+    return True
+  return a < b if ".loss." in f".{path}." else a > b
+
+
 def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] = None,
-          state: Optional[TrainState] = None, start_round: int = 0):
+          state: Optional[TrainState] = None, start_round: int = 0,
+          on_chunk: Optional[Callable] = None, best: Optional[dict] = None):
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
   Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds and
   ``Event("eval", ...)`` every ``eval_every`` rounds (test, and validation if present).
-  Returns ``(setup, state, final)`` where ``final`` holds the last evaluation.
+  After every device call, checks that the losses and parameters are finite (raising
+  :class:`NonFiniteError` naming the step and task) and calls
+  ``on_chunk(round, state, best, evaluated)``; rounds where it is called are the same
+  whatever ``start_round`` is (multiples of log_every, eval_every, checkpoint_every and
+  rounds_per_call), so a resumed run replays exactly the same device calls.
+
+  With ``config.select_by`` (e.g. ``"validation.accuracy.mean"``), ``best`` tracks the
+  evaluation with the best value: ``{"value", "round", "evaluation"}``.
+  Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
   on_event = on_event or (lambda e: None)
   keys = make_keys(config.seed)
@@ -281,13 +346,16 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
   eval_batch = make_eval_batch(setup, bool(config.eval_sample))
   x_pool, y_pool = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
+  x_index = None if suite.train.index is None else jax.device_put(suite.train.index)
   t_count, names = suite.num_tasks, suite.task_names
   total = int(config.num_rounds)
+  chunk = max(1, int(config.rounds_per_call))
   boundaries = {total}
-  for every in (config.log_every, config.eval_every):
+  for every in (config.log_every, config.eval_every, config.get("checkpoint_every", 0), chunk):
     if every:
       boundaries.update(range(every, total, every))
-  chunk = max(1, int(config.rounds_per_call))
+  boundaries = sorted(boundaries)
+  select_by = config.get("select_by", "") or ""
 
   def do_eval(r):
     res = {"test": evaluate(setup, eval_batch, state.params, suite.test, config.eval_batch_size,
@@ -302,33 +370,49 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   t_start, t_log, r_log = time.time(), time.time(), r
   last_eval = None
   while r < total:
-    nxt = min([b for b in boundaries if b > r] + [r + chunk])
+    nxt = next(b for b in boundaries if b > r)
     orders = round_orders(keys.order, r, nxt - r, t_count)
     tasks, idx = sampler.round_robin(orders, r)
-    state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step)
-    pending.append((tasks, losses))
+    prev_step = int(state.step)
+    state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step, x_index)
+    ls = np.asarray(losses)
+    if not np.all(np.isfinite(ls)):
+      bad = int(np.argmax(~np.isfinite(ls)))
+      raise NonFiniteError(prev_step + bad, names[int(tasks[bad])], "loss")
+    if not bool(_all_finite(state.params)):
+      raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])], "parameter")
+    pending.append((tasks, ls))
     r = nxt
     if (config.log_every and r % config.log_every == 0) or r == total:
       tk = np.concatenate([p[0] for p in pending])
-      ls = np.concatenate([np.asarray(p[1]) for p in pending])
+      la = np.concatenate([p[1] for p in pending])
       now = time.time()
       rate = (r - r_log) * t_count / max(now - t_log, 1e-9)
-      per_task = {n: float(ls[tk == i].mean()) for i, n in enumerate(names) if np.any(tk == i)}
+      per_task = {n: float(la[tk == i].mean()) for i, n in enumerate(names) if np.any(tk == i)}
       on_event(Event("log", {
           "round": r, "step": int(state.step), "train_loss": per_task,
           "train_loss_mean": float(np.mean(list(per_task.values()))),
           "temperature": float(A.temperature(int(state.step), config.t_init, config.t_min)),
           "steps_per_s": rate, "eta_s": (total - r) * t_count / max(rate, 1e-9),
           "elapsed_s": now - t_start}))
-      if not np.all(np.isfinite(ls)):
-        bad = int(np.argmax(~np.isfinite(ls)))
-        raise FloatingPointError(
-            f"non-finite loss at step {int(state.step) - len(ls) + bad} (task "
-            f"{names[int(tk[bad])]}); lower the learning rate or enable clip_norm")
       pending, t_log, r_log = [], now, r
+    evaluated = False
     if (config.eval_every and r % config.eval_every == 0) or r == total:
       last_eval = do_eval(r)
+      evaluated = True
       on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval}))
+      if select_by:
+        try:
+          v = metric_value(last_eval, select_by)
+        except KeyError:
+          raise ValueError(f"select_by: {select_by!r} is not in the evaluation "
+                           f"(keys {sorted(last_eval)}); e.g. 'validation.accuracy.mean'") from None
+        if better(v, (best or {}).get("value"), select_by):
+          best = {"value": v, "round": r, "evaluation": last_eval, "new": True}
+        else:
+          best = dict(best, new=False)
+    if on_chunk is not None:
+      on_chunk(r, state, best, evaluated)
   if last_eval is None:
     last_eval = do_eval(r)
-  return setup, state, last_eval
+  return setup, state, last_eval, best

@@ -5,8 +5,10 @@ from __future__ import annotations
 from gmr.methods import METHODS, ConfigError
 
 
-def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, fix=""):
+def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, fix="",
+         name=None):
   v = c.get(field)
+  field = name or field
   ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
   if isinstance(v, bool) or not ok_type:
     raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {v!r}",
@@ -52,8 +54,76 @@ def validate(c) -> None:
   for f in ("adam_b1", "adam_b2"):
     _num(c, f, 0, 1, hi_open=True)
   _num(c, "adam_eps", 0, lo_open=True)
-  if c.combine not in ("mean", "sum"):
-    raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean' or 'sum'")
+  if c.combine not in ("mean", "sum", "auto"):
+    raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean', 'sum' or 'auto'")
   if c.conv_impl not in ("auto", "xla", "patches"):
     raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'auto', 'xla' or 'patches'")
   _num(c, "no_sharing_components_per_task", 1, integer=True)
+  _choice(c, "augment", ("", "pad_crop"))
+  _num(c, "augment_pad", 0, integer=True)
+  _num(c, "checkpoint_every", 0, integer=True, fix="use 0 to checkpoint only at the end")
+  _num(c, "keep_checkpoints", 1, integer=True)
+  _bool(c, "fused")
+  _bool(c, "eval_sample")
+  _bool(c, "sparse_head_updates")
+  _bool(c, "download")
+  for f in ("data_dir", "tfds_dir"):
+    if not isinstance(c.get(f, ""), str):
+      raise ConfigError(f, f"must be a path string, got {c.get(f)!r}", f"set --config.{f}=<dir>")
+  sel = c.get("select_by", "")
+  if sel:
+    parts = sel.split(".")
+    if len(parts) != 3 or parts[0] not in ("validation", "test") or parts[1] not in ("loss", "accuracy"):
+      raise ConfigError("select_by", f"{sel!r} is not <split>.<metric>.<task or mean>",
+                        "e.g. --config.select_by=validation.accuracy.mean, or '' for the last")
+  if c.get("data_seed") is not None:
+    _num(c, "data_seed", 0, integer=True)
+  if c.method == "no_sharing":
+    _no_sharing_fits(c)
+  if c.method == "fixed" and c.get("fixed_allocation") is None:
+    raise ConfigError("fixed_allocation", "is required by method 'fixed'",
+                      "give a [tasks x components] 0/1 matrix (or one per routed layer)")
+  if c.budget_lambda > 0 and c.budget >= 1.0:
+    raise ConfigError("budget", "is 1.0 (no constraint) while budget_lambda > 0",
+                      "give the allowed active fraction in (0, 1), e.g. --config.budget=0.75")
+  if c.t_min > c.t_init:
+    raise ConfigError("t_min", f"{c.t_min} exceeds t_init={c.t_init}",
+                      "the temperature anneals from t_init down to t_min")
+  data = c.get("data", None)
+  if data is not None:
+    if "rotate_k" in data and data.rotate_k not in (-3, -2, -1, 1, 2, 3):
+      raise ConfigError("data.rotate_k", f"must be a non-zero multiple of 90 degrees in "
+                        f"-3..3, got {data.rotate_k!r}", "use -1 (clockwise) or 1")
+    if "max_examples" in data:
+      _num(data, "max_examples", 0, integer=True, fix="use 0 for all examples", name="data.max_examples")
+    if "validation_fraction" in data:
+      _num(data, "validation_fraction", 0, 1, hi_open=True, name="data.validation_fraction")
+    if data.get("alphabets") is not None:
+      from gmr.data import real  # pylint: disable=g-import-not-at-top
+      bad = [a for a in data.alphabets if not isinstance(a, str)]
+      if bad or not data.alphabets:
+        raise ConfigError("data.alphabets", f"must be a non-empty list of names, got "
+                          f"{data.alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
+
+
+def _choice(c, field, options):
+  if c.get(field) not in options:
+    raise ConfigError(field, f"unknown value {c.get(field)!r}", f"choose one of {list(options)}")
+
+
+def _bool(c, field):
+  if not isinstance(c.get(field), bool):
+    raise ConfigError(field, f"must be true or false, got {c.get(field)!r}",
+                      f"set --config.{field}=true or false")
+
+
+def _no_sharing_fits(c):
+  """The components of every routed layer split evenly over the tasks."""
+  sizes = {"four_mnists": 4, "transfer": 4, "synthetic": c.get("arch_kwargs", {}).get("num_components", 4)}
+  tasks = {"four_mnists": 4, "transfer": 2, "synthetic_pairs": 2 * c.get("synthetic", {}).get("num_pairs", 2)}
+  if c.arch in sizes and c.suite in tasks:
+    n, t, k = sizes[c.arch], tasks[c.suite], c.no_sharing_components_per_task
+    if n != k * t:
+      raise ConfigError("no_sharing_components_per_task", f"{t} tasks x {k} components != "
+                        f"{n} components per layer of {c.arch!r}",
+                        f"set it to {n // t}" if n % t == 0 else "use another method")

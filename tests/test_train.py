@@ -87,7 +87,7 @@ def test_short_synthetic_run_lowers_the_loss():
 def test_learned_allocation_moves_from_init():
   c = tiny(num_rounds=60)
   suite = data_lib.load_suite(c)
-  setup, state, final = T.train(c, suite)
+  setup, state, final, _ = T.train(c, suite)
   p = np.asarray(setup.method.probabilities(state.params["alloc"])[0])
   assert p.shape == (4, 4) and np.abs(p - 0.5).max() > 0.05
   assert set(final["test"]["loss"]) == {*suite.task_names, "mean"}

@@ -12,16 +12,23 @@ def base_config() -> config_dict.ConfigDict:
   c.suite = ""
   c.arch = ""
   c.arch_kwargs = config_dict.ConfigDict()
-  c.data_dir = ""
+  c.data_dir = ""  # raw files laid out like ../shared/datasets; "" = $GMR_DATA_DIR
+  c.tfds_dir = ""  # prepared TFDS datasets; "" = $GMR_TFDS_DIR or ~/tensorflow_datasets
+  c.download = False  # fetch missing raw files from their canonical locations (checked)
   c.num_rounds = 1000  # one round = one batch (and one update) per task
   c.batch_size = 16
   c.eval_every = 0  # rounds; 0 = only at the end
   c.log_every = 100  # rounds
   c.rounds_per_call = 100  # rounds run in one device call (lax.scan)
   c.eval_batch_size = 1000
+  c.augment = ""  # "" | pad_crop (pad by augment_pad, random crop back; the 40-task benchmark)
+  c.augment_pad = 4
+  c.checkpoint_every = 0  # rounds; 0 = only at the end (and on SIGTERM)
+  c.keep_checkpoints = 2  # last N kept (plus the best one when select_by is set)
+  c.select_by = ""  # e.g. "validation.accuracy.mean": report the best evaluation's test numbers
   c.eval_sample = False  # sample allocations at evaluation instead of greedy (section III-C)
   # --- model
-  c.combine = "mean"  # mean | sum of active component outputs
+  c.combine = "mean"  # mean | sum of active outputs | auto (sum for shared_bottom, else mean)
   c.dropout = 0.0
   c.fused = True  # components of one kind as one batched op
   c.conv_impl = "auto"  # auto (patches on CPU, xla elsewhere) | xla | patches

@@ -1,0 +1,75 @@
+"""Orbax checkpoints of a run: the last N by round, and the best by a validation metric.
+
+Layout under a workdir::
+
+  checkpoints/<round>/       the last ``keep`` checkpoints (train state + metadata)
+  checkpoints_best/<round>/  the one with the best ``select_by`` value so far
+
+Every save is atomic (orbax writes a temporary folder and renames it), so a run killed while
+saving keeps its previous checkpoint. The metadata (JSON) holds what resuming needs beyond
+the arrays: the round, the best value so far and the evaluation it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _manager(path: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                      enable_async_checkpointing=False, read_only=read_only)
+  return ocp.CheckpointManager(os.path.abspath(path), options=opts)
+
+
+def _to_host(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+class Checkpoints:
+  """The two checkpoint series of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self.last_dir = os.path.join(workdir, "checkpoints")
+    self.best_dir = os.path.join(workdir, "checkpoints_best")
+    self.last = _manager(self.last_dir, keep)
+    self.best = _manager(self.best_dir, 1)
+
+  def save(self, round_: int, state, meta: dict, best: bool = False) -> str:
+    mngr = self.best if best else self.last
+    mngr.save(int(round_), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_host(state)), meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+    return os.path.join(self.best_dir if best else self.last_dir, str(int(round_)))
+
+  def latest_round(self) -> Optional[int]:
+    return self.last.latest_step()
+
+  def restore(self, like, round_: Optional[int] = None, best: bool = False) -> Tuple[Any, dict]:
+    """``(state, meta)`` of checkpoint ``round_`` (default: the latest), arrays shaped like
+    ``like`` (a train state of the same config)."""
+    mngr = self.best if best else self.last
+    r = mngr.latest_step() if round_ is None else round_
+    if r is None:
+      raise FileNotFoundError(f"no checkpoint in {self.best_dir if best else self.last_dir}")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _to_host(like))
+    out = mngr.restore(r, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                  meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def close(self):
+    self.last.close()
+    self.best.close()
+
+
+def load(workdir: str, like, best: bool = False, round_: Optional[int] = None):
+  """Read a checkpoint of ``workdir`` (for notebooks and tests): ``(state, meta)``."""
+  ck = Checkpoints(workdir)
+  try:
+    return ck.restore(like, round_, best)
+  finally:
+    ck.close()

@@ -1,0 +1,222 @@
+"""Interrupted runs and bad input: exact resume after SIGTERM / SIGKILL, workdir safety,
+config validation (one line per error), non-finite guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from ml_collections import config_dict
+
+from experiments.configs import synthetic as synthetic_cfg
+from gmr import checkpoint, experiment, train as T, validate
+from gmr import data as data_lib
+from gmr.methods import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A synthetic run long enough to be interrupted part-way (about 20k task steps).
+LONG = ["--config.synthetic.d=16", "--config.synthetic.num_train=512",
+        "--config.synthetic.num_test=128", "--config.num_rounds=5000", "--config.log_every=100",
+        "--config.eval_every=0", "--config.rounds_per_call=100", "--config.checkpoint_every=500",
+        "--config.seed=1"]
+
+
+def _cmd(wd):
+  return [sys.executable, "-m", "experiments.main",
+          "--config=experiments/configs/synthetic.py:gumbel_matrix,smoke", f"--workdir={wd}"] + LONG
+
+
+def _cfg():
+  c = synthetic_cfg.get_config("gumbel_matrix,smoke")
+  for a in LONG:
+    k, v = a[len("--config."):].split("=")
+    *parents, last = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[last] = type(node[last])(v)
+  return c
+
+
+def _wait_for(pred, proc, timeout=300):
+  t = time.time()
+  while not pred():
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert time.time() - t < timeout
+    time.sleep(0.05)
+
+
+def _final_state(wd, c):
+  suite = data_lib.load_suite(c)
+  setup = T.make_setup(c, suite)
+  like = T.init_state(setup, jax.random.key(0))
+  return checkpoint.load(str(wd), like)[0]
+
+
+def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  ref = experiment.run(_cfg(), str(tmp_path / "ref"), quiet=True)
+  wd = tmp_path / "cut"
+  ck = wd / "checkpoints"
+  # 1) SIGTERM: checkpoint written, clean exit with a message
+  p = subprocess.Popen(_cmd(wd), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: (wd / "metrics.jsonl").exists() and (wd / "metrics.jsonl").stat().st_size > 0, p)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 143, err
+  assert "interrupted: stopped by signal 15 at round" in err and "Traceback" not in err
+  stopped = int(err.split("at round ")[1].split(";")[0])
+  assert (ck / str(stopped)).is_dir() and stopped < 5000
+  assert not (wd / "results.json").exists()
+  # 2) resume, then SIGKILL once a later periodic checkpoint exists
+  p = subprocess.Popen(_cmd(wd), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  nxt = (stopped // 500 + 1) * 500
+  _wait_for(lambda: (ck / str(nxt)).is_dir(), p)
+  p.kill()
+  p.wait()
+  assert not (wd / "results.json").exists()
+  # 3) rerun the same command: it resumes and finishes
+  r = subprocess.run(_cmd(wd), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr
+  assert "resuming from" in r.stdout
+  got = json.load(open(wd / "results.json"))
+  assert got["resumed_from_round"] >= nxt
+  for k in ("final", "allocations", "probabilities", "active_fraction", "steps"):
+    assert got[k] == json.loads(json.dumps(ref[k])), k
+  a, b = _final_state(tmp_path / "ref", _cfg()), _final_state(wd, _cfg())
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit for bit
+  lines = [(json.loads(l)["round"], json.loads(l)["kind"]) for l in open(wd / "metrics.jsonl")]
+  assert [r for r, _ in lines] == sorted(r for r, _ in lines)
+  assert len(lines) == len(set(lines))  # no line repeated by the resumes
+
+
+def small(**kw):
+  c = synthetic_cfg.get_config("gumbel_matrix,smoke")
+  c.synthetic.d = 16
+  c.num_rounds, c.log_every, c.eval_every, c.rounds_per_call = 20, 10, 10, 10
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def test_workdir_safety(tmp_path, capsys):
+  wd = str(tmp_path / "w")
+  first = experiment.run(small(), wd)
+  again = experiment.run(small(), wd)  # finished: not re-run, not overwritten
+  assert "already finished" in capsys.readouterr().out
+  assert again == json.load(open(os.path.join(wd, "results.json")))
+  assert again["wall_time_s"] == pytest.approx(first["wall_time_s"])
+  with pytest.raises(experiment.WorkdirError, match="holds a run with a different config "
+                     r"\(differs in seed\); use another --workdir, or pass --fresh"):
+    experiment.run(small(seed=5), wd)
+  experiment.run(small(seed=5), wd, quiet=True, fresh=True)
+  old = json.load(open(os.path.join(wd, "previous_0", "results.json")))  # kept, not lost
+  assert old["seed"] == 0 and json.load(open(os.path.join(wd, "results.json")))["seed"] == 5
+
+
+def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch):
+  c = small(num_rounds=60, checkpoint_every=5, log_every=5, eval_every=0, rounds_per_call=5)
+  c.synthetic.num_train = 600  # 9 batches of 64 per epoch: 24 examples wait for epoch 2
+  suite = data_lib.load_suite(c)
+  sampler = T.BatchSampler(T.make_keys(c.seed).batch, suite.train, c.batch_size)
+  o = suite.train.offsets[2]
+  first = {}  # example of task 2 -> first round that samples it
+  for r in range(60):
+    for e in sampler.task_indices(2, np.array([r]))[0] - o:
+      first.setdefault(int(e), r)
+  example, hit = max(first.items(), key=lambda kv: kv[1])
+  assert hit >= 10  # after the first checkpoints
+  real_load = data_lib.load_suite
+
+  def poisoned(config):
+    s = real_load(config)
+    s.train.x[o + example] = np.nan  # one example of task 2
+    return s
+  monkeypatch.setattr(data_lib, "load_suite", poisoned)
+  wd = tmp_path / "nan"
+  with pytest.raises(T.NonFiniteError, match=r"non-finite loss at step \d+ \(task pair1_a\); "
+                     r"the last good checkpoint .*checkpoints/\d+\) is kept"):
+    experiment.run(c, str(wd), quiet=True)
+  kept = sorted(int(d) for d in os.listdir(wd / "checkpoints"))
+  assert kept and max(kept) <= hit and not (wd / "results.json").exists()
+  st = _final_state(wd, c)
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree_util.tree_leaves(st.params))
+
+
+def test_cli_nan_exit_status(tmp_path):
+  p = subprocess.run([sys.executable, "-m", "experiments.main",
+                      "--config=experiments/configs/synthetic.py:gumbel_matrix,smoke",
+                      f"--workdir={tmp_path / 'w'}", "--config.synthetic.d=16",
+                      "--config.learning_rate=1e30", "--config.clip_norm=0.0",
+                      "--config.num_rounds=20", "--config.rounds_per_call=10"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1].startswith("error: training diverged: non-finite")
+  assert "Traceback" not in p.stderr
+
+
+INVALID = [  # (field overrides, expected start of the one-line error)
+    ({"method": "gumbel"}, "method: unknown method 'gumbel'; choose one of"),
+    ({"suite": "cifar"}, "suite: unknown suite 'cifar'; choose one of"),
+    ({"arch": "resnet"}, "arch: unknown architecture 'resnet'; choose one of"),
+    ({"seed": -1}, "seed: must be >= 0, got -1"),
+    ({"seed": 1.5}, "seed: must be an integer, got 1.5"),
+    ({"num_rounds": 0}, "num_rounds: must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size: must be >= 1, got 0"),
+    ({"batch_size": "16"}, "batch_size: must be an integer, got '16'"),
+    ({"eval_batch_size": 0}, "eval_batch_size: must be >= 1"),
+    ({"rounds_per_call": 0}, "rounds_per_call: must be >= 1"),
+    ({"eval_every": -5}, "eval_every: must be >= 0"),
+    ({"log_every": -1}, "log_every: must be >= 0"),
+    ({"learning_rate": 0.0}, "learning_rate: must be > 0, got 0.0"),
+    ({"alloc_learning_rate": -1.0}, "alloc_learning_rate: must be > 0"),
+    ({"alloc_lr_multiplier": 0.0}, "alloc_lr_multiplier: must be > 0"),
+    ({"p_init": 1.0}, "p_init: must be < 1, got 1.0; give a probability strictly between 0 and 1"),
+    ({"p_init": 0.0}, "p_init: must be > 0, got 0.0"),
+    ({"t_init": 0.0}, "t_init: must be > 0, got 0.0; temperatures must be positive"),
+    ({"t_min": -0.5}, "t_min: must be > 0"),
+    ({"t_min": 60.0}, "t_min: 60.0 exceeds t_init=50.0"),
+    ({"budget": 0.0}, "budget: must be > 0, got 0.0; give the allowed active fraction in (0, 1]"),
+    ({"budget": 1.5}, "budget: must be <= 1, got 1.5"),
+    ({"budget_lambda": -1.0}, "budget_lambda: must be >= 0"),
+    ({"budget_lambda": 1.0, "budget": 1.0}, "budget: is 1.0 (no constraint) while budget_lambda > 0"),
+    ({"entropy_penalty": -0.1}, "entropy_penalty: must be >= 0"),
+    ({"l2": -1e-4}, "l2: must be >= 0"),
+    ({"clip_norm": -1.0}, "clip_norm: must be >= 0, got -1.0; use 0 to disable clipping"),
+    ({"dropout": 1.0}, "dropout: must be < 1"),
+    ({"adam_b1": 1.0}, "adam_b1: must be < 1"),
+    ({"adam_b2": -0.1}, "adam_b2: must be >= 0"),
+    ({"adam_eps": 0.0}, "adam_eps: must be > 0"),
+    ({"combine": "max"}, "combine: unknown mode 'max'; use 'mean', 'sum' or 'auto'"),
+    ({"conv_impl": "cudnn"}, "conv_impl: unknown 'cudnn'"),
+    ({"augment": "flip"}, "augment: unknown value 'flip'"),
+    ({"augment_pad": -2}, "augment_pad: must be >= 0"),
+    ({"checkpoint_every": -1}, "checkpoint_every: must be >= 0"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints: must be >= 1"),
+    ({"fused": "yes"}, "fused: must be true or false"),
+    ({"data_dir": 3}, "data_dir: must be a path string"),
+    ({"select_by": "accuracy"}, "select_by: 'accuracy' is not <split>.<metric>.<task or mean>"),
+    ({"data_seed": -3}, "data_seed: must be >= 0"),
+    ({"method": "no_sharing", "no_sharing_components_per_task": 3},
+     "no_sharing_components_per_task: 4 tasks x 3 components != 4 components per layer"),
+    ({"method": "fixed"}, "fixed_allocation: is required by method 'fixed'"),
+]
+
+
+def test_invalid_config_table():
+  assert len(INVALID) >= 30
+  for overrides, expected in INVALID:
+    # type_safe=False: also the wrong types a config file (not a flag) could hold
+    c = config_dict.ConfigDict(synthetic_cfg.get_config("gumbel_matrix").to_dict(), type_safe=False)
+    for k, v in overrides.items():
+      c[k] = v
+    with pytest.raises(ConfigError) as e:
+      validate.validate(c)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(expected), (overrides, line)
