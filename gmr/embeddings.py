@@ -1,0 +1,118 @@
+"""Task embeddings from learned allocations (section III-E) and cluster discovery (V-C).
+
+A task's embedding is the concatenation of its greedy 0/1 allocation rows over all routed
+layers. Pure numpy; works on ``results.json["allocations"]`` as written by a run.
+
+  emb = task_embeddings(results["allocations"])
+  sim = cosine_similarity(emb)
+  labels = cluster(emb, 3)
+  adjusted_rand_index(true_labels, labels)
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Union
+
+import numpy as np
+
+Allocations = Union[Dict[str, Sequence], Sequence[Sequence]]
+
+
+def task_embeddings(allocations: Allocations) -> np.ndarray:
+  """``[T, sum_l C_l]`` 0/1: the allocation rows of all routed layers, in layer order.
+
+  ``allocations``: ``{"layer_0": [T, C0], "layer_1": ...}`` (a run's ``results.json``) or a
+  list of ``[T, C_l]`` matrices."""
+  if isinstance(allocations, dict):
+    keys = sorted(allocations, key=lambda k: int(k.rsplit("_", 1)[1]))
+    mats = [np.asarray(allocations[k], np.float32) for k in keys]
+  else:
+    mats = [np.asarray(m, np.float32) for m in allocations]
+  return np.concatenate(mats, axis=1)
+
+
+def cosine_similarity(emb: np.ndarray) -> np.ndarray:
+  """``[T, T]`` cosine similarities; a task with an all-zero embedding has similarity 0 to
+  every task (itself included)."""
+  emb = np.asarray(emb, np.float64)
+  norm = np.linalg.norm(emb, axis=1)
+  safe = np.where(norm > 0, norm, 1.0)
+  sim = (emb / safe[:, None]) @ (emb / safe[:, None]).T
+  sim[norm == 0, :] = 0.0
+  sim[:, norm == 0] = 0.0
+  return sim
+
+
+def identical_groups(emb: np.ndarray) -> List[List[int]]:
+  """Tasks grouped by identical embeddings, groups ordered by their first task."""
+  groups: Dict[bytes, List[int]] = {}
+  for t, row in enumerate(np.asarray(emb)):
+    groups.setdefault(np.asarray(row, np.float32).tobytes(), []).append(t)
+  return sorted(groups.values(), key=lambda g: g[0])
+
+
+def cluster(emb: np.ndarray, k: int) -> np.ndarray:
+  """Deterministic ``k``-way agglomerative clustering (average linkage, cosine distance).
+
+  Returns integer labels ``[T]`` numbered by first appearance."""
+  emb = np.asarray(emb)
+  t = len(emb)
+  if not 1 <= k <= t:
+    raise ValueError(f"k must be in [1, {t}], got {k}")
+  dist = 1.0 - cosine_similarity(emb)
+  clusters: List[List[int]] = [[i] for i in range(t)]
+  while len(clusters) > k:
+    best, pair = np.inf, (0, 1)
+    for a in range(len(clusters)):
+      for b in range(a + 1, len(clusters)):
+        d = dist[np.ix_(clusters[a], clusters[b])].mean()
+        if d < best - 1e-12:
+          best, pair = d, (a, b)
+    a, b = pair
+    clusters[a] = sorted(clusters[a] + clusters[b])
+    del clusters[b]
+  labels = np.empty(t, np.int64)
+  for i, members in enumerate(sorted(clusters, key=lambda c: c[0])):
+    labels[members] = i
+  return labels
+
+
+def adjusted_rand_index(labels_true: Sequence[int], labels_pred: Sequence[int]) -> float:
+  """Hubert & Arabie's adjusted Rand index (1 = the same partition, ~0 = chance)."""
+  a, b = np.asarray(labels_true), np.asarray(labels_pred)
+  if a.shape != b.shape:
+    raise ValueError("label arrays differ in length")
+  _, ai = np.unique(a, return_inverse=True)
+  _, bi = np.unique(b, return_inverse=True)
+  table = np.zeros((ai.max() + 1, bi.max() + 1), np.int64)
+  np.add.at(table, (ai, bi), 1)
+  comb = lambda n: n * (n - 1) / 2.0
+  index = comb(table).sum()
+  rows, cols = comb(table.sum(1)).sum(), comb(table.sum(0)).sum()
+  expected = rows * cols / comb(len(a)) if len(a) > 1 else 0.0
+  maximum = (rows + cols) / 2.0
+  if maximum == expected:  # both partitions trivial (all one cluster or all singletons)
+    return 1.0
+  return float((index - expected) / (maximum - expected))
+
+
+def labels_from_clusters(clusters: Dict[str, Sequence[int]], num_tasks: int) -> np.ndarray:
+  """``{"mnist": [20, ..., 29], ...}`` (a suite's ``info["clusters"]``) -> labels ``[T]``."""
+  labels = np.full(num_tasks, -1, np.int64)
+  for i, (_, members) in enumerate(sorted(clusters.items(), key=lambda kv: min(kv[1]))):
+    labels[list(members)] = i
+  return labels
+
+
+def cluster_report(results: dict) -> dict:
+  """For a run's results with known ``task_clusters``: distinct embeddings per cluster and
+  the ARI of a k-way clustering of the embeddings (k = number of true clusters)."""
+  emb = task_embeddings(results["allocations"])
+  clusters = results.get("task_clusters") or {}
+  if not clusters:
+    raise ValueError("results have no task_clusters")
+  truth = labels_from_clusters(clusters, len(emb))
+  pred = cluster(emb, len(clusters))
+  distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
+  return {"distinct_embeddings": distinct, "ari": adjusted_rand_index(truth, pred),
+          "labels": pred.tolist()}

@@ -1,0 +1,55 @@
+"""Task embeddings, similarities, identical groups, clustering and the adjusted Rand index."""
+
+import numpy as np
+import pytest
+
+from gmr import embeddings as E
+
+
+def test_embeddings_concatenate_layers_in_order():
+  alloc = {"layer_1": [[0, 1], [1, 1]], "layer_0": [[1, 0, 0], [1, 1, 0]], "layer_10": [[1], [0]]}
+  emb = E.task_embeddings(alloc)
+  np.testing.assert_array_equal(emb, [[1, 0, 0, 0, 1, 1], [1, 1, 0, 1, 1, 0]])
+
+
+def test_cosine_similarity_values_and_zero_rows():
+  emb = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], float)
+  s = E.cosine_similarity(emb)
+  assert s[0, 0] == pytest.approx(1.0) and s[0, 1] == pytest.approx(1 / np.sqrt(2))
+  assert s[0, 2] == 0.0 and s[3, 3] == 0.0 and np.allclose(s, s.T)
+
+
+def test_identical_groups():
+  emb = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 1]])
+  assert E.identical_groups(emb) == [[0, 2], [1, 3], [4]]
+
+
+def test_adjusted_rand_index_known_values():
+  assert E.adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0  # relabelled: same partition
+  a = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  b = [0, 0, 1, 1, 1, 2, 2, 2, 2]
+  # table [[2,1,0],[0,2,1],[0,0,3]]: index = 1+1+3 = 5; rows = 3*3 = 9; cols = 1+3+6 = 10
+  # expected = 90/36 = 2.5; max = 9.5 -> ARI = 2.5 / 7
+  assert E.adjusted_rand_index(a, b) == pytest.approx(2.5 / 7)
+  assert E.adjusted_rand_index([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(-0.5)
+
+
+def test_cluster_recovers_planted_groups():
+  rng = np.random.default_rng(0)
+  protos = rng.integers(0, 2, (3, 24))
+  truth = np.repeat(np.arange(3), 5)
+  emb = protos[truth].copy()
+  flip = rng.random(emb.shape) < 0.05  # a little noise
+  emb[flip] = 1 - emb[flip]
+  labels = E.cluster(emb, 3)
+  assert E.adjusted_rand_index(truth, labels) == 1.0
+  assert E.cluster(emb, 3).tolist() == labels.tolist()  # deterministic
+  with pytest.raises(ValueError, match="k must be in"):
+    E.cluster(emb, 0)
+
+
+def test_cluster_report_on_results():
+  alloc = {"layer_0": [[1, 0, 0], [1, 0, 0], [0, 1, 1], [0, 1, 1], [0, 1, 0]]}
+  res = {"allocations": alloc, "task_clusters": {"a": [0, 1], "b": [2, 3, 4]}}
+  rep = E.cluster_report(res)
+  assert rep["distinct_embeddings"] == {"a": 1, "b": 2} and rep["ari"] == 1.0
