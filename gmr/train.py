@@ -285,7 +285,7 @@ def allocation_summary(setup: Setup, params, task_names) -> Dict:
 
 # ----------------------------------------------------------------------------- loop
 class Event(NamedTuple):
-  kind: str  # "log" or "eval"
+  kind: str  # "log", "eval" or "alloc" (allocation probabilities, every alloc_history_every)
   data: dict
 
 
@@ -351,7 +351,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   total = int(config.num_rounds)
   chunk = max(1, int(config.rounds_per_call))
   boundaries = {total}
-  for every in (config.log_every, config.eval_every, config.get("checkpoint_every", 0), chunk):
+  history_every = int(config.get("alloc_history_every", 0))
+  for every in (config.log_every, config.eval_every, config.get("checkpoint_every", 0), chunk,
+                history_every):
     if every:
       boundaries.update(range(every, total, every))
   boundaries = sorted(boundaries)
@@ -396,6 +398,11 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           "steps_per_s": rate, "eta_s": (total - r) * t_count / max(rate, 1e-9),
           "elapsed_s": now - t_start}))
       pending, t_log, r_log = [], now, r
+    if history_every and state.params["alloc"] and (r % history_every == 0 or r == total):
+      probs = setup.method.probabilities(state.params["alloc"])
+      if probs:
+        on_event(Event("alloc", {"round": r, "step": int(state.step), "probabilities": {
+            f"layer_{l}": np.round(np.asarray(p), 5).tolist() for l, p in enumerate(probs)}}))
     evaluated = False
     if (config.eval_every and r % config.eval_every == 0) or r == total:
       last_eval = do_eval(r)

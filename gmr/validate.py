@@ -63,6 +63,7 @@ def validate(c) -> None:
   _num(c, "augment_pad", 0, integer=True)
   _num(c, "checkpoint_every", 0, integer=True, fix="use 0 to checkpoint only at the end")
   _num(c, "keep_checkpoints", 1, integer=True)
+  _num(c, "alloc_history_every", 0, integer=True, fix="use 0 to record no history")
   _bool(c, "fused")
   _bool(c, "eval_sample")
   _bool(c, "sparse_head_updates")

@@ -42,7 +42,7 @@ def main():
   if len(sys.argv) < 2 or sys.argv[1] not in RECIPES:
     raise SystemExit(f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2]")
   name = sys.argv[1]
-  extra = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--"))
+  extra = dict((a[2:].split("=", 1) + [""])[:2] for a in sys.argv[2:] if a.startswith("--"))
   r = RECIPES[name]
   seeds, parallel = extra.get("seeds", "0-4"), extra.get("parallel", "2")
   root = extra.get("root", os.path.join("runs", name))
@@ -50,11 +50,13 @@ def main():
           f"--seeds={seeds}", f"--root={root}", f"--parallel={parallel}"] + [f"--grid={g}" for g in r["grid"]]
   if r.get("pin"):
     argv.append("--pin_cpus")
-  subprocess.check_call(argv)
+  if "no_run" not in extra:  # --no_run: aggregate the finished runs only
+    subprocess.check_call(argv)
   table = {n: aggregate.summarize(runs) for n, runs in aggregate.collect(root).items()}
-  cmd = f"python -m launch.tables {name} --seeds={seeds}"
+  cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
   md = aggregate.to_markdown(table, r["title"], cmd)
-  md += (f"\nMachine: {machine()}. Seeds: {seeds}. Mean wall time per run: "
+  md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
+         "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items()) + ".\n")
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:

@@ -220,3 +220,16 @@ def test_invalid_config_table():
       validate.validate(c)
     line = str(e.value)
     assert "\n" not in line and line.startswith(expected), (overrides, line)
+
+
+def test_allocation_history_is_recorded_and_changes_nothing(tmp_path):
+  a = experiment.run(small(alloc_history_every=5), str(tmp_path / "a"), quiet=True)
+  b = experiment.run(small(alloc_history_every=0), str(tmp_path / "b"), quiet=True)
+  assert a["final"] == b["final"] and a["probabilities"] == b["probabilities"]
+  hist = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+  hist = [h for h in hist if h["kind"] == "alloc"]
+  assert [h["round"] for h in hist] == [5, 10, 15, 20]
+  p = np.asarray(hist[-1]["probabilities"]["layer_0"])
+  assert p.shape == (4, 4) and ((p >= 0) & (p <= 1)).all()
+  np.testing.assert_allclose(p, a["probabilities"]["layer_0"], atol=1e-5)
+  assert not any(json.loads(l)["kind"] == "alloc" for l in open(tmp_path / "b" / "metrics.jsonl"))

@@ -23,6 +23,7 @@ def base_config() -> config_dict.ConfigDict:
   c.eval_batch_size = 1000
   c.augment = ""  # "" | pad_crop (pad by augment_pad, random crop back; the 40-task benchmark)
   c.augment_pad = 4
+  c.alloc_history_every = 100  # rounds; P(on) per (layer, task, component) into metrics.jsonl; 0 = off
   c.checkpoint_every = 0  # rounds; 0 = only at the end (and on SIGTERM)
   c.keep_checkpoints = 2  # last N kept (plus the best one when select_by is set)
   c.select_by = ""  # e.g. "validation.accuracy.mean": report the best evaluation's test numbers
