@@ -210,6 +210,26 @@ def test_smoke_variants_train(dirs, tmp_path, config_name, variant):
   res = experiment.run(c, str(tmp_path / "w"), quiet=True)
   assert np.isfinite(res["final"]["loss"]["mean"])
   assert 0 <= res["final"]["accuracy"]["mean"] <= 1
+  assert os.path.isdir(res["checkpoint"])  # results name the checkpoint they come from
+  if c.select_by:  # Omniglot protocol: test numbers of the best validation evaluation
+    assert "checkpoints_best" in res["checkpoint"]
+    sel = res["selected_by"]
+    assert sel["metric"] == "validation.accuracy.mean"
+    assert sel["value"] == res["final_validation"]["accuracy"]["mean"]
+
+
+def test_cli_missing_data_is_one_line(tmp_path):
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, "-m", "experiments.main",
+                      "--config=experiments/configs/four_mnists.py:smoke",
+                      f"--config.data_dir={tmp_path / 'empty'}", f"--config.tfds_dir={tmp_path / 't'}",
+                      f"--workdir={tmp_path / 'w'}"], cwd=root, capture_output=True, text=True,
+                     timeout=300)
+  assert p.returncode == 2, p.stderr[-2000:]
+  last = p.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "mnist/train-images-idx3-ubyte.gz: missing" in last
+  assert "Traceback" not in p.stderr
 
 
 # ----------------------------------------------------------------------------- real data
