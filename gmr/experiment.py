@@ -176,9 +176,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     setup0 = train_lib.make_setup(config, suite)
     like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
     restored, meta = ckpt.restore(like, last)
-    state = jax.tree_util.tree_map(jnp.asarray, restored)
-    state = train_lib.TrainState(state.step, state.params, state.opt_state) if not isinstance(
-        state, train_lib.TrainState) else state
+    state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     _truncate_metrics(metrics_path, start)
     if not quiet:

@@ -29,6 +29,10 @@ def smoke(c):
   c.data.alphabets = None
 
 
+def offline(c):
+  c.suite = "clusters40_offline"
+
+
 def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "clusters40"
@@ -53,8 +57,4 @@ def get_config(variant: str = ""):
   c.log_every = 250
   c.rounds_per_call = 250
   c.eval_batch_size = 500
-  toks = (variant or "").split(",")
-  if "offline" in toks:
-    c.suite = "clusters40_offline"
-    variant = ",".join(t for t in toks if t != "offline")
-  return common.apply_variant(c, variant, METHODS, smoke)
+  return common.apply_variant(c, variant, METHODS, smoke, named={"offline": offline})

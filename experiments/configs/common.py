@@ -71,14 +71,18 @@ def synthetic_fields() -> config_dict.ConfigDict:
   return s
 
 
-def apply_variant(config, variant: str, methods=(), smoke=None):
+def apply_variant(config, variant: str, methods=(), smoke=None, named=None):
   """Apply a comma-separated variant string: method names set ``method``; ``smoke`` calls
-  ``smoke(config)``; other tokens ``key=value`` set fields."""
+  ``smoke(config)``; a token of ``named`` (name -> function) calls that function; other
+  tokens ``key=value`` set fields."""
+  named = dict(named or {})
+  if smoke is not None:
+    named["smoke"] = smoke
   for tok in filter(None, (variant or "").split(",")):
     if tok in methods:
       config.method = tok
-    elif tok == "smoke" and smoke is not None:
-      smoke(config)
+    elif tok in named:
+      named[tok](config)
     elif "=" in tok:
       k, v = tok.split("=", 1)
       field = config
@@ -87,6 +91,6 @@ def apply_variant(config, variant: str, methods=(), smoke=None):
         field = field[p]
       field[last] = type(field[last])(v) if field[last] is not None else v
     else:
-      raise ValueError(f"config variant: unknown token {tok!r}; use one of {list(methods)}, "
-                       "'smoke' or key=value")
+      raise ValueError(f"config variant: unknown token {tok!r}; use one of "
+                       f"{list(methods) + sorted(named)} or key=value")
   return config

@@ -49,8 +49,4 @@ def get_config(variant: str = ""):
   c.rounds_per_call = 500
   c.eval_batch_size = 1000
   c.no_sharing_components_per_task = 1
-  toks = (variant or "").split(",")
-  if "budget" in toks:
-    budget(c)
-    variant = ",".join(t for t in toks if t != "budget")
-  return common.apply_variant(c, variant, METHODS, smoke)
+  return common.apply_variant(c, variant, METHODS, smoke, named={"budget": budget})

@@ -22,6 +22,7 @@ import pickle
 import struct
 import tarfile
 import zipfile
+import zlib
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -247,7 +248,7 @@ def cifar100(data_dir: str, split: str, download: bool = False):
   except KeyError:
     raise DataError(path, f"has no member cifar-100-python/{split}",
                     "is this cifar-100-python.tar.gz?") from None
-  except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, zlib_error()) as e:
+  except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, zlib.error) as e:
     raise DataError(path, f"cannot be read ({type(e).__name__}: {e}): truncated or corrupt",
                     "replace it with the canonical file") from None
   try:
@@ -261,7 +262,3 @@ def cifar100(data_dir: str, split: str, download: bool = False):
                     f"({n}, 3072)", "replace the file with the canonical one")
   return data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1).copy(), fine, coarse
 
-
-def zlib_error():
-  import zlib  # pylint: disable=g-import-not-at-top
-  return zlib.error
