@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gmr import experiment
@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every save and load at INFO
+    logging.set_verbosity(logging.WARNING)
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value)
   except (ConfigError, DataError, experiment.WorkdirError) as e:

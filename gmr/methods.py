@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr import allocation as A
+from gmr import taps as taps_lib
 
 METHODS: Dict[str, type] = {}
 
@@ -61,8 +62,20 @@ class Method:
   def matrices_fixed(self) -> List[np.ndarray]:
     raise NotImplementedError
 
-  def init(self, key) -> Dict[str, jax.Array]:
-    del key
+  def init(self, key, model_params=None) -> Dict[str, jax.Array]:
+    """Trainable allocation parameters (``model_params``: the freshly initialised network,
+    for methods whose parameters mirror it, e.g. TAPS)."""
+    del key, model_params
+    return {}
+
+  def adapt(self, model_params, alloc_params, task):
+    """The network parameters task ``task`` computes with (identity but for TAPS)."""
+    del alloc_params, task
+    return model_params
+
+  def summary(self, alloc_params, task_names) -> Dict:
+    """Method-specific numbers for results.json (``{}`` for most methods)."""
+    del alloc_params, task_names
     return {}
 
   def train_rows(self, alloc_params, key, task, temperature) -> List[jax.Array]:
@@ -152,8 +165,8 @@ class GumbelMatrix(Method):
   def matrices_fixed(self):
     return []
 
-  def init(self, key):
-    del key
+  def init(self, key, model_params=None):
+    del key, model_params
     p = self.config.p_init
     return {_layer_key(l): A.init_logits(p, self.num_tasks, c)
             for l, c in enumerate(self.layer_sizes)}
@@ -181,3 +194,42 @@ class GumbelMatrix(Method):
 
   def probabilities(self, alloc_params):
     return [A.probabilities(lg) for lg in self._logits(alloc_params)]
+
+
+@register("taps")
+class TAPS(SharedBottom):
+  """Task Adaptive Parameter Sharing (:mod:`gmr.taps`) on the shared-bottom network: every task
+  uses every component; each backbone kernel gets a per-task delta switched on by a
+  thresholded score, with an L1 penalty on the scores. Parameters: ``alloc["taps"]``.
+
+  Config: ``taps_tau``, ``taps_score_init``, ``taps_lambda``, ``taps_layers`` (fnmatch patterns
+  of adaptable kernels; empty = all), ``taps_task_norm`` (per-task GroupNorm parameters).
+  With ``freeze_backbone`` (fine-tuning mode) only the deltas, scores and heads learn."""
+  learned = True
+
+  def init(self, key, model_params=None):
+    del key
+    if model_params is None:
+      raise ValueError("taps needs the network's parameters to build its deltas")
+    c = self.config
+    params = taps_lib.init(model_params, self.num_tasks, tuple(c.get("taps_layers", ()) or ()),
+                           float(c.get("taps_score_init", taps_lib.SCORE_INIT)),
+                           bool(c.get("taps_task_norm", False)))
+    if not taps_lib.adaptable_paths(model_params, tuple(c.get("taps_layers", ()) or ())):
+      raise ConfigError("taps_layers", f"matches no kernel of the network (patterns "
+                        f"{list(c.get('taps_layers', ()))})",
+                        "use fnmatch patterns like 'layer_1/*' or leave it empty for all")
+    return {"taps": params}
+
+  def adapt(self, model_params, alloc_params, task):
+    return taps_lib.adapt(model_params, alloc_params["taps"], task, self._tau)
+
+  @property
+  def _tau(self):
+    return float(self.config.get("taps_tau", taps_lib.TAU))
+
+  def penalty(self, alloc_params, task):
+    return taps_lib.penalty(alloc_params["taps"], task, float(self.config.get("taps_lambda", 1.0)))
+
+  def summary(self, alloc_params, task_names):
+    return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}

@@ -5,6 +5,7 @@ with optional coupled L2 (added to the gradient, as a TF ``l2_regularizer`` term
 would) on every weight except biases; the allocation logits get their own Adam at
 ``alloc_learning_rate`` or ``alloc_lr_multiplier x learning_rate`` (default multiplier: the
 number of tasks, section V-B). Gradient-norm clipping (global, before both) is optional.
+``freeze_backbone`` gives every model weight but the task heads zero updates (fine-tuning).
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import optax
 
 
 def alloc_learning_rate(config, num_tasks: int) -> float:
-  """The logits' learning rate: absolute if ``alloc_learning_rate`` is set, else multiplier x lr."""
+  """The logits' learning rate: absolute if ``alloc_learning_rate`` is set, else multiplier x lr.
+
+  TAPS's deltas and scores (its ``alloc`` parameters) use ``taps_learning_rate``, or the
+  weights' ``learning_rate`` when unset, as in the authors' code (one optimizer)."""
+  if config.get("method", "") == "taps":
+    lr = config.get("taps_learning_rate", None)
+    return float(config.learning_rate if lr is None else lr)
   if config.get("alloc_learning_rate", None) is not None:
     return float(config.alloc_learning_rate)
   mult = config.get("alloc_lr_multiplier", None)
@@ -32,6 +39,22 @@ def l2_mask(model_params):
   return jax.tree_util.tree_map_with_path(keep, model_params)
 
 
+def score_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
+  """TAPS scores: ``taps_score_optimizer`` ("adam" or "sgd", momentum ``adam_b1``) at
+  ``taps_score_learning_rate`` (None: the deltas' learning rate)."""
+  lr = config.get("taps_score_learning_rate", None)
+  lr = alloc_learning_rate(config, num_tasks) if lr is None else float(lr)
+  if config.get("taps_score_optimizer", "adam") == "sgd":
+    return optax.sgd(lr, momentum=config.adam_b1 or None)
+  return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def frozen_mask(model_params):
+  """True for backbone leaves (everything but the task heads): frozen by ``freeze_backbone``."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(getattr(p, "key", None) == "heads" for p in path), model_params)
+
+
 def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
   model_tx = [optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
                          eps=config.adam_eps)]
@@ -39,9 +62,20 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
     model_tx.insert(0, optax.add_decayed_weights(config.l2, mask=l2_mask))
   alloc_tx = optax.adam(alloc_learning_rate(config, num_tasks), b1=config.adam_b1,
                         b2=config.adam_b2, eps=config.adam_eps)
+  def labels(params):
+    out = {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+    if isinstance(params.get("alloc"), dict) and "taps" in params["alloc"]:
+      taps = dict(out["alloc"]["taps"])
+      taps["scores"] = jax.tree.map(lambda _: "scores", taps["scores"])
+      out["alloc"] = dict(out["alloc"], taps=taps)
+    if config.get("freeze_backbone", False):  # fine-tuning: only heads (and alloc) learn
+      out["model"] = jax.tree.map(lambda f: "frozen" if f else "model",
+                                  frozen_mask(params["model"]))
+    return out
+
   tx = optax.multi_transform(
-      {"model": optax.chain(*model_tx), "alloc": alloc_tx},
-      lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
+      {"model": optax.chain(*model_tx), "alloc": alloc_tx, "frozen": optax.set_to_zero(),
+       "scores": score_optimizer(config, num_tasks)}, labels)
   if config.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   return tx

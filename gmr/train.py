@@ -15,6 +15,8 @@ reproducible bit for bit and can be resumed from any round:
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from gmr import allocation as A
 from gmr import methods as methods_lib
@@ -77,7 +81,7 @@ class Setup(NamedTuple):
 def resolve_combine(config) -> str:
   """``combine="auto"``: what the authors' code does, sum for shared bottom, mean otherwise."""
   if config.combine == "auto":
-    return "sum" if config.method == "shared_bottom" else "mean"
+    return "sum" if config.method in ("shared_bottom", "taps") else "mean"
   return config.combine
 
 
@@ -102,15 +106,68 @@ def init_state(setup: Setup, key) -> TrainState:
   # jitted: eager init runs (and compiles) every op of the network one by one
   init = jax.jit(lambda k1, k2: setup.net.init({"params": k1, "dropout": k2}, x, rows, 0))
   model = init(k_model, k_drop)["params"]
-  params = {"model": model, "alloc": setup.method.init(k_alloc)}
+  params = {"model": model, "alloc": setup.method.init(k_alloc, model)}
   return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
 
 
+class InitFromError(ValueError):
+  """``init_from`` names a run whose checkpoint cannot start this one."""
+
+
+def source_checkpoint(workdir: str) -> str:
+  """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``)."""
+  res = os.path.join(workdir, "results.json")
+  if not os.path.exists(res):
+    raise InitFromError(f"init_from: {workdir} has no results.json (not a finished gmr run); "
+                        "finish the source run first or point init_from at its workdir")
+  with open(res) as f:
+    path = json.load(f).get("checkpoint", "")
+  if not path or not os.path.isdir(path):
+    raise InitFromError(f"init_from: the checkpoint {path!r} named by {res} is missing; "
+                        "rerun the source run with --fresh")
+  return path
+
+
+def source_model_params(workdir: str) -> dict:
+  """The network parameters (numpy) of the checkpoint a finished run's numbers come from."""
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  raw = ckptr.restore(os.path.abspath(source_checkpoint(workdir)),
+                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return raw["state"]["params"]["model"]
+
+
+def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
+  """Start from the backbone of another run (fine-tuning): every model parameter but the task
+  heads is copied from the checkpoint its results come from; the heads stay freshly
+  initialised (new tasks), the method's own parameters too; the optimizer starts afresh."""
+  src = traverse_util.flatten_dict(source_model_params(workdir))
+  ours = traverse_util.flatten_dict(state.params["model"])
+  new = {}
+  for p, v in ours.items():
+    if "heads" in p:
+      new[p] = v
+      continue
+    if p not in src:
+      raise InitFromError(f"init_from: {workdir} has no parameter {'/'.join(p)}; the source run "
+                          "must use the same architecture (arch and arch_kwargs)")
+    if tuple(src[p].shape) != tuple(v.shape):
+      raise InitFromError(f"init_from: {'/'.join(p)} is {tuple(src[p].shape)} in {workdir} but "
+                          f"{tuple(v.shape)} here; use the same architecture as the source run")
+    new[p] = jnp.asarray(src[p], v.dtype)
+  params = dict(state.params, model=traverse_util.unflatten_dict(new))
+  return TrainState(state.step, params, setup.tx.init(params))
+
+
 # ----------------------------------------------------------------------------- step
+TASK_ROW_KEYS = ("heads", "taps")  # subtrees with a leading task axis, one row per task
+
+
 def _select_task_rows(new, old, task, num_tasks):
-  """Keep ``old`` except row ``task`` for leaves under ``heads`` with a leading task axis."""
+  """Keep ``old`` except row ``task`` for leaves under ``heads`` (or TAPS's per-task deltas
+  and scores) with a leading task axis."""
   def sel(path, n, o):
-    if any(getattr(p, "key", None) == "heads" for p in path) and n.ndim and n.shape[0] == num_tasks:
+    if (any(getattr(p, "key", None) in TASK_ROW_KEYS for p in path) and n.ndim
+        and n.shape[0] == num_tasks):
       mask = (jnp.arange(num_tasks) == task).reshape((-1,) + (1,) * (n.ndim - 1))
       return jnp.where(mask, n, o)
     return n
@@ -128,7 +185,8 @@ def make_train_step(setup: Setup, config) -> Callable:
 
     def loss_fn(params):
       rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
-      out = setup.net.apply({"params": params["model"]}, x, rows, task, train=True,
+      model = setup.method.adapt(params["model"], params["alloc"], task)
+      out = setup.net.apply({"params": model}, x, rows, task, train=True,
                             rngs={"dropout": k_drop})
       loss = task_loss(setup.loss, out, y)[0].mean()
       return loss + setup.method.penalty(params["alloc"], task), loss
@@ -238,7 +296,8 @@ def make_eval_batch(setup: Setup, sample: bool):
   @jax.jit
   def eval_batch(params, x, y, mask, task, key):
     rows = setup.method.eval_rows(params["alloc"], task, key, sample)
-    out = setup.net.apply({"params": params["model"]}, x.astype(jnp.float32) * setup.x_scale,
+    model = setup.method.adapt(params["model"], params["alloc"], task)
+    out = setup.net.apply({"params": model}, x.astype(jnp.float32) * setup.x_scale,
                           rows, task, train=False)
     loss, correct = task_loss(setup.loss, out, y)
     return (loss * mask).sum(), (correct * mask).sum()
@@ -280,6 +339,7 @@ def allocation_summary(setup: Setup, params, task_names) -> Dict:
       "allocations": {f"layer_{l}": m.tolist() for l, m in enumerate(mats)},
       "active_fraction": A.active_fraction_of(mats),
       "probabilities": {f"layer_{l}": np.round(p, 6).tolist() for l, p in enumerate(probs)},
+      **setup.method.summary(params["alloc"], task_names),
   }
 
 
@@ -342,6 +402,8 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   setup = make_setup(config, suite)
   if state is None:
     state = init_state(setup, keys.init)
+    if config.get("init_from", ""):
+      state = init_from(setup, state, config.init_from)
   run_steps = make_run_steps(setup, config)
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
   eval_batch = make_eval_batch(setup, bool(config.eval_sample))

@@ -79,6 +79,21 @@ def validate(c) -> None:
                         "e.g. --config.select_by=validation.accuracy.mean, or '' for the last")
   if c.get("data_seed") is not None:
     _num(c, "data_seed", 0, integer=True)
+  _bool(c, "freeze_backbone")
+  init_from = c.get("init_from", "")
+  if not isinstance(init_from, str):
+    raise ConfigError("init_from", f"must be a workdir path, got {init_from!r}",
+                      "set --config.init_from=<workdir of a finished run> or ''")
+  if init_from:
+    import os  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(init_from, "results.json")):
+      raise ConfigError("init_from", f"{init_from} has no results.json (not a finished run)",
+                        "finish the source run first, or fix the path")
+  if c.get("freeze_backbone", False) and not init_from:
+    raise ConfigError("freeze_backbone", "is true but init_from is empty (a frozen random "
+                      "backbone)", "set --config.init_from=<source run> or freeze_backbone=false")
+  if c.method == "taps":
+    _taps(c)
   if c.method == "no_sharing":
     _no_sharing_fits(c)
   if c.method == "fixed" and c.get("fixed_allocation") is None:
@@ -95,6 +110,13 @@ def validate(c) -> None:
     if "rotate_k" in data and data.rotate_k not in (-3, -2, -1, 1, 2, 3):
       raise ConfigError("data.rotate_k", f"must be a non-zero multiple of 90 degrees in "
                         f"-3..3, got {data.rotate_k!r}", "use -1 (clockwise) or 1")
+    if c.suite == "mnist_family":
+      from gmr.data import real  # pylint: disable=g-import-not-at-top
+      names = [t.strip() for t in str(data.get("tasks", "mnist")).split(",") if t.strip()]
+      bad = [t for t in names if t not in real.FAMILY]
+      if bad or not names:
+        raise ConfigError("data.tasks", f"unknown task(s) {bad or names}",
+                          f"give a comma-separated list of {sorted(real.FAMILY)}")
     if "max_examples" in data:
       _num(data, "max_examples", 0, integer=True, fix="use 0 for all examples", name="data.max_examples")
     if "validation_fraction" in data:
@@ -105,6 +127,23 @@ def validate(c) -> None:
       if bad or not data.alphabets:
         raise ConfigError("data.alphabets", f"must be a non-empty list of names, got "
                           f"{data.alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
+
+
+def _taps(c):
+  _num(c, "taps_tau", fix="give the score threshold, e.g. 0.1")
+  _num(c, "taps_score_init", fix="give the initial score, e.g. 0.15 (above taps_tau: every "
+       "layer starts task-specific)")
+  _num(c, "taps_lambda", 0, fix="give the sparsity weight, >= 0")
+  if c.get("taps_learning_rate") is not None:
+    _num(c, "taps_learning_rate", 0, lo_open=True)
+  _bool(c, "taps_task_norm")
+  _choice(c, "taps_score_optimizer", ("adam", "sgd"))
+  if c.get("taps_score_learning_rate") is not None:
+    _num(c, "taps_score_learning_rate", 0, lo_open=True)
+  layers = c.get("taps_layers", ())
+  if not isinstance(layers, (list, tuple)) or not all(isinstance(p, str) for p in layers):
+    raise ConfigError("taps_layers", f"must be a list of fnmatch patterns, got {layers!r}",
+                      "e.g. ['layer_1/*', 'layer_2/*'], or [] for every kernel")
 
 
 def _choice(c, field, options):

@@ -148,6 +148,36 @@ def test_four_mnists_suite(dirs):
   assert s.info["groups"] == [[0, 1], [2, 3]]
 
 
+def test_mnist_family_suite(dirs):
+  s = real.mnist_family(_opts(dirs, tasks="mnist_rot,fashion"))
+  assert s.task_names == ("mnist_rot", "fashion") and s.head_dims == (10, 10)
+  m = real.mnist_family(_opts(dirs, tasks="mnist"))
+  np.testing.assert_array_equal(s.train.task(0)[0], np.rot90(m.train.task(0)[0], k=-1, axes=(1, 2)))
+  f = real.four_mnists(_opts(dirs))
+  assert not np.array_equal(s.train.task(1)[0], f.train.task(0)[0])  # Fashion, not MNIST
+  with pytest.raises(ValueError, match="data.tasks"):
+    real.mnist_family(_opts(dirs, tasks="kmnist"))
+
+
+def test_finetune_smoke_from_a_source_run(dirs, tmp_path):
+  """The fine-tuning protocol end to end: source on MNIST, then TAPS / full / head-only on
+  MNIST-rot from its checkpoint, through the configs the experiments use."""
+  from experiments.configs import finetune
+  from gmr import experiment
+  src = str(tmp_path / "source")
+  c = finetune.get_config("source,smoke")
+  c.data_dir, c.tfds_dir = dirs[0], dirs[1]
+  experiment.run(c, src, quiet=True)
+  for variant in ("taps", "full", "head"):
+    c = finetune.get_config(f"{variant},smoke")
+    c.data_dir, c.tfds_dir, c.init_from = dirs[0], dirs[1], src
+    res = experiment.run(c, str(tmp_path / variant), quiet=True)
+    assert res["tasks"] == ["mnist_rot"] and 0 <= res["final"]["accuracy"]["mean"] <= 1
+    if variant == "taps":
+      assert res["taps"]["num_layers"] == 3  # the three conv layers of the shared bottom
+      assert 0 <= res["taps"]["task_specific_fraction"]["mnist_rot"] <= 1
+
+
 def test_omniglot20_splits(dirs):
   s = real.omniglot20(_opts(dirs))
   assert s.task_names == real.OMNIGLOT20 and s.head_dims == (2,) * 20

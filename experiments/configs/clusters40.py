@@ -13,7 +13,7 @@ the experiment runs where CIFAR-100 cannot be had. Adam lr 3e-4, logits lr 6e-3,
 from experiments.configs import common
 from ml_collections import config_dict
 
-METHODS = ("gumbel_matrix", "shared_bottom", "fixed")
+METHODS = ("gumbel_matrix", "shared_bottom", "fixed", "taps")
 
 
 def smoke(c):

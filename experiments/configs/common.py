@@ -8,7 +8,7 @@ def base_config() -> config_dict.ConfigDict:
   # --- run
   c.seed = 0
   c.data_seed = config_dict.placeholder(int)  # None: draw (synthetic) data from `seed`
-  c.method = "gumbel_matrix"  # gumbel_matrix | shared_bottom | no_sharing | fixed
+  c.method = "gumbel_matrix"  # gumbel_matrix | shared_bottom | no_sharing | fixed | taps
   c.suite = ""
   c.arch = ""
   c.arch_kwargs = config_dict.ConfigDict()
@@ -50,6 +50,18 @@ def base_config() -> config_dict.ConfigDict:
   c.budget = 1.0
   c.budget_lambda = 0.0
   c.entropy_penalty = 0.0
+  # --- TAPS (Wallingford et al.; defaults of the authors' code)
+  c.taps_tau = 0.1  # a layer is task-specific iff its score >= tau
+  c.taps_score_init = 0.15
+  c.taps_lambda = 1.0  # sparsity weight: lambda / L * sum |s| per task batch
+  c.taps_layers = []  # fnmatch patterns of adaptable kernels ("layer_1/*"); [] = all of the backbone
+  c.taps_task_norm = False  # per-task GroupNorm scale/offset deltas
+  c.taps_learning_rate = config_dict.placeholder(float)  # deltas; None = learning_rate
+  c.taps_score_optimizer = "adam"  # adam | sgd (momentum adam_b1) for the scores
+  c.taps_score_learning_rate = config_dict.placeholder(float)  # None = the deltas' rate
+  # --- fine-tuning
+  c.init_from = ""  # workdir of a finished run: start from its backbone (heads stay fresh)
+  c.freeze_backbone = False  # only heads (and TAPS deltas/scores) learn
   # --- baselines
   c.no_sharing_components_per_task = 1
   c.fixed_allocation = config_dict.placeholder(list)

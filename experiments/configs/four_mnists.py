@@ -13,7 +13,7 @@ with budget 0.75, lambda 1), smoke (a few seconds on 2,000 examples).
 from experiments.configs import common
 from ml_collections import config_dict
 
-METHODS = ("gumbel_matrix", "no_sharing", "shared_bottom", "fixed")
+METHODS = ("gumbel_matrix", "no_sharing", "shared_bottom", "fixed", "taps")
 
 
 def smoke(c):

@@ -13,7 +13,7 @@ Variants: shared_bottom, gumbel_matrix, smoke.
 from experiments.configs import common
 from ml_collections import config_dict
 
-METHODS = ("gumbel_matrix", "shared_bottom", "fixed")
+METHODS = ("gumbel_matrix", "shared_bottom", "fixed", "taps")
 
 
 def smoke(c):

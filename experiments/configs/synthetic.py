@@ -9,7 +9,7 @@ lr 0.01, gradient clipping 1.0, 3000 batches per task.
 
 from experiments.configs import common
 
-METHODS = ("gumbel_matrix", "no_sharing", "shared_bottom", "fixed")
+METHODS = ("gumbel_matrix", "no_sharing", "shared_bottom", "fixed", "taps")
 
 
 def smoke(c):

@@ -11,7 +11,7 @@ each depth).
 
 from experiments.configs import common
 
-METHODS = ("shared_bottom", "no_sharing", "gumbel_matrix", "fixed")
+METHODS = ("shared_bottom", "no_sharing", "gumbel_matrix", "fixed", "taps")
 
 
 def smoke(c):

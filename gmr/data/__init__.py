@@ -44,6 +44,12 @@ def _four_mnists(config, key):
   return real.four_mnists(_data_options(config))
 
 
+@register("mnist_family")
+def _mnist_family(config, key):
+  del key
+  return real.mnist_family(_data_options(config))
+
+
 @register("omniglot20")
 def _omniglot20(config, key):
   del key

@@ -47,6 +47,36 @@ def _indexed_split(pool: np.ndarray, members: Sequence[np.ndarray],
                index=np.concatenate(members).astype(np.int32))
 
 
+# ----------------------------------------------------------------------------- MNIST family
+FAMILY = {"mnist": ("gmr_mnist", False), "mnist_rot": ("gmr_mnist", True),
+          "fashion": ("gmr_fashion_mnist", False)}
+
+
+def mnist_family(cfg) -> TaskSuite:
+  """Any of MNIST, MNIST rotated (``rotate_k``, clockwise by default) and Fashion-MNIST as
+  10-way tasks at 28 x 28 x 1: ``cfg.tasks`` is a comma-separated list (the fine-tuning
+  experiments: a source on ``mnist``, targets ``mnist_rot`` and ``fashion``)."""
+  names = tuple(t.strip() for t in str(cfg.get("tasks", "mnist")).split(",") if t.strip())
+  bad = [t for t in names if t not in FAMILY]
+  if bad or not names:
+    raise ValueError(f"data.tasks: unknown task(s) {bad or names!r}; choose from {sorted(FAMILY)}")
+  k = int(cfg.get("rotate_k", -1))
+  splits = {}
+  for split in ("train", "test"):
+    xs, ys = [], []
+    for t in names:
+      ds, rot = FAMILY[t]
+      a = _load(ds, split, cfg)
+      img, lab = a["image"], a["label"].astype(np.int32)
+      if cfg.get("max_examples", 0):
+        img, lab = img[:cfg["max_examples"]], lab[:cfg["max_examples"]]
+      xs.append(np.rot90(img, k=k, axes=(1, 2)) if rot else img)
+      ys.append(lab)
+    splits[split] = Split.from_tasks(xs, ys)
+  return TaskSuite("mnist_family", names, "xent", (10,) * len(names), splits["train"],
+                   splits["test"], x_scale=1 / 255)
+
+
 # ----------------------------------------------------------------------------- 4-MNISTs
 def four_mnists(cfg) -> TaskSuite:
   """``cfg.rotate_k``: ``np.rot90`` k of the rotated tasks (-1 = 90 degrees clockwise, as
