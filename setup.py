@@ -20,6 +20,8 @@ setup(
         # checkpoints: the JAX ecosystem's standard (atomic saves, keep-last-N, best-by-metric)
         "orbax-checkpoint",
         "pillow",
+        # figures of experiments.report (the field's standard plotting library)
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest>=8"],

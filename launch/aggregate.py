@@ -16,11 +16,15 @@ from typing import Dict, List
 import numpy as np
 from absl import app, flags
 
-_ROOT = flags.DEFINE_string("root", None, "Sweep directory.")
-_OUT = flags.DEFINE_string("out", None, "Output prefix: writes <out>.md and <out>.json.")
-_TITLE = flags.DEFINE_string("title", "", "Table title.")
-_COMMAND = flags.DEFINE_string("command", "", "Command that produced the sweep (for the record).")
-flags.mark_flags_as_required(["root"])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():  # only when run as a script: importers (the report) define their own
+  flags.DEFINE_string("root", None, "Sweep directory.")
+  flags.DEFINE_string("out", None, "Output prefix: writes <out>.md and <out>.json.")
+  flags.DEFINE_string("title", "", "Table title.")
+  flags.DEFINE_string("command", "", "Command that produced the sweep (for the record).")
+  flags.mark_flags_as_required(["root"])
 
 # two-sided 90% Student-t quantiles by degrees of freedom (1..30); normal beyond
 _T90 = [6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782,
@@ -119,18 +123,19 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
 
 def main(argv):
   del argv
-  table = {name: summarize(runs) for name, runs in collect(_ROOT.value).items()}
+  table = {name: summarize(runs) for name, runs in collect(FLAGS.root).items()}
   if not table:
-    raise SystemExit(f"error: no results.json under {_ROOT.value}/*/seed_*/; run the sweep first")
-  md = to_markdown(table, _TITLE.value, _COMMAND.value)
+    raise SystemExit(f"error: no results.json under {FLAGS.root}/*/seed_*/; run the sweep first")
+  md = to_markdown(table, FLAGS.title, FLAGS.command)
   print(md)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value + ".md", "w") as f:
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out + ".md", "w") as f:
       f.write(md)
-    with open(_OUT.value + ".json", "w") as f:
+    with open(FLAGS.out + ".json", "w") as f:
       json.dump(table, f, indent=1)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -1,0 +1,386 @@
+"""Figures and tables of a run or a sweep, each PNG with the data behind it.
+
+  python -m experiments.report --workdir=runs/synthetic --out=results/report_synthetic
+  python -m experiments.report --workdir=runs/four_mnists/gumbel_matrix/seed_0 --out=/tmp/r
+
+``--workdir`` is one run (holding ``metrics.jsonl`` / ``results.json``) or a sweep
+(``<name>/seed_<s>/`` below it). For every group of seeds (a run is a group of one) it writes,
+under ``<out>/<group>/``:
+
+* ``loss_curves.png`` / ``.csv`` (Fig. 1 / 7): training loss per task, mean over seeds with the
+  90% t-interval of the mean as a band; the logged values (each already a mean over
+  ``log_every`` rounds) are smoothed with a moving average spanning ``--smooth`` (100) task
+  steps. Test loss at the evaluations is a second panel where a run evaluated more than once.
+* ``allocation.png`` / ``.json`` (Fig. 5): the greedy binary allocation of one seed
+  (``--seed``, default the first), tasks x components, routed layers separated.
+* ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
+  concatenated allocations) of that seed, and, where the suite knows its task clusters, the
+  per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering).
+* ``probabilities_<task>.png`` / ``.csv`` (Fig. 8): P(on) of every component over training,
+  one panel per layer, for ``--task`` (default the first task), from the allocation history.
+* for a sweep, ``comparison.png`` / ``.csv`` (Fig. 1 / 7 across methods: loss averaged over
+  tasks, one band per group) and ``table.md`` / ``.json`` (the Table I / II style summary).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from typing import Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from gmr import embeddings  # noqa: E402
+from launch import aggregate  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run or a sweep directory.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_TASK = flags.DEFINE_string("task", "", "Task of the probability figure (default: the first).")
+_SEED = flags.DEFINE_integer("seed", -1, "Seed of the allocation figures (default: the first).")
+_SMOOTH = flags.DEFINE_integer("smooth", 100, "Smoothing window of the loss curves, in steps.")
+
+
+class ReportError(Exception):
+  pass
+
+
+# ----------------------------------------------------------------------------- reading
+def read_run(run_dir: str) -> dict:
+  """``{"dir", "results" (or None), "config", "log": [...], "eval": [...], "alloc": [...]}``."""
+  out = {"dir": run_dir, "results": None, "config": {}, "log": [], "eval": [], "alloc": []}
+  for name, key in (("results.json", "results"), ("config.json", "config")):
+    p = os.path.join(run_dir, name)
+    if os.path.exists(p):
+      with open(p) as f:
+        out[key] = json.load(f)
+  p = os.path.join(run_dir, "metrics.jsonl")
+  if os.path.exists(p):
+    with open(p) as f:
+      for line in f:
+        if line.strip():
+          ev = json.loads(line)
+          out.setdefault(ev.get("kind", "log"), []).append(ev)
+  return out
+
+
+def find_groups(workdir: str) -> Dict[str, List[str]]:
+  """``{group name: [run dirs]}``: one group for a run, one per ``<name>/`` of a sweep."""
+  if not os.path.isdir(workdir):
+    raise ReportError(f"--workdir: {workdir} is not a directory; give a run or a sweep directory")
+  if any(os.path.exists(os.path.join(workdir, f)) for f in ("results.json", "metrics.jsonl")):
+    return {os.path.basename(os.path.normpath(workdir)): [workdir]}
+  groups: Dict[str, List[str]] = {}
+  for d in sorted(glob.glob(os.path.join(workdir, "*", "seed_*"))):
+    if os.path.exists(os.path.join(d, "metrics.jsonl")):
+      groups.setdefault(os.path.basename(os.path.dirname(d)), []).append(d)
+  if not groups:
+    raise ReportError(f"--workdir: no run under {workdir} (expected metrics.jsonl there or in "
+                      "<name>/seed_<s>/); run the experiment or the sweep first")
+  for g in groups:
+    groups[g].sort(key=lambda d: int(d.rsplit("seed_", 1)[1]))
+  return groups
+
+
+# ----------------------------------------------------------------------------- numbers
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+  """Trailing moving average over ``window`` points (fewer at the start)."""
+  if window <= 1:
+    return np.asarray(y, float)
+  c = np.cumsum(np.insert(np.asarray(y, float), 0, 0.0))
+  n = np.arange(1, len(y) + 1)
+  lo = np.maximum(n - window, 0)
+  return (c[n] - c[lo]) / (n - lo)
+
+
+def band(curves: np.ndarray):
+  """Mean and 90% t-interval half-width over axis 0 (seeds)."""
+  mean = curves.mean(0)
+  if len(curves) < 2:
+    return mean, np.zeros_like(mean)
+  half = np.array([aggregate.interval90(curves[:, i]) for i in range(curves.shape[1])])
+  return mean, half
+
+
+def loss_curves(runs: List[dict], smooth_steps: int):
+  """Per task: x (task steps of that task), mean and half-width of the smoothed training loss."""
+  logs = [r["log"] for r in runs if r["log"]]
+  if not logs:
+    return None
+  n = min(len(l) for l in logs)  # seeds still running: the common prefix
+  tasks = list(logs[0][0]["train_loss"])
+  rounds = np.array([e["round"] for e in logs[0][:n]])
+  # one task step per round; the logging interval in rounds
+  steps_per_point = max(int(np.median(np.diff(rounds))) if n > 1 else int(rounds[0]), 1)
+  window = max(1, smooth_steps // steps_per_point)
+  out = {"x": rounds, "window_points": window, "tasks": {}}
+  for t in tasks:
+    curves = np.array([smooth([e["train_loss"][t] for e in l[:n]], window) for l in logs])
+    out["tasks"][t] = band(curves)
+  evals = [r["eval"] for r in runs if len(r["eval"]) > 1]
+  if evals:
+    m = min(len(e) for e in evals)
+    out["eval_x"] = np.array([e["round"] for e in evals[0][:m]])
+    out["eval"] = {t: band(np.array([[e["test"]["loss"][t] for e in ev[:m]] for ev in evals]))
+                   for t in tasks}
+  return out
+
+
+# ----------------------------------------------------------------------------- figures
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_loss_curves(curves, title, out_dir, n_seeds):
+  panels = 2 if "eval" in curves else 1
+  fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+  ax = axes[0, 0]
+  for t, (m, h) in curves["tasks"].items():
+    line, = ax.plot(curves["x"], m, label=t, lw=1.4)
+    ax.fill_between(curves["x"], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+  ax.set_xlabel("round (one step per task)")
+  ax.set_ylabel("training loss (smoothed)")
+  ax.set_title(f"{title}: training loss, mean of {n_seeds} seed(s), 90% CI band")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  if panels == 2:
+    ax = axes[0, 1]
+    for t, (m, h) in curves["eval"].items():
+      line, = ax.plot(curves["eval_x"], m, marker=".", label=t, lw=1.4)
+      ax.fill_between(curves["eval_x"], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test loss")
+    ax.set_title("test loss at the evaluations")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  _save(fig, os.path.join(out_dir, "loss_curves.png"))
+  with open(os.path.join(out_dir, "loss_curves.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["split", "round", "task", "mean", "ci90_half_width", "smoothing_points"])
+    for t, (m, h) in curves["tasks"].items():
+      for x, a, b in zip(curves["x"], m, h):
+        w.writerow(["train", int(x), t, f"{a:.6g}", f"{b:.6g}", curves["window_points"]])
+    for t, (m, h) in curves.get("eval", {}).items():
+      for x, a, b in zip(curves["eval_x"], m, h):
+        w.writerow(["test", int(x), t, f"{a:.6g}", f"{b:.6g}", 1])
+
+
+def plot_allocation(results, title, out_dir):
+  layers = sorted(results["allocations"], key=lambda k: int(k.split("_")[1]))
+  mats = [np.asarray(results["allocations"][l]) for l in layers]
+  tasks = results["tasks"]
+  widths = [m.shape[1] for m in mats]
+  fig, axes = plt.subplots(1, len(mats), figsize=(1.2 + 0.32 * sum(widths) + 0.4 * len(mats),
+                                                  1.2 + 0.28 * len(tasks)),
+                           gridspec_kw={"width_ratios": widths}, squeeze=False)
+  for i, (ax, m, l) in enumerate(zip(axes[0], mats, layers)):
+    ax.imshow(m, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_xticklabels(range(m.shape[1]), fontsize=7)
+    ax.set_yticks(range(len(tasks)))
+    ax.set_yticklabels(tasks if i == 0 else [], fontsize=7)
+    ax.set_xlabel(f"{l.replace('_', ' ')}: component", fontsize=8)
+    ax.set_xticks(np.arange(-0.5, m.shape[1]), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(tasks)), minor=True)
+    ax.grid(which="minor", color="0.75", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+  fig.suptitle(f"{title}: greedy allocation (black = used), seed {results['seed']}, "
+               f"{100 * results['active_fraction']:.1f}% active", fontsize=9)
+  _save(fig, os.path.join(out_dir, "allocation.png"))
+  with open(os.path.join(out_dir, "allocation.json"), "w") as f:
+    json.dump({"seed": results["seed"], "tasks": tasks, "allocations": results["allocations"],
+               "active_fraction": results["active_fraction"]}, f, indent=1)
+
+
+def plot_similarity(results, title, out_dir, cluster_reports):
+  emb = embeddings.task_embeddings(results["allocations"])
+  sim = embeddings.cosine_similarity(emb)
+  tasks = results["tasks"]
+  size = 2.5 + 0.22 * len(tasks)
+  fig, ax = plt.subplots(figsize=(size + 1.0, size))
+  im = ax.imshow(sim, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+  ax.set_xticks(range(len(tasks)))
+  ax.set_xticklabels(tasks, rotation=90, fontsize=7)
+  ax.set_yticks(range(len(tasks)))
+  ax.set_yticklabels(tasks, fontsize=7)
+  if len(tasks) <= 12:
+    for i in range(len(tasks)):
+      for j in range(len(tasks)):
+        ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="black" if sim[i, j] > 0.6 else "white")
+  clusters = results.get("task_clusters") or {}
+  bounds = sorted({min(m) for m in clusters.values()} - {0})
+  for b in bounds:
+    ax.axhline(b - 0.5, color="white", lw=1.2)
+    ax.axvline(b - 0.5, color="white", lw=1.2)
+  fig.colorbar(im, ax=ax, label="cosine similarity of task embeddings")
+  ax.set_title(f"{title}: task similarity, seed {results['seed']}", fontsize=9)
+  _save(fig, os.path.join(out_dir, "similarity.png"))
+  data = {"seed": results["seed"], "tasks": tasks, "cosine_similarity": np.round(sim, 6).tolist(),
+          "identical_groups": [[tasks[t] for t in g] for g in embeddings.identical_groups(emb)]}
+  if cluster_reports:
+    data["cluster_reports"] = cluster_reports
+  with open(os.path.join(out_dir, "similarity.json"), "w") as f:
+    json.dump(data, f, indent=1)
+
+
+def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
+  hist = run["alloc"]
+  if not hist:
+    return None
+  tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
+      len(next(iter(hist[0]["probabilities"].values()))))]
+  task = task or tasks[0]
+  if task not in tasks:
+    raise ReportError(f"--task: {task!r} is not a task of {run['dir']}; choose one of {tasks}")
+  ti = tasks.index(task)
+  layers = sorted(hist[0]["probabilities"], key=lambda k: int(k.split("_")[1]))
+  x = np.array([h["round"] for h in hist])
+  fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False,
+                           sharey=True)
+  rows = []
+  for ax, l in zip(axes[0], layers):
+    p = np.array([h["probabilities"][l][ti] for h in hist])  # [time, C]
+    for c in range(p.shape[1]):
+      ax.plot(x, p[:, c], lw=1.2, label=f"component {c}")
+      rows += [(l, c, int(r), float(v)) for r, v in zip(x, p[:, c])]
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("round")
+    ax.set_title(l.replace("_", " "), fontsize=9)
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel(f"P(on) for task {task}")
+  axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2 if p.shape[1] > 8 else 1)
+  fig.suptitle(f"{title}: allocation probabilities over training, task {task}, seed "
+               f"{(run['results'] or {}).get('seed', '?')}", fontsize=9)
+  name = "probabilities_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
+  _save(fig, os.path.join(out_dir, name + ".png"))
+  with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["layer", "component", "round", "p_on"])
+    w.writerows(rows)
+  return name + ".png"
+
+
+def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: str, title: str):
+  """Fig. 1 / 7 across methods: the loss averaged over tasks, one curve (mean of seeds, 90%
+  CI band) per group; training loss, and test loss where evaluated more than once."""
+  series = {}
+  for name, runs in group_runs.items():
+    c = loss_curves(runs, smooth_steps)
+    if c is None:
+      continue
+    logs = [r["log"] for r in runs if r["log"]]
+    n = len(c["x"])
+    per_seed = np.array([smooth([e["train_loss_mean"] for e in l[:n]], c["window_points"])
+                         for l in logs])
+    entry = {"x": c["x"], "train": band(per_seed), "n": len(logs)}
+    if "eval" in c:
+      evals = [r["eval"] for r in runs if len(r["eval"]) > 1]
+      m = len(c["eval_x"])
+      entry["eval_x"] = c["eval_x"]
+      entry["eval"] = band(np.array([[e["test"]["loss"]["mean"] for e in ev[:m]] for ev in evals]))
+    series[name] = entry
+  if len(series) < 2:
+    return None
+  panels = 2 if all("eval" in e for e in series.values()) else 1
+  fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+  rows = []
+  for name, e in series.items():
+    for ax, key, xkey in zip(axes[0], ("train", "eval"), ("x", "eval_x")):
+      if key not in e:
+        continue
+      m, h = e[key]
+      line, = ax.plot(e[xkey], m, label=f"{name} ({e['n']} seeds)", lw=1.5)
+      ax.fill_between(e[xkey], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+      rows += [(name, key, int(x), float(a), float(b)) for x, a, b in zip(e[xkey], m, h)]
+  axes[0, 0].set_ylabel("training loss, mean over tasks (smoothed)")
+  axes[0, 0].set_title(f"{title}: training loss, mean of seeds, 90% CI band", fontsize=9)
+  if panels == 2:
+    axes[0, 1].set_ylabel("test loss, mean over tasks")
+    axes[0, 1].set_title("test loss at the evaluations", fontsize=9)
+  for ax in axes[0]:
+    ax.set_xlabel("round (one step per task)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  _save(fig, os.path.join(out, "comparison.png"))
+  with open(os.path.join(out, "comparison.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["group", "split", "round", "mean", "ci90_half_width"])
+    w.writerows(rows)
+  return "comparison.png"
+
+
+# ----------------------------------------------------------------------------- driver
+def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps: int = 100):
+  """Write every figure and table for ``workdir`` under ``out``; returns what was written."""
+  groups = find_groups(workdir)
+  written = {}
+  table = {}
+  all_runs = {name: [read_run(d) for d in dirs] for name, dirs in groups.items()}
+  for name, dirs in groups.items():
+    runs = all_runs[name]
+    finished = [r for r in runs if r["results"]]
+    out_dir = os.path.join(out, name)
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    curves = loss_curves(runs, smooth_steps)
+    if curves is not None:
+      plot_loss_curves(curves, name, out_dir, len([r for r in runs if r["log"]]))
+      files.append("loss_curves.png")
+    if finished:
+      table[name] = aggregate.summarize([r["results"] for r in finished])
+      pick = [r for r in finished if seed < 0 or r["results"]["seed"] == seed]
+      if not pick:
+        raise ReportError(f"--seed: no finished seed {seed} in {name}; have "
+                          f"{sorted(r['results']['seed'] for r in finished)}")
+      res = pick[0]["results"]
+      reports = None
+      if res.get("task_clusters"):
+        reports = {str(r["results"]["seed"]): embeddings.cluster_report(r["results"])
+                   for r in finished}
+      plot_allocation(res, name, out_dir)
+      plot_similarity(res, name, out_dir, reports)
+      files += ["allocation.png", "similarity.png"]
+      prob = plot_probabilities(pick[0], task, name, out_dir)
+      if prob:
+        files.append(prob)
+    written[name] = files
+  if len(groups) > 1:
+    os.makedirs(out, exist_ok=True)
+    comp = plot_comparison(all_runs, smooth_steps, out, os.path.basename(os.path.normpath(workdir)))
+    if comp:
+      written["comparison"] = [comp]
+  if len(groups) > 1 and table:
+    md = aggregate.to_markdown(table, f"Summary of {workdir}",
+                               f"python -m experiments.report --workdir={workdir} --out={out}")
+    with open(os.path.join(out, "table.md"), "w") as f:
+      f.write(md)
+    with open(os.path.join(out, "table.json"), "w") as f:
+      json.dump(table, f, indent=1)
+    written["table"] = ["table.md"]
+  return written
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value or not _OUT.value:
+    raise app.UsageError("give --workdir=<run or sweep dir> and --out=<dir>")
+  try:
+    written = report(_WORKDIR.value, _OUT.value, _TASK.value, _SEED.value, _SMOOTH.value)
+  except ReportError as e:
+    raise SystemExit(f"error: {e}")
+  for g, files in written.items():
+    where = _OUT.value if g in ("table", "comparison") else os.path.join(_OUT.value, g)
+    print(f"{where}: {', '.join(files)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,107 @@
+"""experiments.report: the numbers behind each figure, on generated sweeps and one real run."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import report
+from experiments.configs import transfer
+from gmr import experiment
+from launch import aggregate
+
+
+def test_smooth_and_band():
+  np.testing.assert_allclose(report.smooth([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+  np.testing.assert_allclose(report.smooth([1, 2, 3], 1), [1, 2, 3])
+  m, h = report.band(np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]]))
+  np.testing.assert_allclose(m, [3.0, 2.0])
+  np.testing.assert_allclose(h, [aggregate.interval90([1, 3, 5]), 0.0])
+
+
+def _fake_run(d, seed, loss0, clusters=None):
+  """A run directory as experiment.run writes it: 4 logs of 2 tasks, 2 evals, 3 alloc events."""
+  os.makedirs(d)
+  tasks = ["a", "b", "c", "d"]
+  with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+    for i, r in enumerate((100, 200, 300, 400)):
+      tl = {t: loss0 / (i + 1) + k for k, t in enumerate(tasks)}
+      f.write(json.dumps({"kind": "log", "round": r, "train_loss": tl,
+                          "train_loss_mean": float(np.mean(list(tl.values())))}) + "\n")
+      if r % 200 == 0:
+        te = {t: 2 * loss0 / (i + 1) for t in tasks}
+        f.write(json.dumps({"kind": "eval", "round": r, "test": {"loss": dict(te, mean=2 * loss0 / (i + 1))}}) + "\n")
+      if r >= 200:
+        p = [[0.5 + 0.1 * i, 0.5 - 0.1 * i]] * 4
+        f.write(json.dumps({"kind": "alloc", "round": r, "probabilities": {"layer_0": p, "layer_1": p}}) + "\n")
+  alloc = {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]], "layer_1": [[1, 1], [1, 1], [1, 0], [1, 0]]}
+  res = {"seed": seed, "tasks": tasks, "allocations": alloc, "active_fraction": 0.75,
+         "final": {"loss": {"mean": loss0 / 4}}, "wall_time_s": 1.0, "steps": 1600,
+         "task_groups": [[0, 1], [2, 3]], "task_clusters": clusters}
+  with open(os.path.join(d, "results.json"), "w") as f:
+    json.dump(res, f)
+
+
+def test_sweep_report_files_and_numbers(tmp_path):
+  root = tmp_path / "sweep"
+  clusters = {"x": [0, 1], "y": [2, 3]}
+  for g, base in (("gm", 1.0), ("ns", 2.0)):
+    for s in (0, 1, 2):
+      _fake_run(str(root / g / f"seed_{s}"), s, base + 0.1 * s, clusters)
+  out = str(tmp_path / "out")
+  written = report.report(str(root), out, task="c", smooth_steps=200)
+  assert written["gm"] == ["loss_curves.png", "allocation.png", "similarity.png",
+                           "probabilities_c.png"]
+  assert written["comparison"] == ["comparison.png"] and written["table"] == ["table.md"]
+  for g in ("gm", "ns"):
+    for f in written[g]:
+      assert os.path.getsize(os.path.join(out, g, f)) > 5000  # a real PNG, not an empty one
+  # loss curves: smoothing 200 steps = 2 logged points; mean and 90% CI over the 3 seeds
+  with open(os.path.join(out, "gm", "loss_curves.csv")) as f:
+    rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["task"] == "b"]
+  seeds = np.array([[(1.0 + 0.1 * s) / (i + 1) + 1 for i in range(4)] for s in range(3)])
+  sm = np.array([report.smooth(x, 2) for x in seeds])
+  np.testing.assert_allclose([float(r["mean"]) for r in rows], sm.mean(0), rtol=1e-5)
+  np.testing.assert_allclose([float(r["ci90_half_width"]) for r in rows],
+                             [aggregate.interval90(sm[:, i]) for i in range(4)], rtol=1e-5)
+  # similarity: identical embeddings of a/b and of c/d; clusters recovered in every seed
+  with open(os.path.join(out, "gm", "similarity.json")) as f:
+    sim = json.load(f)
+  assert sim["identical_groups"] == [["a", "b"], ["c", "d"]]
+  np.testing.assert_allclose(sim["cosine_similarity"][0][2], 1 / np.sqrt(3 * 2), rtol=1e-6)  # [1,0,1,1] vs [0,1,1,0]
+  assert all(r["ari"] == 1.0 for r in sim["cluster_reports"].values())
+  # probabilities of task c over time, per layer and component
+  with open(os.path.join(out, "gm", "probabilities_c.csv")) as f:
+    p = [r for r in csv.DictReader(f) if r["layer"] == "layer_1" and r["component"] == "1"]
+  np.testing.assert_allclose([float(r["p_on"]) for r in p], [0.4, 0.3, 0.2])
+  assert "| gm | 3 |" in open(os.path.join(out, "table.md")).read()
+
+
+def test_report_errors(tmp_path):
+  with pytest.raises(report.ReportError, match="not a directory"):
+    report.report(str(tmp_path / "none"), str(tmp_path / "o"))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(report.ReportError, match="no run under"):
+    report.report(str(tmp_path / "empty"), str(tmp_path / "o"))
+  _fake_run(str(tmp_path / "r"), 0, 1.0)
+  with pytest.raises(report.ReportError, match="--task"):
+    report.report(str(tmp_path / "r"), str(tmp_path / "o"), task="zzz")
+
+
+def test_report_of_a_real_run(tmp_path):
+  c = transfer.get_config("gumbel_matrix,smoke")
+  c.alloc_history_every = 20
+  wd = str(tmp_path / "run")
+  res = experiment.run(c, wd, quiet=True)
+  written = report.report(wd, str(tmp_path / "out"))
+  assert written["run"] == ["loss_curves.png", "allocation.png", "similarity.png",
+                            "probabilities_task0.png"]
+  with open(tmp_path / "out" / "run" / "allocation.json") as f:
+    assert json.load(f)["allocations"] == res["allocations"]
+  with open(tmp_path / "out" / "run" / "probabilities_task0.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted({int(r["round"]) for r in rows}) == [20, 40, 60]
+  final = [float(r["p_on"]) for r in rows if r["round"] == "60" and r["layer"] == "layer_0"]
+  np.testing.assert_allclose(final, np.array(res["probabilities"]["layer_0"][0]), atol=1e-5)
