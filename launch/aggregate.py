@@ -87,6 +87,12 @@ def summarize(runs: List[dict]) -> dict:
     acc = [100 * r["final"]["accuracy"]["mean"] for r in runs]
     s.update(acc_mean=float(np.mean(acc)), acc_std=float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
              acc_ci90=interval90(acc), acc_per_seed=acc)
+  if all("taps" in r for r in runs):  # TAPS: task-specific layers and added parameters
+    fr = [100 * r["taps"]["task_specific_fraction"]["mean"] for r in runs]
+    added = [np.mean(list(r["taps"]["added_params"].values())) for r in runs]
+    s.update(taps_specific_pct=float(np.mean(fr)),
+             taps_specific_pct_std=float(np.std(fr, ddof=1)) if len(fr) > 1 else 0.0,
+             taps_added_params=float(np.mean(added)))
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
     s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
@@ -96,12 +102,15 @@ def summarize(runs: List[dict]) -> dict:
 def to_markdown(table: Dict[str, dict], title="", command="") -> str:
   has_acc = any("acc_mean" in s for s in table.values())
   has_groups = any("groups_recovered" in s for s in table.values())
+  has_taps = any("taps_specific_pct" in s for s in table.values())
   head = ["run", "seeds", "test loss (mean +- std)", "90% CI"]
   if has_acc:
     head += ["accuracy % (mean +- std)"]
   head += ["active connections"]
   if has_groups:
     head += ["groups share one allocation", "groups recovered (and distinct)"]
+  if has_taps:
+    head += ["TAPS task-specific layers %", "TAPS added params / task"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -115,6 +124,9 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
     if has_groups:
       row.append(f"{s.get('groups_identical', 0)}/{s['n']}")
       row.append(f"{s.get('groups_recovered', 0)}/{s['n']}")
+    if has_taps:
+      row += ([f"{s['taps_specific_pct']:.1f} +- {s['taps_specific_pct_std']:.1f}",
+               f"{s['taps_added_params']:.0f}"] if "taps_specific_pct" in s else ["", ""])
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]

@@ -3,7 +3,9 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
 
   python -m launch.tables synthetic        # appendix A3 / Fig. 7
   python -m launch.tables transfer         # section II / Fig. 1
-  GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
 """
 
 from __future__ import annotations
@@ -29,7 +31,17 @@ RECIPES = {
     "four_mnists": dict(
         title="Table I, 4-MNISTs: mean test accuracy over the 4 tasks",
         config="experiments/configs/four_mnists.py",
-        methods="no_sharing,shared_bottom,gumbel_matrix,budget", grid=[], pin=True),
+        methods="no_sharing,shared_bottom,gumbel_matrix,budget,taps", grid=[], pin=True),
+    "finetune": dict(
+        title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
+        config="experiments/configs/finetune.py", methods="taps,full,head",
+        grid=["data.tasks=mnist_rot,fashion"], pin=True,
+        pre=[("experiments/configs/finetune.py:source", "runs/finetune/source/seed_0")]),
+    "taps_lambda": dict(
+        title="TAPS lambda sweep, fine-tuning MNIST -> MNIST-rot: accuracy vs. task-specific layers",
+        config="experiments/configs/finetune.py", methods="taps",
+        grid=["taps_lambda=0.0,0.03,0.1,0.3,1.0"], pin=True,
+        pre=[("experiments/configs/finetune.py:source", "runs/finetune/source/seed_0")]),
 }
 
 
@@ -51,6 +63,10 @@ def main():
   if r.get("pin"):
     argv.append("--pin_cpus")
   if "no_run" not in extra:  # --no_run: aggregate the finished runs only
+    for cfg, wd in r.get("pre", []):  # runs the sweep starts from (a fine-tuning source)
+      if not os.path.exists(os.path.join(wd, "results.json")):
+        subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
+                               f"--workdir={wd}", "--quiet"])
     subprocess.check_call(argv)
   table = {n: aggregate.summarize(runs) for n, runs in aggregate.collect(root).items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")

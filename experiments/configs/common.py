@@ -1,5 +1,7 @@
 """Fields every experiment config has, with the authors' defaults where they apply."""
 
+import ast
+
 from ml_collections import config_dict
 
 
@@ -57,7 +59,9 @@ def base_config() -> config_dict.ConfigDict:
   c.taps_layers = []  # fnmatch patterns of adaptable kernels ("layer_1/*"); [] = all of the backbone
   c.taps_task_norm = False  # per-task GroupNorm scale/offset deltas
   c.taps_learning_rate = config_dict.placeholder(float)  # deltas; None = learning_rate
-  c.taps_score_optimizer = "adam"  # adam | sgd (momentum adam_b1) for the scores
+  # sgd (momentum adam_b1) | adam for the scores. SGD: with Adam the L1 term alone moves every
+  # score by ~lr per step while dW = 0, so all cross tau before a delta has learned (README)
+  c.taps_score_optimizer = "sgd"
   c.taps_score_learning_rate = config_dict.placeholder(float)  # None = the deltas' rate
   # --- fine-tuning
   c.init_from = ""  # workdir of a finished run: start from its backbone (heads stay fresh)
@@ -101,7 +105,16 @@ def apply_variant(config, variant: str, methods=(), smoke=None, named=None):
       *parents, last = k.split(".")
       for p in parents:
         field = field[p]
-      field[last] = type(field[last])(v) if field[last] is not None else v
+      if field[last] is None:  # a placeholder (e.g. taps_score_learning_rate): parse the value
+        try:
+          v = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+          pass
+        field[last] = v
+      elif isinstance(field[last], bool):
+        field[last] = v.lower() in ("1", "true", "yes")
+      else:
+        field[last] = type(field[last])(v)
     else:
       raise ValueError(f"config variant: unknown token {tok!r}; use one of "
                        f"{list(methods) + sorted(named)} or key=value")

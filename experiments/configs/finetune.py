@@ -82,5 +82,8 @@ def get_config(variant: str = ""):
   c.rounds_per_call = 750
   c.eval_batch_size = 1000
   c.alloc_history_every = 0
+  # TAPS: scores by SGD (the default, see common.py); lambda 0.1 adapted 2 of the 3 layers in a
+  # 3,000-round trial, lambda 1 none (results/taps_lambda.md has the sweep)
+  c.taps_lambda = 0.1
   return common.apply_variant(c, variant, METHODS, smoke, named={
       "source": source, "taps": taps, "full": full, "head": head, "fashion": fashion})
