@@ -178,7 +178,7 @@ def plot_allocation(results, title, out_dir):
   mats = [np.asarray(results["allocations"][l]) for l in layers]
   tasks = results["tasks"]
   widths = [m.shape[1] for m in mats]
-  fig, axes = plt.subplots(1, len(mats), figsize=(1.2 + 0.32 * sum(widths) + 0.4 * len(mats),
+  fig, axes = plt.subplots(1, len(mats), figsize=(max(5.0, 1.2 + 0.32 * sum(widths) + 0.4 * len(mats)),
                                                   1.2 + 0.28 * len(tasks)),
                            gridspec_kw={"width_ratios": widths}, squeeze=False)
   for i, (ax, m, l) in enumerate(zip(axes[0], mats, layers)):
@@ -192,7 +192,7 @@ def plot_allocation(results, title, out_dir):
     ax.set_yticks(np.arange(-0.5, len(tasks)), minor=True)
     ax.grid(which="minor", color="0.75", lw=0.5)
     ax.tick_params(which="minor", length=0)
-  fig.suptitle(f"{title}: greedy allocation (black = used), seed {results['seed']}, "
+  fig.suptitle(f"{title}: greedy allocation (black = used)\nseed {results['seed']}, "
                f"{100 * results['active_fraction']:.1f}% active", fontsize=9)
   _save(fig, os.path.join(out_dir, "allocation.png"))
   with open(os.path.join(out_dir, "allocation.json"), "w") as f:
@@ -258,7 +258,7 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel(f"P(on) for task {task}")
   axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2 if p.shape[1] > 8 else 1)
-  fig.suptitle(f"{title}: allocation probabilities over training, task {task}, seed "
+  fig.suptitle(f"{title}: allocation probabilities over training\ntask {task}, seed "
                f"{(run['results'] or {}).get('seed', '?')}", fontsize=9)
   name = "probabilities_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
   _save(fig, os.path.join(out_dir, name + ".png"))
