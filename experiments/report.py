@@ -133,6 +133,12 @@ def loss_curves(runs: List[dict], smooth_steps: int):
 
 
 # ----------------------------------------------------------------------------- figures
+def _band_line(ax, x, mean, half, label, **kw):
+  """One curve with its 90% CI band in the curve's colour."""
+  line, = ax.plot(x, mean, label=label, **kw)
+  ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.25, lw=0)
+
+
 def _save(fig, path):
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -144,8 +150,7 @@ def plot_loss_curves(curves, title, out_dir, n_seeds):
   fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
   ax = axes[0, 0]
   for t, (m, h) in curves["tasks"].items():
-    line, = ax.plot(curves["x"], m, label=t, lw=1.4)
-    ax.fill_between(curves["x"], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+    _band_line(ax, curves["x"], m, h, t, lw=1.4)
   ax.set_xlabel("round (one step per task)")
   ax.set_ylabel("training loss (smoothed)")
   ax.set_title(f"{title}: training loss, mean of {n_seeds} seed(s), 90% CI band")
@@ -154,8 +159,7 @@ def plot_loss_curves(curves, title, out_dir, n_seeds):
   if panels == 2:
     ax = axes[0, 1]
     for t, (m, h) in curves["eval"].items():
-      line, = ax.plot(curves["eval_x"], m, marker=".", label=t, lw=1.4)
-      ax.fill_between(curves["eval_x"], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+      _band_line(ax, curves["eval_x"], m, h, t, marker=".", lw=1.4)
     ax.set_xlabel("round")
     ax.set_ylabel("test loss")
     ax.set_title("test loss at the evaluations")
@@ -298,8 +302,7 @@ def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: s
       if key not in e:
         continue
       m, h = e[key]
-      line, = ax.plot(e[xkey], m, label=f"{name} ({e['n']} seeds)", lw=1.5)
-      ax.fill_between(e[xkey], m - h, m + h, color=line.get_color(), alpha=0.25, lw=0)
+      _band_line(ax, e[xkey], m, h, f"{name} ({e['n']} seeds)", lw=1.5)
       rows += [(name, key, int(x), float(a), float(b)) for x, a, b in zip(e[xkey], m, h)]
   axes[0, 0].set_ylabel("training loss, mean over tasks (smoothed)")
   axes[0, 0].set_title(f"{title}: training loss, mean of seeds, 90% CI band", fontsize=9)

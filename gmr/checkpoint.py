@@ -66,6 +66,14 @@ class Checkpoints:
     self.best.close()
 
 
+def read_state(path: str) -> dict:
+  """The train state saved at checkpoint folder ``path`` as nested dicts of numpy arrays,
+  without a template (another config's run: fine-tuning reads its source this way)."""
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  return ckptr.restore(os.path.abspath(path),
+                       args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+
 def load(workdir: str, like, best: bool = False, round_: Optional[int] = None):
   """Read a checkpoint of ``workdir`` (for notebooks and tests): ``(state, meta)``."""
   ck = Checkpoints(workdir)

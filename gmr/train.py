@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from gmr import allocation as A
+from gmr import checkpoint as checkpoint_lib
 from gmr import methods as methods_lib
 from gmr import models
 from gmr.data.suite import Split, TaskSuite
@@ -130,10 +130,7 @@ def source_checkpoint(workdir: str) -> str:
 
 def source_model_params(workdir: str) -> dict:
   """The network parameters (numpy) of the checkpoint a finished run's numbers come from."""
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  raw = ckptr.restore(os.path.abspath(source_checkpoint(workdir)),
-                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return raw["state"]["params"]["model"]
+  return checkpoint_lib.read_state(source_checkpoint(workdir))["params"]["model"]
 
 
 def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:

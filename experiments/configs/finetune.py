@@ -22,17 +22,10 @@ Variants (combine with commas):
 """
 
 from experiments.configs import common
+from experiments.configs.four_mnists import smoke  # the same network and data sizes
 from ml_collections import config_dict
 
 METHODS = ("shared_bottom", "taps")
-
-
-def smoke(c):
-  c.num_rounds = 40
-  c.log_every = 20
-  c.rounds_per_call = 20
-  c.data.max_examples = 2000
-  c.eval_batch_size = 500
 
 
 def source(c):
