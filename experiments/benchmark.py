@@ -4,6 +4,8 @@
   python -m experiments.benchmark --arch=four_mnists --reference --write=BENCHMARKS.md
 
 "ours": fused components, ``rounds_per_call`` rounds per device call (``lax.scan``).
+"ours joint" (``--joint``): the ``joint`` schedule, one update per round on all T task
+batches (not the paper's schedule: a different algorithm, timed for what it costs).
 "reference" (``--reference``): each component its own op, one jitted call per task batch
 (batches still gathered on device, so the difference is the model and the dispatch).
 Inputs are random arrays of each benchmark's shape (throughput does not depend on the data).
@@ -28,9 +30,11 @@ from gmr.data.suite import Split, TaskSuite
 _ARCH = flags.DEFINE_list("arch", ["synthetic", "four_mnists", "clusters", "omniglot"], "Architectures.")
 _REF = flags.DEFINE_bool("reference", False, "Also time the straightforward reference.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size per task.")
-_ROUNDS = flags.DEFINE_integer("rounds", 50, "Rounds per timed call.")
+_ROUNDS = flags.DEFINE_integer("rounds", 0, "Rounds per timed call (0: per architecture, "
+                                "ROUNDS: a call of a second or more on a 2-core CPU).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
 _IMPLS = flags.DEFINE_list("conv_impl", ["xla", "patches"], "Convolution formulations to time.")
+_JOINT = flags.DEFINE_bool("joint", False, "Also time the joint schedule (conv=auto).")
 _WRITE = flags.DEFINE_string("write", "", "Write the table (with command and machine) to this file.")
 
 SHAPES = {  # arch -> (input shape, head dims, loss)
@@ -39,6 +43,9 @@ SHAPES = {  # arch -> (input shape, head dims, loss)
     "clusters": ((32, 32, 3), (5,) * 20 + (9,) * 20, "xent"),
     "omniglot": ((105, 105, 1), (10,) * 20, "xent"),
 }
+
+
+ROUNDS = {"synthetic": 50, "four_mnists": 50, "clusters": 1, "omniglot": 1}
 
 
 def random_suite(arch: str, n: int = 512) -> TaskSuite:
@@ -51,9 +58,9 @@ def random_suite(arch: str, n: int = 512) -> TaskSuite:
   return TaskSuite(arch, tuple(f"t{i}" for i in range(len(heads))), loss, heads, split, split)
 
 
-def config_for(arch: str, fused: bool, conv_impl: str):
+def config_for(arch: str, fused: bool, conv_impl: str, schedule: str = "round_robin"):
   c = common.base_config()
-  c.arch, c.method, c.batch_size = arch, "gumbel_matrix", _BATCH.value
+  c.arch, c.method, c.batch_size, c.schedule = arch, "gumbel_matrix", _BATCH.value, schedule
   c.fused, c.conv_impl, c.dropout = fused, conv_impl, 0.5 if arch != "synthetic" else 0.0
   c.p_init = 0.97 if arch == "omniglot" else 0.5
   return c
@@ -65,14 +72,16 @@ def _peak_mb():
   return f"{v / 2 ** 20:.0f}" if v else "n/a"
 
 
-def time_run(arch, fused, conv_impl, per_batch):
+def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin"):
   suite = random_suite(arch)
-  c = config_for(arch, fused, conv_impl)
+  c = config_for(arch, fused, conv_impl, schedule)
   setup = T.make_setup(c, suite)
   state = T.init_state(setup, jax.random.key(0))
-  tcount, r = suite.num_tasks, _ROUNDS.value
+  tcount, r = suite.num_tasks, _ROUNDS.value or ROUNDS[arch]
   sampler = T.BatchSampler(jax.random.key(1), suite.train, c.batch_size)
-  tasks, idx = sampler.round_robin(T.round_orders(jax.random.key(2), 0, r, tcount), 0)
+  orders = (np.tile(np.arange(tcount, dtype=np.int32), (r, 1)) if schedule == "joint"
+            else T.round_orders(jax.random.key(2), 0, r, tcount))
+  tasks, idx = sampler.round_robin(orders, 0)
   xp, yp = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
   key = jax.random.key(3)
   if per_batch:
@@ -104,12 +113,14 @@ def main(argv):
   rows = []
   for arch in _ARCH.value:
     impls = _IMPLS.value if arch != "synthetic" else ["xla"]
-    variants = [(f"ours conv={i}", True, i, False) for i in impls]
+    variants = [(f"ours conv={i}", True, i, False, "round_robin") for i in impls]
+    if _JOINT.value:
+      variants.append(("ours joint", True, "auto", False, "joint"))
     if _REF.value:
-      variants.append(("reference", False, "xla", True))
+      variants.append(("reference", False, "xla", True, "round_robin"))
     res = {}
-    for name, fused, impl, per_batch in variants:
-      res[name] = time_run(arch, fused, impl, per_batch)
+    for name, fused, impl, per_batch, schedule in variants:
+      res[name] = time_run(arch, fused, impl, per_batch, schedule)
       print(f"{arch:12s} {name:18s} {res[name]['steps_s']:9.0f} steps/s", flush=True)
     ref = res.get("reference")
     for name, v in res.items():
@@ -122,8 +133,8 @@ def main(argv):
               f"{v['peak_mb']} | {sp} |")
   machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
              f"{len(jax.devices())} device(s), jax {jax.__version__}")
-  text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin, median of "
-          f"{_REPEATS.value} calls of {_ROUNDS.value} rounds after one warm-up call. Machine: {machine}.\n"
+  text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
+          f"{_REPEATS.value} calls of {_ROUNDS.value or ROUNDS} rounds after one warm-up call. Machine: {machine}.\n"
           f"Command: `python -m experiments.benchmark {' '.join(sys.argv[1:])}`\n")
   print(text)
   if _WRITE.value:

@@ -48,6 +48,9 @@ class _TensorBoard:
   """Scalars to TensorBoard event files when the optional ``tensorboardX`` is installed."""
 
   def __init__(self, workdir):
+    self.w = None
+    if workdir is None:  # not the primary process of a multi-host run
+      return
     try:
       from tensorboardX import SummaryWriter  # optional extra: pip install -e ".[tensorboard]"
     except ImportError:
@@ -134,6 +137,18 @@ def _prepare_workdir(config, workdir: str, fresh: bool):
   return None
 
 
+def _finished_results(config, workdir: str):
+  """The results of ``workdir`` if it holds this very config, finished (else ``None``)."""
+  cfg = json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      same = not _config_diff(json.load(f), cfg)
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f) if same else None
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
 def _truncate_metrics(path: str, last_round: int):
   """Drop metric lines after ``last_round`` (written after the checkpoint we resume from)."""
   if not os.path.exists(path):
@@ -162,7 +177,15 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   """
   stream = stream or sys.stdout
   validate.validate(config)
-  done = _prepare_workdir(config, workdir, fresh)
+  # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
+  primary = jax.process_index() == 0
+  quiet = quiet or not primary
+  done = _prepare_workdir(config, workdir, fresh) if primary else None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("gmr: workdir prepared")
+    if not primary:
+      done = _finished_results(config, workdir)
   if done is not None:
     if not quiet:
       stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
@@ -178,10 +201,11 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     restored, meta = ckpt.restore(like, last)
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
-    _truncate_metrics(metrics_path, start)
+    if primary:
+      _truncate_metrics(metrics_path, start)
     if not quiet:
       stream.write(f"resuming from {ckpt.last_dir}/{last} (round {start})\n")
-  tb = _TensorBoard(workdir)
+  tb = _TensorBoard(workdir) if primary else _TensorBoard(None)
   t0 = time.time()
   every = int(config.get("checkpoint_every", 0))
   stop = {"signal": None}
@@ -207,7 +231,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
                       f"{ckpt.last_dir}/{r} written; rerun the same command to resume")
 
   try:
-    with open(metrics_path, "a") as mf:
+    with open(metrics_path if primary else os.devnull, "a") as mf:
       def on_event(ev):
         mf.write(json.dumps(_jsonable({"kind": ev.kind, **ev.data})) + "\n")
         mf.flush()
@@ -265,7 +289,8 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     best_state, _ = checkpoint_lib.load(workdir, state, best=True)
     results.update(train_lib.allocation_summary(
         setup, jax.tree_util.tree_map(jnp.asarray, best_state).params, suite.task_names))
-  write_json_atomic(os.path.join(workdir, "results.json"), results)
+  if primary:
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
   if not quiet:
     acc = results["final"].get("accuracy", {}).get("mean")
     stream.write(f"done in {wall:.1f}s: test loss {results['final']['loss']['mean']:.4f}"

@@ -10,6 +10,18 @@ reproducible bit for bit and can be resumed from any round:
 * task ``t``'s ``r``-th batch: slice ``r % E`` of ``permutation(fold_in(fold_in(k_batch, t), r // E))``
   where ``E = n_t // batch_size`` batches per epoch (the remainder of an epoch is dropped);
 * the Gumbel noise and dropout of step ``s``: ``fold_in(k_step, s)``.
+
+``schedule="joint"`` (not the paper's): each round is one update on all T task batches at
+once (vmapped over tasks, each task with its own sampled allocation, dropout and penalty);
+the gradient is the sum of the T task-batch gradients. Task t's batch of round r is the same
+batch as in round-robin, and ``state.step`` still counts task batches (+T per round), so the
+temperature schedule is the same function of the round. What differs: round-robin makes T
+sequential updates per round, each seeing the parameters the previous task left (T times
+the shared-parameter updates); joint makes one update from the same starting point.
+
+``data_parallel=N`` splits every batch over N local devices (``jax.sharding``: parameters
+replicated, the batch axis sharded, XLA inserts the gradient all-reduce); per-example math is
+unchanged, so results equal one device's up to float summation order.
 """
 
 from __future__ import annotations
@@ -201,26 +213,121 @@ def make_train_step(setup: Setup, config) -> Callable:
   return step
 
 
-def make_run_steps(setup: Setup, config) -> Callable:
+def make_joint_step(setup: Setup, config) -> Callable:
+  """``step(state, x [T, B, ...], y [T, B], key) -> (state, task_losses [T])``: one update on
+  one batch of every task (the ``joint`` schedule; pure)."""
+  t_init, t_min = float(config.t_init), float(config.t_min)
+  num_tasks = setup.num_tasks
+
+  def step(state: TrainState, x, y, key):
+    temperature = A.temperature(state.step, t_init, t_min)
+
+    def loss_fn(params):
+      def one(task, xt, yt, k):
+        k_alloc, k_drop = jax.random.split(k)
+        rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
+        model = setup.method.adapt(params["model"], params["alloc"], task)
+        out = setup.net.apply({"params": model}, xt, rows, task, train=True,
+                              rngs={"dropout": k_drop})
+        loss = task_loss(setup.loss, out, yt)[0].mean()
+        return loss + setup.method.penalty(params["alloc"], task), loss
+
+      keys = jax.random.split(key, num_tasks)
+      total, losses = jax.vmap(one)(jnp.arange(num_tasks), x, y, keys)
+      return total.sum(), losses
+
+    (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + num_tasks, params, opt_state), losses
+
+  return step
+
+
+def num_data_devices(config) -> int:
+  """Devices each batch is split over: ``config.data_parallel`` (0 = all devices)."""
+  n = int(config.get("data_parallel", 1))
+  return n or jax.device_count()
+
+
+def make_mesh(config) -> Optional[jax.sharding.Mesh]:
+  """A 1-D ``("data",)`` mesh over the first ``data_parallel`` devices (``None`` for one)."""
+  n = num_data_devices(config)
+  if n == 1:
+    return None
+  if n > jax.device_count():
+    raise ValueError(f"data_parallel={n} but only {jax.device_count()} devices are visible; "
+                     "use --config.data_parallel=0 for all of them")
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]), ("data",))
+
+
+def replicate(tree, mesh):
+  """Put every leaf of ``tree`` on every device of ``mesh`` (identity without a mesh). Works
+  across hosts: each process provides the (identical) full value."""
+  if mesh is None:
+    return tree
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def put(x):
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+  return jax.tree_util.tree_map(put, tree)
+
+
+def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   """Jitted ``run(state, x_pool, y_pool, tasks [S], idx [S, B], step_key) -> (state, losses [S])``.
 
   Runs S task-batch steps in one device call. The batch of step ``i`` is gathered on device
-  from the example pools with ``idx[i]`` (slots; images through ``x_index`` when given); its randomness is ``fold_in(step_key, state.step)``.
+  from the example pools with ``idx[i]`` (slots; images through ``x_index`` when given); its
+  randomness is ``fold_in(step_key, state.step)``. With ``schedule="joint"`` the S steps are
+  S / T rounds in task order (``tasks`` = 0..T-1 repeated); each round is one update.
+  With ``mesh`` (see :func:`make_mesh`) the batch axis is split over its devices.
   """
-  step = make_train_step(setup, config)
+  joint = config.get("schedule", "round_robin") == "joint"
+  step = make_joint_step(setup, config) if joint else make_train_step(setup, config)
   scale = setup.x_scale
   augment, pad = config.get("augment", ""), int(config.get("augment_pad", 4))
+  num_tasks = setup.num_tasks
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
+  def shard_batch(a, batch_axis):
+    if mesh is None:
+      return a
+    spec = [None] * a.ndim
+    spec[batch_axis] = "data"
+    return jax.lax.with_sharding_constraint(
+        a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+  def batch(st, ix, step_key, x_pool, y_pool, x_index):
+    """The (augmented, sharded) batch at slots ``ix`` ([B] or [T, B]) and the step's key."""
+    rows = ix if x_index is None else x_index[ix]
+    x = x_pool[rows].astype(jnp.float32) * scale
+    key = jax.random.fold_in(step_key, st.step)
+    if augment == "pad_crop":
+      flat = x.reshape((-1,) + x.shape[ix.ndim:])
+      x = pad_crop(flat, jax.random.fold_in(key, 7), pad).reshape(x.shape)
+    b_axis = ix.ndim - 1
+    return shard_batch(x, b_axis), shard_batch(y_pool[ix], b_axis), key
+
+  jit_kw = dict(donate_argnums=(0,))
+  if mesh is not None:
+    jit_kw["out_shardings"] = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  @functools.partial(jax.jit, **jit_kw)
   def run(state, x_pool, y_pool, tasks, idx, step_key, x_index=None):
+    if joint:
+      def body(st, ix):
+        x, y, key = batch(st, ix, step_key, x_pool, y_pool, x_index)
+        return step(st, x, y, key)
+      idx_r = idx.reshape((-1, num_tasks) + idx.shape[1:])
+      state, losses = jax.lax.scan(body, state, idx_r)
+      return state, losses.reshape(-1)
+
     def body(st, inp):
       task, ix = inp
-      rows = ix if x_index is None else x_index[ix]
-      x = x_pool[rows].astype(jnp.float32) * scale
-      key = jax.random.fold_in(step_key, st.step)
-      if augment == "pad_crop":
-        x = pad_crop(x, jax.random.fold_in(key, 7), pad)
-      return step(st, x, y_pool[ix], task, key)
+      x, y, key = batch(st, ix, step_key, x_pool, y_pool, x_index)
+      return step(st, x, y, task, key)
     return jax.lax.scan(body, state, (tasks, idx))
 
   return run
@@ -401,11 +508,18 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     state = init_state(setup, keys.init)
     if config.get("init_from", ""):
       state = init_from(setup, state, config.init_from)
-  run_steps = make_run_steps(setup, config)
+  mesh = make_mesh(config)
+  if mesh is not None and config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} does not split over data_parallel="
+                     f"{mesh.size} devices; use a multiple of {mesh.size}")
+  state = replicate(state, mesh)
+  run_steps = make_run_steps(setup, config, mesh)
+  joint = config.get("schedule", "round_robin") == "joint"
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
   eval_batch = make_eval_batch(setup, bool(config.eval_sample))
-  x_pool, y_pool = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
-  x_index = None if suite.train.index is None else jax.device_put(suite.train.index)
+  put = (lambda a: replicate(a, mesh)) if mesh is not None else jax.device_put
+  x_pool, y_pool = put(suite.train.x), put(suite.train.y)
+  x_index = None if suite.train.index is None else put(suite.train.index)
   t_count, names = suite.num_tasks, suite.task_names
   total = int(config.num_rounds)
   chunk = max(1, int(config.rounds_per_call))
@@ -426,16 +540,27 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
                                    config.eval_batch_size, keys.eval, names)
     return res
 
+  def chunk_batches(a, b):
+    """Task and example indices of rounds ``a..b`` (host side; prepared while the device runs)."""
+    if joint:  # every task every round, in task order
+      orders = np.tile(np.arange(t_count, dtype=np.int32), (b - a, 1))
+    else:
+      orders = round_orders(keys.order, a, b - a, t_count)
+    return sampler.round_robin(orders, a)
+
   r = start_round
   pending: List = []  # (tasks, losses) device arrays since the last log
   t_start, t_log, r_log = time.time(), time.time(), r
   last_eval = None
+  nxt = next((b for b in boundaries if b > r), total)
+  ahead = chunk_batches(r, nxt) if r < total else None
   while r < total:
-    nxt = next(b for b in boundaries if b > r)
-    orders = round_orders(keys.order, r, nxt - r, t_count)
-    tasks, idx = sampler.round_robin(orders, r)
+    tasks, idx = ahead
     prev_step = int(state.step)
     state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step, x_index)
+    # dispatch is asynchronous: build the next chunk's batches before waiting for this one
+    after = next((b for b in boundaries if b > nxt), None)
+    ahead = chunk_batches(nxt, after) if after is not None else None
     ls = np.asarray(losses)
     if not np.all(np.isfinite(ls)):
       bad = int(np.argmax(~np.isfinite(ls)))
@@ -443,7 +568,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     if not bool(_all_finite(state.params)):
       raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])], "parameter")
     pending.append((tasks, ls))
-    r = nxt
+    r, nxt = nxt, after
     if (config.log_every and r % config.log_every == 0) or r == total:
       tk = np.concatenate([p[0] for p in pending])
       la = np.concatenate([p[1] for p in pending])

@@ -59,6 +59,15 @@ def validate(c) -> None:
   if c.conv_impl not in ("auto", "xla", "patches"):
     raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'auto', 'xla' or 'patches'")
   _num(c, "no_sharing_components_per_task", 1, integer=True)
+  _choice(c, "schedule", ("round_robin", "joint"))
+  _num(c, "data_parallel", 0, integer=True, fix="give a device count, or 0 for all devices")
+  import jax  # the device count (global across hosts once jax.distributed is initialised)
+  if c.get("data_parallel", 1) > jax.device_count():
+    raise ConfigError("data_parallel", f"{c.data_parallel} devices asked, {jax.device_count()} "
+                      "visible", "use --config.data_parallel=0 for all of them, or fewer")
+  if c.get("data_parallel", 1) > 1 and c.batch_size % c.data_parallel:
+    raise ConfigError("batch_size", f"{c.batch_size} does not split over data_parallel="
+                      f"{c.data_parallel} devices", f"use a multiple of {c.data_parallel}")
   _choice(c, "augment", ("", "pad_crop"))
   _num(c, "augment_pad", 0, integer=True)
   _num(c, "checkpoint_every", 0, integer=True, fix="use 0 to checkpoint only at the end")

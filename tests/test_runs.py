@@ -206,6 +206,9 @@ INVALID = [  # (field overrides, expected start of the one-line error)
     ({"method": "no_sharing", "no_sharing_components_per_task": 3},
      "no_sharing_components_per_task: 4 tasks x 3 components != 4 components per layer"),
     ({"method": "fixed"}, "fixed_allocation: is required by method 'fixed'"),
+    ({"schedule": "parallel"}, "schedule: unknown value 'parallel'"),
+    ({"data_parallel": -1}, "data_parallel: must be >= 0"),
+    ({"data_parallel": 64}, "data_parallel: 64 devices asked, 1 visible"),
 ]
 
 

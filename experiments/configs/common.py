@@ -22,6 +22,10 @@ def base_config() -> config_dict.ConfigDict:
   c.eval_every = 0  # rounds; 0 = only at the end
   c.log_every = 100  # rounds
   c.rounds_per_call = 100  # rounds run in one device call (lax.scan)
+  # round_robin (the paper: T sequential task-batch updates per round) | joint (one update on
+  # all T task batches per round, vmapped over tasks; see gmr/train.py)
+  c.schedule = "round_robin"
+  c.data_parallel = 1  # local devices each batch is split over; 0 = all (results equal 1's)
   c.eval_batch_size = 1000
   c.augment = ""  # "" | pad_crop (pad by augment_pad, random crop back; the 40-task benchmark)
   c.augment_pad = 4
