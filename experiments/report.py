@@ -18,6 +18,10 @@ under ``<out>/<group>/``:
   per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering).
 * ``probabilities_<task>.png`` / ``.csv`` (Fig. 8): P(on) of every component over training,
   one panel per layer, for ``--task`` (default the first task), from the allocation history.
+* ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
+  ARI of a 3-way clustering of the greedy allocations and the distinct embeddings per true
+  cluster at every allocation-history point; the CSV's ``decided`` is the fraction of P(on)
+  values below 0.1 or above 0.9 (how far the allocation has converged).
 * for a sweep, ``comparison.png`` / ``.csv`` (Fig. 1 / 7 across methods: loss averaged over
   tasks, one band per group) and ``table.md`` / ``.json`` (the Table I / II style summary).
 """
@@ -273,6 +277,60 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   return name + ".png"
 
 
+def clusters_over_training(run) -> Optional[List[dict]]:
+  """Per allocation-history point of a run whose suite knows its task clusters: the cluster
+  report of the greedy allocations (P(on) >= 0.5) at that round."""
+  res = run["results"] or {}
+  if not res.get("task_clusters") or not run["alloc"]:
+    return None
+  out = []
+  for h in run["alloc"]:
+    alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in h["probabilities"].items()}
+    rep = embeddings.cluster_report({"allocations": alloc, "task_clusters": res["task_clusters"]})
+    probs = np.concatenate([np.asarray(p, float).ravel() for p in h["probabilities"].values()])
+    out.append({"round": int(h["round"]), "ari": rep["ari"],
+                "decided": float(np.mean(np.abs(probs - 0.5) > 0.4)), **{
+                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}})
+  return out
+
+
+def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> Optional[str]:
+  """ARI of the 3-way clustering and distinct embeddings per true cluster over training, one
+  line per seed (section V-C's finding followed through training)."""
+  series = {r["results"]["seed"]: clusters_over_training(r) for r in runs if r["results"]}
+  series = {k: v for k, v in series.items() if v}
+  if not series:
+    return None
+  names = sorted(k[len("distinct_"):] for k in next(iter(series.values()))[0] if
+                 k.startswith("distinct_"))
+  fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 3.6), squeeze=False)
+  rows = []
+  for seed, pts in sorted(series.items()):
+    x = [p["round"] for p in pts]
+    axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, label=f"seed {seed}")
+    for ax, n in zip(axes[0, 1:], names):
+      ax.plot(x, [p[f"distinct_{n}"] for p in pts], lw=1.3, label=f"seed {seed}")
+    rows += [(seed, p["round"], p["ari"], p["decided"], *[p[f"distinct_{n}"] for n in names])
+             for p in pts]
+  axes[0, 0].set_ylabel("adjusted Rand index (3-way clustering)")
+  axes[0, 0].set_ylim(-0.1, 1.05)
+  axes[0, 0].set_title("ARI of the embeddings vs. the true clusters", fontsize=9)
+  for ax, n in zip(axes[0, 1:], names):
+    ax.set_ylabel("distinct embeddings")
+    ax.set_title(f"cluster {n}: distinct task embeddings", fontsize=9)
+  for ax in axes[0]:
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{title}: task clusters in the greedy allocations over training", fontsize=9)
+  _save(fig, os.path.join(out_dir, "clusters_over_training.png"))
+  with open(os.path.join(out_dir, "clusters_over_training.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["seed", "round", "ari", "decided"] + [f"distinct_{n}" for n in names])
+    w.writerows(rows)
+  return "clusters_over_training.png"
+
+
 def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: str, title: str):
   """Fig. 1 / 7 across methods: the loss averaged over tasks, one curve (mean of seeds, 90%
   CI band) per group; training loss, and test loss where evaluated more than once."""
@@ -355,6 +413,9 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       prob = plot_probabilities(pick[0], task, name, out_dir)
       if prob:
         files.append(prob)
+      over = plot_clusters_over_training(finished, name, out_dir) if reports else None
+      if over:
+        files.append(over)
     written[name] = files
   if len(groups) > 1:
     os.makedirs(out, exist_ok=True)

@@ -93,6 +93,11 @@ def summarize(runs: List[dict]) -> dict:
     s.update(taps_specific_pct=float(np.mean(fr)),
              taps_specific_pct_std=float(np.std(fr, ddof=1)) if len(fr) > 1 else 0.0,
              taps_added_params=float(np.mean(added)))
+  if all(r.get("task_clusters") for r in runs):  # section V-C: clusters in the embeddings
+    from gmr import embeddings
+    reps = [embeddings.cluster_report(r) for r in sorted(runs, key=lambda r: r["seed"])]
+    s.update(cluster_ari=[rep["ari"] for rep in reps],
+             cluster_distinct=[rep["distinct_embeddings"] for rep in reps])
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
     s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
@@ -103,6 +108,7 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
   has_acc = any("acc_mean" in s for s in table.values())
   has_groups = any("groups_recovered" in s for s in table.values())
   has_taps = any("taps_specific_pct" in s for s in table.values())
+  has_clusters = any("cluster_ari" in s for s in table.values())
   head = ["run", "seeds", "test loss (mean +- std)", "90% CI"]
   if has_acc:
     head += ["accuracy % (mean +- std)"]
@@ -111,6 +117,8 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
     head += ["groups share one allocation", "groups recovered (and distinct)"]
   if has_taps:
     head += ["TAPS task-specific layers %", "TAPS added params / task"]
+  if has_clusters:
+    head += ["cluster ARI per seed", "distinct embeddings per cluster, per seed"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -127,6 +135,10 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
     if has_taps:
       row += ([f"{s['taps_specific_pct']:.1f} +- {s['taps_specific_pct_std']:.1f}",
                f"{s['taps_added_params']:.0f}"] if "taps_specific_pct" in s else ["", ""])
+    if has_clusters:
+      row += ([", ".join(f"{a:.2f}" for a in s["cluster_ari"]),
+               "; ".join(" ".join(f"{k} {v}" for k, v in sorted(d.items()))
+                         for d in s["cluster_distinct"])] if "cluster_ari" in s else ["", ""])
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]

@@ -4,6 +4,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   python -m launch.tables synthetic        # appendix A3 / Fig. 7
   python -m launch.tables transfer         # section II / Fig. 1
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
 """
@@ -32,6 +33,11 @@ RECIPES = {
         title="Table I, 4-MNISTs: mean test accuracy over the 4 tasks",
         config="experiments/configs/four_mnists.py",
         methods="no_sharing,shared_bottom,gumbel_matrix,budget,taps", grid=[], pin=True),
+    "clusters40_offline": dict(
+        title=("Section V-C, 40 tasks in 3 clusters (Omniglot alphabets, MNIST and Fashion "
+               "leave-one-out), the 2-core CPU schedule (variant cpu: batch 8, 800 rounds)"),
+        config="experiments/configs/clusters40.py:offline,cpu", methods="gumbel_matrix,taps",
+        grid=[], pin=True),
     "finetune": dict(
         title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
         config="experiments/configs/finetune.py", methods="taps,full,head",

@@ -34,7 +34,7 @@ def _fake_run(d, seed, loss0, clusters=None):
         te = {t: 2 * loss0 / (i + 1) for t in tasks}
         f.write(json.dumps({"kind": "eval", "round": r, "test": {"loss": dict(te, mean=2 * loss0 / (i + 1))}}) + "\n")
       if r >= 200:
-        p = [[0.5 + 0.1 * i, 0.5 - 0.1 * i]] * 4
+        p = [[0.5 + 0.15 * i, 0.5 - 0.15 * i]] * 2 + [[0.5 - 0.15 * i, 0.5 + 0.15 * i]] * 2
         f.write(json.dumps({"kind": "alloc", "round": r, "probabilities": {"layer_0": p, "layer_1": p}}) + "\n")
   alloc = {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]], "layer_1": [[1, 1], [1, 1], [1, 0], [1, 0]]}
   res = {"seed": seed, "tasks": tasks, "allocations": alloc, "active_fraction": 0.75,
@@ -53,7 +53,7 @@ def test_sweep_report_files_and_numbers(tmp_path):
   out = str(tmp_path / "out")
   written = report.report(str(root), out, task="c", smooth_steps=200)
   assert written["gm"] == ["loss_curves.png", "allocation.png", "similarity.png",
-                           "probabilities_c.png"]
+                           "probabilities_c.png", "clusters_over_training.png"]
   assert written["comparison"] == ["comparison.png"] and written["table"] == ["table.md"]
   for g in ("gm", "ns"):
     for f in written[g]:
@@ -75,8 +75,17 @@ def test_sweep_report_files_and_numbers(tmp_path):
   # probabilities of task c over time, per layer and component
   with open(os.path.join(out, "gm", "probabilities_c.csv")) as f:
     p = [r for r in csv.DictReader(f) if r["layer"] == "layer_1" and r["component"] == "1"]
-  np.testing.assert_allclose([float(r["p_on"]) for r in p], [0.4, 0.3, 0.2])
-  assert "| gm | 3 |" in open(os.path.join(out, "table.md")).read()
+  np.testing.assert_allclose([float(r["p_on"]) for r in p], [0.65, 0.8, 0.95])
+  # clusters over training: from round 200 on, a/b and c/d have one greedy embedding each
+  with open(os.path.join(out, "gm", "clusters_over_training.csv")) as f:
+    ct = list(csv.DictReader(f))
+  assert [(r["seed"], r["round"]) for r in ct] == [(str(s), str(r)) for s in range(3)
+                                                  for r in (200, 300, 400)]
+  assert all(float(r["ari"]) == 1.0 and r["distinct_x"] == r["distinct_y"] == "1" for r in ct)
+  assert [float(r["decided"]) for r in ct[:3]] == [0.0, 0.0, 1.0]  # |p - 0.5| = 0.15, 0.3, 0.45
+  table = open(os.path.join(out, "table.md")).read()
+  assert "| gm | 3 |" in table
+  assert "| 1.00, 1.00, 1.00 | x 1 y 1; x 1 y 1; x 1 y 1 |" in table  # ARI, distinct per seed
 
 
 def test_report_errors(tmp_path):
