@@ -183,6 +183,23 @@ def _select_task_rows(new, old, task, num_tasks):
   return jax.tree_util.tree_map_with_path(sel, new, old)
 
 
+def task_objective(setup: Setup, params, x, y, task, key, temperature):
+  """``(objective, task_loss)`` of one task batch: the loss under a sampled allocation (and
+  the method's adapted weights) plus the method's penalty. ``key`` gives the Gumbel noise and
+  the dropout."""
+  k_alloc, k_drop = jax.random.split(key)
+  rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
+  model = setup.method.adapt(params["model"], params["alloc"], task)
+  out = setup.net.apply({"params": model}, x, rows, task, train=True, rngs={"dropout": k_drop})
+  loss = task_loss(setup.loss, out, y)[0].mean()
+  return loss + setup.method.penalty(params["alloc"], task), loss
+
+
+def _apply_gradients(setup: Setup, state: TrainState, grads):
+  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  return optax.apply_updates(state.params, updates), opt_state
+
+
 def make_train_step(setup: Setup, config) -> Callable:
   """``step(state, x, y, task, key) -> (state, task_loss)`` for one task batch (pure)."""
   t_init, t_min = float(config.t_init), float(config.t_min)
@@ -190,19 +207,9 @@ def make_train_step(setup: Setup, config) -> Callable:
 
   def step(state: TrainState, x, y, task, key):
     temperature = A.temperature(state.step, t_init, t_min)
-    k_alloc, k_drop = jax.random.split(key)
-
-    def loss_fn(params):
-      rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
-      model = setup.method.adapt(params["model"], params["alloc"], task)
-      out = setup.net.apply({"params": model}, x, rows, task, train=True,
-                            rngs={"dropout": k_drop})
-      loss = task_loss(setup.loss, out, y)[0].mean()
-      return loss + setup.method.penalty(params["alloc"], task), loss
-
-    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (_, loss), grads = jax.value_and_grad(task_objective, argnums=1, has_aux=True)(
+        setup, state.params, x, y, task, key, temperature)
+    params, opt_state = _apply_gradients(setup, state, grads)
     if sparse_heads:
       # Heads of other tasks get no gradient in the authors' code and so are not touched
       # (TF skips variables without a gradient); keep their weights and Adam moments.
@@ -223,22 +230,13 @@ def make_joint_step(setup: Setup, config) -> Callable:
     temperature = A.temperature(state.step, t_init, t_min)
 
     def loss_fn(params):
-      def one(task, xt, yt, k):
-        k_alloc, k_drop = jax.random.split(k)
-        rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
-        model = setup.method.adapt(params["model"], params["alloc"], task)
-        out = setup.net.apply({"params": model}, xt, rows, task, train=True,
-                              rngs={"dropout": k_drop})
-        loss = task_loss(setup.loss, out, yt)[0].mean()
-        return loss + setup.method.penalty(params["alloc"], task), loss
-
-      keys = jax.random.split(key, num_tasks)
-      total, losses = jax.vmap(one)(jnp.arange(num_tasks), x, y, keys)
+      one = lambda t, xt, yt, k: task_objective(setup, params, xt, yt, t, k, temperature)
+      total, losses = jax.vmap(one)(jnp.arange(num_tasks), x, y,
+                                    jax.random.split(key, num_tasks))
       return total.sum(), losses
 
     (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = _apply_gradients(setup, state, grads)
     return TrainState(state.step + num_tasks, params, opt_state), losses
 
   return step

@@ -20,18 +20,14 @@ from experiments.configs import synthetic as synthetic_cfg
 from gmr import allocation as A
 from gmr import data as data_lib
 from gmr import train as T
+from tests import test_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(method="gumbel_matrix", **kw):
-  c = synthetic_cfg.get_config(method)
-  c.synthetic.num_train, c.synthetic.num_test, c.synthetic.d = 640, 200, 16
-  c.num_rounds, c.log_every, c.eval_every, c.rounds_per_call = 20, 10, 0, 10
-  c.batch_size = 32
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return test_train.tiny(synthetic_cfg, method, **{
+      **dict(num_rounds=20, log_every=10, rounds_per_call=10), **kw})
 
 
 @pytest.mark.parametrize("method", ["gumbel_matrix", "taps"])
