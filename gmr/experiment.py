@@ -88,10 +88,19 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was written."""
 
 
+# Config fields added after runs already existed, with the value that reproduces what runs made
+# before the field existed. A workdir whose config.json lacks such a field, while this run has it
+# at that value, holds the same run (it resumes or counts as finished); any other value differs.
+ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1}
+
+
 def _config_diff(a: dict, b: dict, prefix="") -> list:
+  """Dotted keys where the stored config ``a`` and this run's ``b`` differ."""
   keys = sorted(set(a) | set(b))
   out = []
   for k in keys:
+    if not prefix and k not in a and k in ADDED_FIELDS and b.get(k) == ADDED_FIELDS[k]:
+      continue
     va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
     if isinstance(va, dict) and isinstance(vb, dict):
       out += _config_diff(va, vb, f"{prefix}{k}.")

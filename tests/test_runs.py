@@ -120,6 +120,24 @@ def test_workdir_safety(tmp_path, capsys):
   assert old["seed"] == 0 and json.load(open(os.path.join(wd, "results.json")))["seed"] == 5
 
 
+def test_workdir_from_before_a_field_existed_resumes(tmp_path, capsys):
+  """A run made before `schedule` / `data_parallel` existed is the same run at their defaults
+  (so an upgraded gmr resumes it), and a different run at any other value."""
+  wd = str(tmp_path / "w")
+  first = experiment.run(small(), wd, quiet=True)
+  path = os.path.join(wd, "config.json")
+  cfg = json.load(open(path))
+  assert cfg["schedule"] == experiment.ADDED_FIELDS["schedule"]
+  assert cfg["data_parallel"] == experiment.ADDED_FIELDS["data_parallel"]
+  for k in experiment.ADDED_FIELDS:
+    del cfg[k]
+  json.dump(cfg, open(path, "w"))
+  assert experiment.run(small(), wd) == first
+  assert "already finished" in capsys.readouterr().out
+  with pytest.raises(experiment.WorkdirError, match=r"differs in schedule\)"):
+    experiment.run(small(schedule="joint"), wd)
+
+
 def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch):
   c = small(num_rounds=60, checkpoint_every=5, log_every=5, eval_every=0, rounds_per_call=5)
   c.synthetic.num_train = 600  # 9 batches of 64 per epoch: 24 examples wait for epoch 2
