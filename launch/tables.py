@@ -7,6 +7,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_one_layer # TAPS, one layer adapted
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ RECIPES = {
         title="TAPS lambda sweep, fine-tuning MNIST -> MNIST-rot: accuracy vs. task-specific layers",
         config="experiments/configs/finetune.py", methods="taps",
         grid=["taps_lambda=0.0,0.03,0.1,0.3,1.0"], pin=True,
+        pre=[("experiments/configs/finetune.py:source", "runs/finetune/source/seed_0")]),
+    "taps_one_layer": dict(
+        title=("TAPS with one adaptable layer (1 of the 3 conv layers, lambda 0), fine-tuning "
+               "MNIST -> MNIST-rot: the best a TAPS network under 50% task-specific layers can do"),
+        config="experiments/configs/finetune.py", methods="only_layer_0,only_layer_1,only_layer_2",
+        grid=[], pin=True,
         pre=[("experiments/configs/finetune.py:source", "runs/finetune/source/seed_0")]),
 }
 

@@ -168,7 +168,7 @@ def test_finetune_smoke_from_a_source_run(dirs, tmp_path):
   c = finetune.get_config("source,smoke")
   c.data_dir, c.tfds_dir = dirs[0], dirs[1]
   experiment.run(c, src, quiet=True)
-  for variant in ("taps", "full", "head"):
+  for variant in ("taps", "full", "head", "only_layer_1"):
     c = finetune.get_config(f"{variant},smoke")
     c.data_dir, c.tfds_dir, c.init_from = dirs[0], dirs[1], src
     res = experiment.run(c, str(tmp_path / variant), quiet=True)
@@ -176,6 +176,9 @@ def test_finetune_smoke_from_a_source_run(dirs, tmp_path):
     if variant == "taps":
       assert res["taps"]["num_layers"] == 3  # the three conv layers of the shared bottom
       assert 0 <= res["taps"]["task_specific_fraction"]["mnist_rot"] <= 1
+    if variant == "only_layer_1":  # one adaptable layer, lambda 0: its score stays above tau
+      assert res["taps"]["num_layers"] == 1
+      assert res["taps"]["task_specific_layers"]["mnist_rot"] == ["layer_1/group_0/kernel_0"]
 
 
 def test_omniglot20_splits(dirs):

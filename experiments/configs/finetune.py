@@ -12,6 +12,8 @@ Variants (combine with commas):
   full          full fine-tuning: every weight learns (shared_bottom from init_from)
   head          head-only fine-tuning: backbone frozen, only the new head learns
   fashion       target Fashion-MNIST instead of MNIST-rot
+  only_layer_<i>  TAPS with only conv layer i adaptable (i = 0, 1, 2) and lambda 0: what one
+                task-specific layer (1 of 3) can reach at best
   smoke         a few seconds on 2,000 examples
 
   python -m experiments.main --config=experiments/configs/finetune.py:source \\
@@ -55,6 +57,15 @@ def fashion(c):
   c.data.tasks = "fashion"
 
 
+def only_layer(i):
+  def apply(c):
+    c.method = "taps"
+    c.freeze_backbone = True
+    c.taps_layers = [f"layer_{i}/*"]
+    c.taps_lambda = 0.0
+  return apply
+
+
 def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "mnist_family"
@@ -79,4 +90,5 @@ def get_config(variant: str = ""):
   # 3,000-round trial, lambda 1 none (results/taps_lambda.md has the sweep)
   c.taps_lambda = 0.1
   return common.apply_variant(c, variant, METHODS, smoke, named={
-      "source": source, "taps": taps, "full": full, "head": head, "fashion": fashion})
+      "source": source, "taps": taps, "full": full, "head": head, "fashion": fashion,
+      **{f"only_layer_{i}": only_layer(i) for i in range(3)}})
