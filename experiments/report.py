@@ -12,12 +12,14 @@ under ``<out>/<group>/``:
   ``log_every`` rounds) are smoothed with a moving average spanning ``--smooth`` (100) task
   steps. Test loss at the evaluations is a second panel where a run evaluated more than once.
 * ``allocation.png`` / ``.json`` (Fig. 5): the greedy binary allocation of one seed
-  (``--seed``, default the first), tasks x components, routed layers separated.
+  (``--seed``, default the first), tasks x components, routed layers separated; for TAPS,
+  tasks x TAPS layers, black where the layer is task-specific.
 * ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
-  concatenated allocations) of that seed, and, where the suite knows its task clusters, the
+  concatenated allocations; for TAPS the task-specific-layer indicators) of that seed, and, where the suite knows its task clusters, the
   per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering).
 * ``probabilities_<task>.png`` / ``.csv`` (Fig. 8): P(on) of every component over training,
-  one panel per layer, for ``--task`` (default the first task), from the allocation history.
+  one panel per layer, for ``--task`` (default the first task), from the allocation history;
+  for TAPS ``taps_scores_<task>.png`` / ``.csv``: every TAPS layer's score, with tau.
 * ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
   ARI of a 3-way clustering of the greedy allocations and the distinct embeddings per true
   cluster at every allocation-history point; the CSV's ``decided`` is the fraction of P(on)
@@ -181,7 +183,34 @@ def plot_loss_curves(curves, title, out_dir, n_seeds):
         w.writerow(["test", int(x), t, f"{a:.6g}", f"{b:.6g}", 1])
 
 
+def plot_taps_layers(results, title, out_dir):
+  """TAPS's Fig. 5 analogue: tasks x TAPS layers, black = task-specific (score >= tau)."""
+  emb, layers = embeddings.run_embeddings(results)
+  tasks = results["tasks"]
+  taps = results["taps"]
+  fig, ax = plt.subplots(figsize=(max(4.0, 2.5 + 0.5 * len(layers)), 1.6 + 0.28 * len(tasks)))
+  ax.imshow(emb, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+  ax.set_xticks(range(len(layers)))
+  ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+  ax.set_yticks(range(len(tasks)))
+  ax.set_yticklabels(tasks, fontsize=7)
+  ax.set_xlabel("TAPS layer", fontsize=8)
+  ax.set_xticks(np.arange(-0.5, len(layers)), minor=True)
+  ax.set_yticks(np.arange(-0.5, len(tasks)), minor=True)
+  ax.grid(which="minor", color="0.75", lw=0.5)
+  ax.tick_params(which="minor", length=0)
+  fig.suptitle(f"{title}: task-specific layers (black = adapted)\nseed {results['seed']}, "
+               f"{100 * taps['task_specific_fraction']['mean']:.1f}% of task x layer pairs",
+               fontsize=9)
+  _save(fig, os.path.join(out_dir, "allocation.png"))
+  with open(os.path.join(out_dir, "allocation.json"), "w") as f:
+    json.dump({"seed": results["seed"], "tasks": tasks, "layers": layers,
+               "task_specific": emb.astype(int).tolist(), "scores": taps["scores"]}, f, indent=1)
+
+
 def plot_allocation(results, title, out_dir):
+  if results.get("taps"):
+    return plot_taps_layers(results, title, out_dir)
   layers = sorted(results["allocations"], key=lambda k: int(k.split("_")[1]))
   mats = [np.asarray(results["allocations"][l]) for l in layers]
   tasks = results["tasks"]
@@ -209,7 +238,7 @@ def plot_allocation(results, title, out_dir):
 
 
 def plot_similarity(results, title, out_dir, cluster_reports):
-  emb = embeddings.task_embeddings(results["allocations"])
+  emb, _ = embeddings.run_embeddings(results)
   sim = embeddings.cosine_similarity(emb)
   tasks = results["tasks"]
   size = 2.5 + 0.22 * len(tasks)
@@ -240,8 +269,50 @@ def plot_similarity(results, title, out_dir, cluster_reports):
     json.dump(data, f, indent=1)
 
 
+def _file_name(prefix, task):
+  return prefix + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
+
+
+def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
+  """TAPS's Fig. 8 analogue: every TAPS layer's score for ``task`` over training, with tau."""
+  hist = [h for h in run["alloc"] if "taps_scores" in h]
+  if not hist:
+    return None
+  tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
+      len(next(iter(hist[0]["taps_scores"].values()))))]
+  task = task or tasks[0]
+  if task not in tasks:
+    raise ReportError(f"--task: {task!r} is not a task of {run['dir']}; choose one of {tasks}")
+  ti = tasks.index(task)
+  layers = list(hist[0]["taps_scores"])
+  x = np.array([h["round"] for h in hist])
+  tau = float(hist[-1].get("taps_tau", 0.1))
+  fig, ax = plt.subplots(figsize=(6.0, 3.8))
+  rows = []
+  for l in layers:
+    v = np.array([h["taps_scores"][l][ti] for h in hist])
+    ax.plot(x, v, lw=1.2, label=l)
+    rows += [(l, int(r), float(s)) for r, s in zip(x, v)]
+  ax.axhline(tau, color="k", ls="--", lw=1, label=f"tau = {tau:g}")
+  ax.set_xlabel("round")
+  ax.set_ylabel(f"TAPS score for task {task}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.suptitle(f"{title}: TAPS scores over training (task-specific while >= tau)\ntask {task}, "
+               f"seed {(run['results'] or {}).get('seed', '?')}", fontsize=9)
+  name = _file_name("taps_scores_", task)
+  _save(fig, os.path.join(out_dir, name + ".png"))
+  with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["layer", "round", "score"])
+    w.writerows(rows)
+  return name + ".png"
+
+
 def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
-  hist = run["alloc"]
+  if any("taps_scores" in h for h in run["alloc"]):
+    return plot_taps_scores(run, task, title, out_dir)
+  hist = [h for h in run["alloc"] if "probabilities" in h]
   if not hist:
     return None
   tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
@@ -268,7 +339,7 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2 if p.shape[1] > 8 else 1)
   fig.suptitle(f"{title}: allocation probabilities over training\ntask {task}, seed "
                f"{(run['results'] or {}).get('seed', '?')}", fontsize=9)
-  name = "probabilities_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
+  name = _file_name("probabilities_", task)
   _save(fig, os.path.join(out_dir, name + ".png"))
   with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -413,7 +484,9 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       prob = plot_probabilities(pick[0], task, name, out_dir)
       if prob:
         files.append(prob)
-      over = plot_clusters_over_training(finished, name, out_dir) if reports else None
+      # TAPS's history holds its (all-on) component use, not its task-specific layers
+      over = (plot_clusters_over_training(finished, name, out_dir)
+              if reports and not res.get("taps") else None)
       if over:
         files.append(over)
     written[name] = files

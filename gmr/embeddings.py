@@ -1,7 +1,9 @@
 """Task embeddings from learned allocations (section III-E) and cluster discovery (V-C).
 
 A task's embedding is the concatenation of its greedy 0/1 allocation rows over all routed
-layers. Pure numpy; works on ``results.json["allocations"]`` as written by a run.
+layers. For TAPS, whose tasks all use every component, it is the task's 0/1 vector of
+task-specific layers (score >= tau), one entry per TAPS layer: :func:`run_embeddings` picks the
+right one from a run's ``results.json``. Pure numpy.
 
   emb = task_embeddings(results["allocations"])
   sim = cosine_similarity(emb)
@@ -11,7 +13,7 @@ layers. Pure numpy; works on ``results.json["allocations"]`` as written by a run
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +31,25 @@ def task_embeddings(allocations: Allocations) -> np.ndarray:
   else:
     mats = [np.asarray(m, np.float32) for m in allocations]
   return np.concatenate(mats, axis=1)
+
+
+def run_embeddings(results: dict) -> Tuple[np.ndarray, List[str]]:
+  """A run's task embeddings ``[T, D]`` and a name per column, from its ``results.json``.
+
+  Routed methods: the greedy allocations (columns ``layer_<l>/<component>``). TAPS: 1 where the
+  task's layer is task-specific (columns = the TAPS layers), because a TAPS task uses every
+  component and its allocation rows would make every task look the same."""
+  taps = results.get("taps")
+  if taps:
+    tasks = results["tasks"]
+    layers = list(taps["scores"][tasks[0]])
+    emb = np.array([[float(l in set(taps["task_specific_layers"][t])) for l in layers]
+                    for t in tasks], np.float32).reshape(len(tasks), len(layers))
+    return emb, layers
+  alloc = results["allocations"]
+  keys = sorted(alloc, key=lambda k: int(k.rsplit("_", 1)[1]))
+  names = [f"{k}/{c}" for k in keys for c in range(np.asarray(alloc[k]).shape[1])]
+  return task_embeddings(alloc), names
 
 
 def cosine_similarity(emb: np.ndarray) -> np.ndarray:
@@ -106,8 +127,9 @@ def labels_from_clusters(clusters: Dict[str, Sequence[int]], num_tasks: int) -> 
 
 def cluster_report(results: dict) -> dict:
   """For a run's results with known ``task_clusters``: distinct embeddings per cluster and
-  the ARI of a k-way clustering of the embeddings (k = number of true clusters)."""
-  emb = task_embeddings(results["allocations"])
+  the ARI of a k-way clustering of the embeddings (k = number of true clusters); embeddings as
+  :func:`run_embeddings` (TAPS: the task-specific layers)."""
+  emb, _ = run_embeddings(results)
   clusters = results.get("task_clusters") or {}
   if not clusters:
     raise ValueError("results have no task_clusters")

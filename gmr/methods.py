@@ -98,6 +98,12 @@ class Method:
     del alloc_params
     return list(self._fixed)
 
+  def history(self, alloc_params) -> Dict:
+    """What the allocation history records (``alloc_history_every``): P(on) per layer,
+    ``{"probabilities": {"layer_<l>": [tasks][C_l]}}``."""
+    return {"probabilities": {f"layer_{l}": np.round(np.asarray(p), 5).tolist()
+                              for l, p in enumerate(self.probabilities(alloc_params))}}
+
   def matrices(self, alloc_params) -> List[np.ndarray]:
     """Greedy binary allocation per layer, ``[tasks, C_l]``."""
     return [np.asarray(p >= 0.5, np.int32) for p in self.probabilities(alloc_params)]
@@ -233,3 +239,10 @@ class TAPS(SharedBottom):
 
   def summary(self, alloc_params, task_names):
     return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}
+
+  def history(self, alloc_params):
+    """TAPS's history is its scores (a task's layer is task-specific while its score >= tau):
+    ``{"taps_scores": {"<layer path>": [tasks]}, "taps_tau": tau}``."""
+    scores = taps_lib.task_scores_all(alloc_params["taps"])
+    return {"taps_scores": {name: np.round(np.asarray(s), 5).tolist() for name, s in scores.items()},
+            "taps_tau": self._tau}

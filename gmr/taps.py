@@ -138,6 +138,11 @@ def adapt(model_params, taps_params, task, tau=TAU):
   return traverse_util.unflatten_dict(flat)
 
 
+def task_scores_all(taps_params) -> Dict[str, jax.Array]:
+  """Every TAPS layer's scores ``[tasks]``, keyed by ``"/".join(path)``, in tree order."""
+  return {"/".join(p): s for p, s in _flat(taps_params["scores"]).items()}
+
+
 def penalty(taps_params, task, lam):
   """The sparsity term of one task's loss."""
   return sparsity_penalty(list(task_scores(taps_params, task).values()), lam)

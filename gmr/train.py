@@ -447,7 +447,7 @@ def allocation_summary(setup: Setup, params, task_names) -> Dict:
 
 # ----------------------------------------------------------------------------- loop
 class Event(NamedTuple):
-  kind: str  # "log", "eval" or "alloc" (allocation probabilities, every alloc_history_every)
+  kind: str  # "log", "eval" or "alloc" (method.history(): P(on), TAPS scores; alloc_history_every)
   data: dict
 
 
@@ -581,10 +581,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           "elapsed_s": now - t_start}))
       pending, t_log, r_log = [], now, r
     if history_every and state.params["alloc"] and (r % history_every == 0 or r == total):
-      probs = setup.method.probabilities(state.params["alloc"])
-      if probs:
-        on_event(Event("alloc", {"round": r, "step": int(state.step), "probabilities": {
-            f"layer_{l}": np.round(np.asarray(p), 5).tolist() for l, p in enumerate(probs)}}))
+      record = setup.method.history(state.params["alloc"])
+      if any(record.values()):
+        on_event(Event("alloc", {"round": r, "step": int(state.step), **record}))
     evaluated = False
     if (config.eval_every and r % config.eval_every == 0) or r == total:
       last_eval = do_eval(r)

@@ -53,3 +53,27 @@ def test_cluster_report_on_results():
   res = {"allocations": alloc, "task_clusters": {"a": [0, 1], "b": [2, 3, 4]}}
   rep = E.cluster_report(res)
   assert rep["distinct_embeddings"] == {"a": 1, "b": 2} and rep["ari"] == 1.0
+
+
+def test_taps_embeddings_are_the_task_specific_layers():
+  """A TAPS run's allocations are all ones (every task uses every component); its embedding is
+  the task-specific-layer indicator, so the cluster report sees TAPS's actual task structure."""
+  layers = ["layer_0/k", "layer_1/k", "layer_2/k"]
+  specific = {"a0": ["layer_2/k"], "a1": ["layer_2/k"], "b0": ["layer_0/k", "layer_1/k"],
+              "b1": ["layer_0/k", "layer_1/k"], "b2": ["layer_1/k", "layer_0/k"]}
+  tasks = list(specific)
+  res = {"tasks": tasks, "allocations": {"layer_0": [[1, 1]] * 5},
+         "task_clusters": {"a": [0, 1], "b": [2, 3, 4]},
+         "taps": {"scores": {t: {l: 0.0 for l in layers} for t in tasks},
+                  "task_specific_layers": specific}}
+  emb, names = E.run_embeddings(res)
+  assert names == layers
+  np.testing.assert_array_equal(emb, [[0, 0, 1], [0, 0, 1], [1, 1, 0], [1, 1, 0], [1, 1, 0]])
+  rep = E.cluster_report(res)
+  assert rep["distinct_embeddings"] == {"a": 1, "b": 1} and rep["ari"] == 1.0
+  res["taps"]["task_specific_layers"] = {t: [] for t in tasks}  # nothing adapted: all one group
+  emb, _ = E.run_embeddings(res)
+  assert emb.shape == (5, 3) and not emb.any()
+  del res["taps"]  # a routed method: the allocations, columns per component
+  emb, names = E.run_embeddings(res)
+  assert emb.shape == (5, 2) and names == ["layer_0/0", "layer_0/1"]

@@ -114,3 +114,30 @@ def test_report_of_a_real_run(tmp_path):
   assert sorted({int(r["round"]) for r in rows}) == [20, 40, 60]
   final = [float(r["p_on"]) for r in rows if r["round"] == "60" and r["layer"] == "layer_0"]
   np.testing.assert_allclose(final, np.array(res["probabilities"]["layer_0"][0]), atol=1e-5)
+
+
+def test_report_of_a_taps_run(tmp_path):
+  """TAPS: the allocation figure is tasks x TAPS layers (task-specific = 1), the similarity uses
+  those indicators, and the history is the scores, ending at the final ones."""
+  c = transfer.get_config("taps,smoke")
+  c.alloc_history_every = 20
+  c.taps_lambda = 0.0
+  wd = str(tmp_path / "run")
+  res = experiment.run(c, wd, quiet=True)
+  written = report.report(wd, str(tmp_path / "out"))
+  assert written["run"] == ["loss_curves.png", "allocation.png", "similarity.png",
+                            "taps_scores_task0.png"]
+  with open(tmp_path / "out" / "run" / "allocation.json") as f:
+    alloc = json.load(f)
+  layers = list(res["taps"]["scores"]["task0"])
+  assert alloc["layers"] == layers and len(layers) == res["taps"]["num_layers"]
+  for t, name in enumerate(res["tasks"]):
+    assert alloc["task_specific"][t] == [int(l in res["taps"]["task_specific_layers"][name])
+                                         for l in layers]
+  with open(tmp_path / "out" / "run" / "taps_scores_task0.csv") as f:
+    rows = list(csv.DictReader(f))
+  last = max(int(r["round"]) for r in rows)
+  assert sorted({int(r["round"]) for r in rows}) == list(range(20, last + 1, 20))
+  final = {r["layer"]: float(r["score"]) for r in rows if int(r["round"]) == last}
+  for l in layers:
+    assert final[l] == pytest.approx(res["taps"]["scores"]["task0"][l], abs=1e-5)
