@@ -273,17 +273,32 @@ def _file_name(prefix, task):
   return prefix + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
 
 
+def _save_with_csv(fig, out_dir, name, header, rows) -> str:
+  """``<name>.png`` and the data behind it, ``<name>.csv``; returns the PNG's file name."""
+  _save(fig, os.path.join(out_dir, name + ".png"))
+  with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+  return name + ".png"
+
+
+def _history_task(run, hist, key, task):
+  """``(task, its index)`` for ``--task`` (default: the first task of the run)."""
+  tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
+      len(next(iter(hist[0][key].values()))))]
+  task = task or tasks[0]
+  if task not in tasks:
+    raise ReportError(f"--task: {task!r} is not a task of {run['dir']}; choose one of {tasks}")
+  return task, tasks.index(task)
+
+
 def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
   """TAPS's Fig. 8 analogue: every TAPS layer's score for ``task`` over training, with tau."""
   hist = [h for h in run["alloc"] if "taps_scores" in h]
   if not hist:
     return None
-  tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
-      len(next(iter(hist[0]["taps_scores"].values()))))]
-  task = task or tasks[0]
-  if task not in tasks:
-    raise ReportError(f"--task: {task!r} is not a task of {run['dir']}; choose one of {tasks}")
-  ti = tasks.index(task)
+  task, ti = _history_task(run, hist, "taps_scores", task)
   layers = list(hist[0]["taps_scores"])
   x = np.array([h["round"] for h in hist])
   tau = float(hist[-1].get("taps_tau", 0.1))
@@ -301,12 +316,7 @@ def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
   fig.suptitle(f"{title}: TAPS scores over training (task-specific while >= tau)\ntask {task}, "
                f"seed {(run['results'] or {}).get('seed', '?')}", fontsize=9)
   name = _file_name("taps_scores_", task)
-  _save(fig, os.path.join(out_dir, name + ".png"))
-  with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["layer", "round", "score"])
-    w.writerows(rows)
-  return name + ".png"
+  return _save_with_csv(fig, out_dir, name, ["layer", "round", "score"], rows)
 
 
 def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
@@ -315,12 +325,7 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   hist = [h for h in run["alloc"] if "probabilities" in h]
   if not hist:
     return None
-  tasks = (run["results"] or {}).get("tasks") or [str(i) for i in range(
-      len(next(iter(hist[0]["probabilities"].values()))))]
-  task = task or tasks[0]
-  if task not in tasks:
-    raise ReportError(f"--task: {task!r} is not a task of {run['dir']}; choose one of {tasks}")
-  ti = tasks.index(task)
+  task, ti = _history_task(run, hist, "probabilities", task)
   layers = sorted(hist[0]["probabilities"], key=lambda k: int(k.split("_")[1]))
   x = np.array([h["round"] for h in hist])
   fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False,
@@ -340,12 +345,7 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   fig.suptitle(f"{title}: allocation probabilities over training\ntask {task}, seed "
                f"{(run['results'] or {}).get('seed', '?')}", fontsize=9)
   name = _file_name("probabilities_", task)
-  _save(fig, os.path.join(out_dir, name + ".png"))
-  with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["layer", "component", "round", "p_on"])
-    w.writerows(rows)
-  return name + ".png"
+  return _save_with_csv(fig, out_dir, name, ["layer", "component", "round", "p_on"], rows)
 
 
 def clusters_over_training(run) -> Optional[List[dict]]:
