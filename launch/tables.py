@@ -5,6 +5,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   python -m launch.tables transfer         # section II / Fig. 1
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0  # why not
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_one_layer # TAPS, one layer adapted
@@ -39,6 +40,12 @@ RECIPES = {
                "leave-one-out), the 2-core CPU schedule (variant cpu: batch 8, 800 rounds)"),
         config="experiments/configs/clusters40.py:offline,cpu", methods="gumbel_matrix,taps",
         grid=[], pin=True),
+    "clusters40_diagnosis": dict(
+        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix: no "
+               "temperature annealing (t_init = t_min = 0.5) and a 5x allocation learning rate "
+               "(3e-2); compare with results/clusters40_offline.md"),
+        config="experiments/configs/clusters40.py:offline,cpu",
+        methods="t_init=0.5,alloc_learning_rate=0.03", grid=[], pin=True),
     "finetune": dict(
         title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
         config="experiments/configs/finetune.py", methods="taps,full,head",
