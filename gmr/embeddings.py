@@ -137,4 +137,21 @@ def cluster_report(results: dict) -> dict:
   pred = cluster(emb, len(clusters))
   distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
   return {"distinct_embeddings": distinct, "ari": adjusted_rand_index(truth, pred),
-          "labels": pred.tolist()}
+          "labels": pred.tolist(),
+          "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
+                          for name, members in clusters.items()},
+          "cluster_similarity": cluster_similarity(cosine_similarity(emb), clusters)}
+
+
+def cluster_similarity(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, Dict]:
+  """Mean cosine similarity between the tasks of two true clusters (within a cluster: over
+  pairs of different tasks). Clusters are found when the diagonal clearly exceeds the rest."""
+  out = {}
+  for a, ma in clusters.items():
+    out[a] = {}
+    for b, mb in clusters.items():
+      block = sim[np.ix_(list(ma), list(mb))]
+      if a == b:
+        block = block[~np.eye(len(ma), dtype=bool)] if len(ma) > 1 else np.array([np.nan])
+      out[a][b] = float(np.mean(block))
+  return out

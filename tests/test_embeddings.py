@@ -53,6 +53,11 @@ def test_cluster_report_on_results():
   res = {"allocations": alloc, "task_clusters": {"a": [0, 1], "b": [2, 3, 4]}}
   rep = E.cluster_report(res)
   assert rep["distinct_embeddings"] == {"a": 1, "b": 2} and rep["ari"] == 1.0
+  assert rep["contingency"] == {"a": [2, 0], "b": [0, 3]}
+  # b's pairs: (2,3) identical = 1; (2,4), (3,4): [0,1,1].[0,1,0] / (sqrt2 * 1) = 0.7071
+  cs = rep["cluster_similarity"]
+  assert cs["a"]["a"] == 1.0 and cs["a"]["b"] == 0.0 == cs["b"]["a"]
+  np.testing.assert_allclose(cs["b"]["b"], (1 + 2 / np.sqrt(2)) / 3)
 
 
 def test_taps_embeddings_are_the_task_specific_layers():
