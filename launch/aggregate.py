@@ -41,14 +41,20 @@ def interval90(values) -> float:
   return t * float(np.std(values, ddof=1)) / math.sqrt(n)
 
 
+def _task_embeddings(results) -> List[tuple]:
+  """Per task, its embedding as a tuple (:func:`gmr.embeddings.run_embeddings`: the greedy
+  allocations; for TAPS the task-specific layers)."""
+  from gmr import embeddings
+  emb, _ = embeddings.run_embeddings(results)
+  return [tuple(row.tolist()) for row in emb]
+
+
 def groups_recovered(results) -> bool:
-  """True iff tasks in one known group share one allocation and groups have distinct ones."""
+  """True iff tasks in one known group share one embedding and groups have distinct ones."""
   groups = results.get("task_groups")
   if not groups:
     return False
-  emb = []
-  for t in range(len(results["tasks"])):
-    emb.append(tuple(v for l in sorted(results["allocations"]) for v in results["allocations"][l][t]))
+  emb = _task_embeddings(results)
   per_group = [{emb[t] for t in g} for g in groups]
   if any(len(s) != 1 for s in per_group):
     return False
@@ -57,12 +63,11 @@ def groups_recovered(results) -> bool:
 
 
 def groups_identical(results) -> bool:
-  """True iff the tasks of every known group end with one and the same allocation."""
+  """True iff the tasks of every known group end with one and the same embedding."""
   groups = results.get("task_groups")
   if not groups:
     return False
-  emb = [tuple(v for l in sorted(results["allocations"]) for v in results["allocations"][l][t])
-         for t in range(len(results["tasks"]))]
+  emb = _task_embeddings(results)
   return all(len({emb[t] for t in g}) == 1 for g in groups)
 
 

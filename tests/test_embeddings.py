@@ -82,3 +82,20 @@ def test_taps_embeddings_are_the_task_specific_layers():
   del res["taps"]  # a routed method: the allocations, columns per component
   emb, names = E.run_embeddings(res)
   assert emb.shape == (5, 2) and names == ["layer_0/0", "layer_0/1"]
+
+
+def test_aggregate_groups_use_the_run_embeddings():
+  """Table I's group columns: routed methods compare allocations, TAPS its task-specific layers
+  (its allocations are all ones, which would call every grouping 'shared')."""
+  from launch import aggregate
+  res = {"tasks": ["a", "a2", "b", "b2"], "task_groups": [[0, 1], [2, 3]],
+         "allocations": {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]]}}
+  assert aggregate.groups_recovered(res) and aggregate.groups_identical(res)
+  res["allocations"]["layer_0"][3] = [1, 1]
+  assert not aggregate.groups_recovered(res) and not aggregate.groups_identical(res)
+  layers = ["l0", "l1"]
+  res["taps"] = {"scores": {t: {l: 0.0 for l in layers} for t in res["tasks"]},
+                 "task_specific_layers": {"a": ["l0"], "a2": ["l0"], "b": ["l1"], "b2": ["l1"]}}
+  assert aggregate.groups_recovered(res)  # by the task-specific layers, not the allocations
+  res["taps"]["task_specific_layers"] = {t: [] for t in res["tasks"]}  # nothing adapted
+  assert aggregate.groups_identical(res) and not aggregate.groups_recovered(res)
