@@ -4,6 +4,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   python -m launch.tables synthetic        # appendix A3 / Fig. 7
   python -m launch.tables transfer         # section II / Fig. 1
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists_taps_lambda --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0  # why not
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
@@ -35,6 +36,11 @@ RECIPES = {
         title="Table I, 4-MNISTs: mean test accuracy over the 4 tasks",
         config="experiments/configs/four_mnists.py",
         methods="no_sharing,shared_bottom,gumbel_matrix,budget,taps", grid=[], pin=True),
+    "four_mnists_taps_lambda": dict(
+        title=("TAPS lambda sweep on 4-MNISTs (joint TAPS): accuracy vs. task-specific layers "
+               "(lambda 1 is the TAPS row of results/four_mnists.md)"),
+        config="experiments/configs/four_mnists.py", methods="taps",
+        grid=["taps_lambda=0.0,0.1"], pin=True),
     "clusters40_offline": dict(
         title=("Section V-C, 40 tasks in 3 clusters (Omniglot alphabets, MNIST and Fashion "
                "leave-one-out), the 2-core CPU schedule (variant cpu: batch 8, 800 rounds)"),
