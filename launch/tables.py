@@ -48,13 +48,12 @@ RECIPES = {
         methods="gumbel_matrix,shared_bottom,taps",
         grid=[], pin=True),
     "clusters40_diagnosis": dict(
-        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix: without "
+        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix without "
                "temperature annealing (t_init = t_min = 0.5: the paper's anneal ends after 1% "
-               "of its steps, on the cpu schedule after 31%) and with a 5x allocation learning "
-               "rate (3e-2: logits move as they would in a longer run); compare with "
+               "of its steps, on the cpu schedule after 31%); compare with "
                "results/clusters40_offline.md"),
-        config="experiments/configs/clusters40.py:offline,cpu",
-        methods="t_init=0.5,alloc_learning_rate=0.03", grid=[], pin=True),
+        config="experiments/configs/clusters40.py:offline,cpu", methods="t_init=0.5", grid=[],
+        pin=True),
     "finetune": dict(
         title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
         config="experiments/configs/finetune.py", methods="taps,full,head",
