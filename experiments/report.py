@@ -322,6 +322,8 @@ def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
 def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   if any("taps_scores" in h for h in run["alloc"]):
     return plot_taps_scores(run, task, title, out_dir)
+  if (run["results"] or {}).get("taps"):  # a TAPS run whose history predates taps_scores:
+    return None  # it holds only the all-on component use, nothing to draw
   hist = [h for h in run["alloc"] if "probabilities" in h]
   if not hist:
     return None

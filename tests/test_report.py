@@ -141,3 +141,13 @@ def test_report_of_a_taps_run(tmp_path):
   final = {r["layer"]: float(r["score"]) for r in rows if int(r["round"]) == last}
   for l in layers:
     assert final[l] == pytest.approx(res["taps"]["scores"]["task0"][l], abs=1e-5)
+  # a TAPS run written before the history held scores: no P(on) figure (it would be all ones)
+  lines = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    for rec in lines:
+      if rec["kind"] == "alloc":
+        rec = {"kind": "alloc", "round": rec["round"], "step": rec["step"],
+               "probabilities": {"layer_0": [[1.0, 1.0]] * len(res["tasks"])}}
+      f.write(json.dumps(rec) + "\n")
+  written = report.report(wd, str(tmp_path / "out2"))
+  assert written["run"] == ["loss_curves.png", "allocation.png", "similarity.png"]
