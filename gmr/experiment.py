@@ -109,6 +109,11 @@ def _config_diff(a: dict, b: dict, prefix="") -> list:
   return out
 
 
+def _config_json(config) -> dict:
+  """The config as ``config.json`` stores it (JSON types, sorted keys)."""
+  return json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+
+
 _RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best", "tb")
 
 
@@ -116,7 +121,7 @@ def _prepare_workdir(config, workdir: str, fresh: bool):
   """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
   return the finished results if this very run is already done."""
   os.makedirs(workdir, exist_ok=True)
-  cfg = json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+  cfg = _config_json(config)
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     try:
@@ -148,7 +153,7 @@ def _prepare_workdir(config, workdir: str, fresh: bool):
 
 def _finished_results(config, workdir: str):
   """The results of ``workdir`` if it holds this very config, finished (else ``None``)."""
-  cfg = json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+  cfg = _config_json(config)
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       same = not _config_diff(json.load(f), cfg)
@@ -214,7 +219,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
       _truncate_metrics(metrics_path, start)
     if not quiet:
       stream.write(f"resuming from {ckpt.last_dir}/{last} (round {start})\n")
-  tb = _TensorBoard(workdir) if primary else _TensorBoard(None)
+  tb = _TensorBoard(workdir if primary else None)
   t0 = time.time()
   every = int(config.get("checkpoint_every", 0))
   stop = {"signal": None}

@@ -65,9 +65,10 @@ def validate(c) -> None:
   if c.get("data_parallel", 1) > jax.device_count():
     raise ConfigError("data_parallel", f"{c.data_parallel} devices asked, {jax.device_count()} "
                       "visible", "use --config.data_parallel=0 for all of them, or fewer")
-  if c.get("data_parallel", 1) > 1 and c.batch_size % c.data_parallel:
+  devices = c.get("data_parallel", 1) or jax.device_count()  # 0 = all devices
+  if devices > 1 and c.batch_size % devices:
     raise ConfigError("batch_size", f"{c.batch_size} does not split over data_parallel="
-                      f"{c.data_parallel} devices", f"use a multiple of {c.data_parallel}")
+                      f"{c.data_parallel} ({devices} devices)", f"use a multiple of {devices}")
   _choice(c, "augment", ("", "pad_crop"))
   _num(c, "augment_pad", 0, integer=True)
   _num(c, "checkpoint_every", 0, integer=True, fix="use 0 to checkpoint only at the end")

@@ -243,6 +243,20 @@ def test_invalid_config_table():
     assert "\n" not in line and line.startswith(expected), (overrides, line)
 
 
+def test_batch_must_split_over_the_data_parallel_devices(monkeypatch):
+  """data_parallel=N or 0 (all devices): a batch that does not split is one config error line."""
+  import jax
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  for dp in (4, 0):
+    c = synthetic_cfg.get_config("gumbel_matrix")
+    c.data_parallel, c.batch_size = dp, 6
+    with pytest.raises(ConfigError, match=rf"batch_size: 6 does not split over data_parallel="
+                       rf"{dp} \(4 devices\); use a multiple of 4"):
+      validate.validate(c)
+    c.batch_size = 8
+    validate.validate(c)
+
+
 def test_allocation_history_is_recorded_and_changes_nothing(tmp_path):
   a = experiment.run(small(alloc_history_every=5), str(tmp_path / "a"), quiet=True)
   b = experiment.run(small(alloc_history_every=0), str(tmp_path / "b"), quiet=True)
