@@ -31,7 +31,8 @@ _ROOT = flags.DEFINE_string("root", None, "Sweep directory.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
 _PRINT = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
 _PIN = flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU "
-                         "core (taskset). On small CPUs N one-core runs beat one N-core run.")
+                         "core (taskset), among the cores this process may use. On small CPUs "
+                         "N one-core runs beat one N-core run.")
 flags.mark_flags_as_required(["config", "root"])
 
 
@@ -79,8 +80,9 @@ def main(argv):
   print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
 
   free = queue.Queue()
+  cpus = sorted(os.sched_getaffinity(0))  # the cores this process may use (`taskset -c 1 ...`)
   for i in range(max(1, _PARALLEL.value)):
-    free.put(i % (os.cpu_count() or 1))
+    free.put(cpus[i % len(cpus)])
 
   def one(item):
     wd, a = item

@@ -7,6 +7,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists_taps_lambda --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0  # why not
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_budget --seeds=0 --parallel=1
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_one_layer # TAPS, one layer adapted
@@ -54,6 +55,12 @@ RECIPES = {
                "results/clusters40_offline.md"),
         config="experiments/configs/clusters40.py:offline,cpu", methods="t_init=0.5", grid=[],
         pin=True),
+    "clusters40_budget": dict(
+        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with other "
+               "budgets (lambda 1): 0.25, and 1.0 (the penalty max(0, e - b) is then always zero: "
+               "no budget); the paper's 0.5 is results/clusters40_offline.md"),
+        config="experiments/configs/clusters40.py:offline,cpu", methods="gumbel_matrix",
+        grid=["budget=0.25,1.0"], pin=True),
     "finetune": dict(
         title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
         config="experiments/configs/finetune.py", methods="taps,full,head",
