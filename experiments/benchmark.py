@@ -3,10 +3,13 @@
   python -m experiments.benchmark                         # all architectures, print a table
   python -m experiments.benchmark --arch=four_mnists --reference --write=BENCHMARKS.md
 
-"ours": fused components, ``rounds_per_call`` rounds per device call (``lax.scan``).
+"ours <layout> conv=<impl>": fused components, ``rounds_per_call`` rounds per device call
+(``lax.scan``), images in ``layout`` (nhwc, or cnhw: channels first), convolutions by ``impl``
+(xla: XLA's convolution, patches: patches + matmul).
 "ours joint" (``--joint``): the ``joint`` schedule, one update per round on all T task
 batches (not the paper's schedule: a different algorithm, timed for what it costs).
-"reference" (``--reference``): each component its own op, one jitted call per task batch
+"reference" (``--reference``): each component its own op (NHWC, XLA's convolution), one
+jitted call per task batch
 (batches still gathered on device, so the difference is the model and the dispatch).
 Inputs are random arrays of each benchmark's shape (throughput does not depend on the data).
 Reported: median task-batch steps/s over ``--repeats`` timed calls after a warm-up,
@@ -34,6 +37,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 0, "Rounds per timed call (0: per archi
                                 "ROUNDS: a call of a second or more on a 2-core CPU).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
 _IMPLS = flags.DEFINE_list("conv_impl", ["xla", "patches"], "Convolution formulations to time.")
+_LAYOUTS = flags.DEFINE_list("layout", ["nhwc", "cnhw"], "Image layouts to time (each with "
+                             "every --conv_impl).")
 _JOINT = flags.DEFINE_bool("joint", False, "Also time the joint schedule (conv=auto).")
 _WRITE = flags.DEFINE_string("write", "", "Write the table (with command and machine) to this file.")
 
@@ -58,10 +63,12 @@ def random_suite(arch: str, n: int = 512) -> TaskSuite:
   return TaskSuite(arch, tuple(f"t{i}" for i in range(len(heads))), loss, heads, split, split)
 
 
-def config_for(arch: str, fused: bool, conv_impl: str, schedule: str = "round_robin"):
+def config_for(arch: str, fused: bool, conv_impl: str, schedule: str = "round_robin",
+               layout: str = "auto"):
   c = common.base_config()
   c.arch, c.method, c.batch_size, c.schedule = arch, "gumbel_matrix", _BATCH.value, schedule
   c.fused, c.conv_impl, c.dropout = fused, conv_impl, 0.5 if arch != "synthetic" else 0.0
+  c.layout = layout
   c.p_init = 0.97 if arch == "omniglot" else 0.5
   return c
 
@@ -72,9 +79,9 @@ def _peak_mb():
   return f"{v / 2 ** 20:.0f}" if v else "n/a"
 
 
-def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin"):
+def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="auto"):
   suite = random_suite(arch)
-  c = config_for(arch, fused, conv_impl, schedule)
+  c = config_for(arch, fused, conv_impl, schedule, layout)
   setup = T.make_setup(c, suite)
   state = T.init_state(setup, jax.random.key(0))
   tcount, r = suite.num_tasks, _ROUNDS.value or ROUNDS[arch]
@@ -112,15 +119,18 @@ def main(argv):
   del argv
   rows = []
   for arch in _ARCH.value:
-    impls = _IMPLS.value if arch != "synthetic" else ["xla"]
-    variants = [(f"ours conv={i}", True, i, False, "round_robin") for i in impls]
+    if arch == "synthetic":  # no convolutions, no images
+      variants = [("ours", True, "auto", False, "round_robin", "auto")]
+    else:
+      variants = [(f"ours {lay} conv={i}", True, i, False, "round_robin", lay)
+                  for lay in _LAYOUTS.value for i in _IMPLS.value]
     if _JOINT.value:
-      variants.append(("ours joint", True, "auto", False, "joint"))
+      variants.append(("ours joint (auto)", True, "auto", False, "joint", "auto"))
     if _REF.value:
-      variants.append(("reference", False, "xla", True, "round_robin"))
+      variants.append(("reference", False, "xla", True, "round_robin", "nhwc"))
     res = {}
-    for name, fused, impl, per_batch, schedule in variants:
-      res[name] = time_run(arch, fused, impl, per_batch, schedule)
+    for name, fused, impl, per_batch, schedule, layout in variants:
+      res[name] = time_run(arch, fused, impl, per_batch, schedule, layout)
       print(f"{arch:12s} {name:18s} {res[name]['steps_s']:9.0f} steps/s", flush=True)
     ref = res.get("reference")
     for name, v in res.items():

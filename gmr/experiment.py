@@ -91,7 +91,8 @@ class Preempted(Exception):
 # Config fields added after runs already existed, with the value that reproduces what runs made
 # before the field existed. A workdir whose config.json lacks such a field, while this run has it
 # at that value, holds the same run (it resumes or counts as finished); any other value differs.
-ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1}
+# ``layout`` only changes how the same function is computed (equal up to float rounding).
+ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto"}
 
 
 def _config_diff(a: dict, b: dict, prefix="") -> list:

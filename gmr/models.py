@@ -53,24 +53,25 @@ class Architecture:
     return None if self.head_dims is None else len(self.head_dims)
 
 
-def _apply_shared(op, h, conv_impl, name):
+def _apply_shared(op, h, conv_impl, layout, name):
   if isinstance(op, comp.ConvStack):
-    y = comp.ConvStackGroup(op, 1, True, conv_impl, name=name)(h)
-    return y[..., 0, :]
+    y = comp.ConvStackGroup(op, 1, True, conv_impl, layout, name=name)(h)
+    return y[0] if layout == "cnhw" else y[..., 0, :]
   if isinstance(op, comp.Pool):
-    return comp.pool2d(h, op.kind, op.window, op.stride, op.padding)
+    return comp.pool2d(h, op.kind, op.window, op.stride, op.padding, layout)
   raise TypeError(f"unknown shared op {op!r}")
 
 
 class _SharedGN(nn.Module):
   groups: int
+  layout: str = "nhwc"
 
   @nn.compact
   def __call__(self, h):
-    c = h.shape[-1]
+    c = h.shape[comp.channel_axis(self.layout)]
     scale = self.param("scale", nn.initializers.ones, (c,))
     offset = self.param("offset", nn.initializers.zeros, (c,))
-    return nn.relu(comp.group_norm(h, self.groups, scale, offset))
+    return nn.relu(comp.group_norm(h, self.groups, scale, offset, layout=self.layout))
 
 
 class Heads(nn.Module):
@@ -112,23 +113,32 @@ class MultiTaskNet(nn.Module):
     task: task index (int or traced int) selecting the head.
     train: enables dropout (needs the ``"dropout"`` RNG).
   Returns ``[B, head_dim]`` (``[B, features]`` without heads).
+
+  ``layout`` ("auto", "nhwc" or "cnhw") is how image tensors are laid out inside the network
+  (see :mod:`gmr.components`); inputs and outputs are the same in every layout, and so are
+  the parameters.
   """
   arch: Architecture
   combine_mode: str = "mean"
   fused: bool = True
   conv_impl: str = "auto"
+  layout: str = "auto"
 
   @nn.compact
   def __call__(self, x, alloc: Sequence, task, train: bool = False):
     a = self.arch
-    h = x
+    image = len(a.input_shape) == 3
+    lay = comp.resolve_layout(self.layout) if image else "nhwc"
+    h = x.transpose(3, 0, 1, 2) if lay == "cnhw" else x
     for i, op in enumerate(a.stem):
-      h = self._shared(op, h, f"stem_{i}")
+      h = self._shared(op, h, lay, f"stem_{i}")
     for l, specs in enumerate(a.layers):
-      h = ModularLayer(specs, self.combine_mode, self.fused, self.conv_impl,
+      h = ModularLayer(specs, self.combine_mode, self.fused, self.conv_impl, lay,
                        name=f"layer_{l}")(h, alloc[l])
       for j, op in enumerate(a.between[l] if a.between else ()):
-        h = self._shared(op, h, f"between_{l}_{j}")
+        h = self._shared(op, h, lay, f"between_{l}_{j}")
+    if lay == "cnhw":  # flatten in NHWC order: the heads see the same features in any layout
+      h = h.transpose(1, 2, 3, 0)
     h = h.reshape(h.shape[0], -1)
     if a.head_dims is None:
       return h
@@ -136,10 +146,10 @@ class MultiTaskNet(nn.Module):
       h = nn.Dropout(a.dropout, deterministic=not train)(h)
     return Heads(a.head_dims, name="heads")(h, task)
 
-  def _shared(self, op, h, name):
+  def _shared(self, op, h, layout, name):
     if isinstance(op, GroupNormReLU):
-      return _SharedGN(op.groups, name=name)(h)
-    return _apply_shared(op, h, self.conv_impl, name)
+      return _SharedGN(op.groups, layout, name=name)(h)
+    return _apply_shared(op, h, self.conv_impl, layout, name)
 
 
 # ----------------------------------------------------------------------------- builders

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gmr import components as comp
 from gmr.methods import METHODS, ConfigError
 
 
@@ -58,6 +59,8 @@ def validate(c) -> None:
     raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean', 'sum' or 'auto'")
   if c.conv_impl not in ("auto", "xla", "patches"):
     raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'auto', 'xla' or 'patches'")
+  if c.get("layout", "auto") not in ("auto",) + comp.LAYOUTS:
+    raise ConfigError("layout", f"unknown {c.layout!r}", "use 'auto', 'nhwc' or 'cnhw'")
   _num(c, "no_sharing_components_per_task", 1, integer=True)
   _choice(c, "schedule", ("round_robin", "joint"))
   _num(c, "data_parallel", 0, integer=True, fix="give a device count, or 0 for all devices")

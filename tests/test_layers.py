@@ -77,6 +77,56 @@ def test_conv_formulations_agree(groups, stride, padding):
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
+def test_channels_first_convolutions_equal_nhwc(groups, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
+  ref = comp.conv2d(x, k, stride, padding, groups, "xla")
+  for impl in ("xla", "patches"):
+    y = comp.conv2d(x.transpose(3, 0, 1, 2), k, stride, padding, groups, impl, "cnhw")
+    np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,window,stride,padding", [("avg", 2, 2, "VALID"), ("avg", 3, 1, "SAME"),
+                                                        ("avg", 3, 2, "SAME"), ("max", 3, 2, "SAME")])
+def test_channels_first_pooling_equals_flax(kind, window, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 3))
+  ref = comp.pool2d(x, kind, window, stride, padding)  # flax; avg ignores padded cells
+  y = comp.pool2d(x.transpose(3, 0, 1, 2), kind, window, stride, padding, "cnhw")
+  np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,kw", [("four_mnists", {}), ("clusters", dict(per_kind=2, num_layers=2)),
+                                     ("omniglot", dict(strides=(2, 1), filters=8, image_size=13))])
+def test_layouts_give_equal_outputs_and_gradients(arch, kw):
+  """The same parameters give the same function in NHWC and channels-first, fused or not."""
+  a = models.build(arch, dropout=0.0, **kw)
+  x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
+  rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
+          for l, c in enumerate(a.layer_sizes)]
+  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  params = ref.init(jax.random.key(1), x, rows, 0)["params"]
+  loss = lambda net, p: jnp.sum(jnp.sin(net.apply({"params": p}, x, rows, 1)))
+  g_ref = jax.grad(loss, argnums=1)(ref, params)
+  for fused in (True, False):
+    for impl in ("xla", "patches"):
+      net = models.MultiTaskNet(a, fused=fused, conv_impl=impl, layout="cnhw")
+      assert jax.tree.structure(net.init(jax.random.key(1), x, rows, 0)["params"]) == \
+          jax.tree.structure(params)
+      np.testing.assert_allclose(net.apply({"params": params}, x, rows, 1),
+                                 ref.apply({"params": params}, x, rows, 1), rtol=1e-4, atol=1e-5)
+      for u, v in zip(jax.tree.leaves(jax.grad(loss, argnums=1)(net, params)),
+                      jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
+
+
+def test_layout_auto_is_channels_first_on_cpu_only():
+  assert comp.resolve_layout("auto") == ("cnhw" if jax.default_backend() == "cpu" else "nhwc")
+  assert comp.resolve_layout("nhwc") == "nhwc"
+  with pytest.raises(ValueError, match="unknown layout"):
+    comp.resolve_layout("nchw")
+
+
 def test_architecture_shapes_match_the_paper():
   a = models.omniglot()
   assert a.layer_sizes == (7,) * 8
