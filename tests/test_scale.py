@@ -211,7 +211,7 @@ def test_benchmark_writes_a_table_with_every_row(tmp_path):
                      timeout=600)
   assert p.returncode == 0, p.stderr[-2000:]
   rows = [l.split("|")[1:-1] for l in out.read_text().splitlines() if l.startswith("| synthetic")]
-  assert [r[1].strip() for r in rows] == ["ours conv=xla", "ours joint", "reference"]
+  assert [r[1].strip() for r in rows] == ["ours", "ours joint (auto)", "reference"]
   for r in rows:
     assert float(r[2]) > 0 and float(r[3]) == pytest.approx(16 * float(r[2]), rel=0.01)
   assert rows[-1][6].strip() == "1.0x"
