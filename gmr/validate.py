@@ -68,7 +68,8 @@ def validate(c) -> None:
   if c.get("data_parallel", 1) > jax.device_count():
     raise ConfigError("data_parallel", f"{c.data_parallel} devices asked, {jax.device_count()} "
                       "visible", "use --config.data_parallel=0 for all of them, or fewer")
-  devices = c.get("data_parallel", 1) or jax.device_count()  # 0 = all devices
+  from gmr.train import num_data_devices  # 0 = all devices
+  devices = num_data_devices(c)
   if devices > 1 and c.batch_size % devices:
     raise ConfigError("batch_size", f"{c.batch_size} does not split over data_parallel="
                       f"{c.data_parallel} ({devices} devices)", f"use a multiple of {devices}")
