@@ -38,7 +38,25 @@ import jax.numpy as jnp
 import numpy as np
 
 Kernel = Tuple[int, int]
-glorot = nn.initializers.glorot_uniform()
+
+
+def glorot(key, shape, dtype=jnp.float32):
+  """Glorot-uniform, the same values as ``flax.linen.initializers.glorot_uniform()`` (fans from
+  the last two axes, the rest a receptive field), drawn as a flat vector and reshaped: with
+  partitionable threefry (jax's default) the bits of element i depend only on i, so the values
+  are identical, but XLA:CPU compiles a rank-4 draw ~25x slower than a flat one (measured,
+  jax 0.10: 12 s vs 0.5 s for a [7, 7, 8, 16] kernel; a 2-layer Omniglot net's init compiled
+  in 35 s with flax's initializer, 6 s with this one)."""
+  shape = tuple(shape)
+  if len(shape) < 2:
+    raise ValueError(f"glorot needs a kernel of rank >= 2, got shape {shape}")
+  size = int(np.prod(shape))
+  receptive = size / (shape[-2] * shape[-1])
+  fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+  dt = np.dtype(dtype)  # flax's arithmetic, in numpy: IEEE multiply and sqrt round the same
+  limit = np.sqrt(dt.type(3) * np.asarray(1.0 / ((fan_in + fan_out) / 2), dt))
+  return (jax.random.uniform(key, (size,), dtype, -1) * limit).reshape(shape)
+
 # TF's contrib group_norm default epsilon (the authors' code).
 GN_EPS = 1e-6
 
