@@ -24,7 +24,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3"],
         "tensorboard": ["tensorboardX"],
     },
 )
