@@ -208,7 +208,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   suite = data_lib.load_suite(config)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
-  state, start, best, resumed_from = None, 0, None, None
+  state, start, best, resumed_from, wall_before = None, 0, None, None, 0.0
   last = ckpt.latest_round()
   if last is not None:
     setup0 = train_lib.make_setup(config, suite)
@@ -216,6 +216,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     restored, meta = ckpt.restore(like, last)
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
+    wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts
     if primary:
       _truncate_metrics(metrics_path, start)
     if not quiet:
@@ -235,7 +236,8 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     prev_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
   def on_chunk(r, st, best_now, evaluated):
-    meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None}
+    meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None,
+            "wall_time_s": wall_before + time.time() - t0}
     if best_now and best_now.get("new") and evaluated:
       meta["best"]["checkpoint"] = ckpt.save(r, st, meta, best=True)
     if (every and r % every == 0) or r == config.num_rounds or stop["signal"] is not None:
@@ -273,7 +275,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     ckpt.close()
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
-  wall = time.time() - t0
+  wall = wall_before + time.time() - t0  # summed over every start of a resumed run
   results = {
       "method": config.method,
       "seed": config.seed,

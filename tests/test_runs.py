@@ -52,11 +52,19 @@ def _wait_for(pred, proc, timeout=300):
     time.sleep(0.05)
 
 
-def _final_state(wd, c):
+def _latest(wd, c):
   suite = data_lib.load_suite(c)
   setup = T.make_setup(c, suite)
   like = T.init_state(setup, jax.random.key(0))
-  return checkpoint.load(str(wd), like)[0]
+  return checkpoint.load(str(wd), like)
+
+
+def _final_state(wd, c):
+  return _latest(wd, c)[0]
+
+
+def _final_meta(wd, c):
+  return _latest(wd, c)[1]
 
 
 def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path):
@@ -80,12 +88,14 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path):
   p.kill()
   p.wait()
   assert not (wd / "results.json").exists()
+  before = _final_meta(wd, _cfg())["wall_time_s"]  # time of the two cut starts, kept
   # 3) rerun the same command: it resumes and finishes
   r = subprocess.run(_cmd(wd), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr
   assert "resuming from" in r.stdout
   got = json.load(open(wd / "results.json"))
   assert got["resumed_from_round"] >= nxt
+  assert 0 < before < got["wall_time_s"]  # summed over the starts, not the last one only
   for k in ("final", "allocations", "probabilities", "active_fraction", "steps"):
     assert got[k] == json.loads(json.dumps(ref[k])), k
   a, b = _final_state(tmp_path / "ref", _cfg()), _final_state(wd, _cfg())
