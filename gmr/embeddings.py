@@ -140,7 +140,30 @@ def cluster_report(results: dict) -> dict:
           "labels": pred.tolist(),
           "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
                           for name, members in clusters.items()},
-          "cluster_similarity": cluster_similarity(cosine_similarity(emb), clusters)}
+          "cluster_similarity": cluster_similarity(cosine_similarity(emb), clusters),
+          **within_between(cosine_similarity(emb), clusters)}
+
+
+def within_between(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, float]:
+  """``within``: mean cosine similarity over pairs of different tasks of one true cluster;
+  ``between``: over pairs of tasks of different clusters (both over all such pairs). Embeddings
+  that know the clusters have ``within`` well above ``between``; random ones have them equal."""
+  labels = labels_from_clusters(clusters, len(sim))
+  known = labels >= 0
+  same = (labels[:, None] == labels[None, :]) & ~np.eye(len(sim), dtype=bool)
+  pair = known[:, None] & known[None, :]
+  diff = (labels[:, None] != labels[None, :]) & pair
+  nan = float("nan")
+  return {"within": float(sim[same & pair].mean()) if (same & pair).any() else nan,
+          "between": float(sim[diff].mean()) if diff.any() else nan}
+
+
+def decided_fraction(probabilities: Allocations, margin: float = 0.1) -> float:
+  """Fraction of the (layer, task, component) allocation probabilities that are decided:
+  below ``margin`` or above ``1 - margin``. ``probabilities`` as in :func:`task_embeddings`
+  (a run's ``results["probabilities"]``)."""
+  p = task_embeddings(probabilities)
+  return float(np.mean((p < margin) | (p > 1 - margin)))
 
 
 def cluster_similarity(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, Dict]:

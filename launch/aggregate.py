@@ -102,7 +102,12 @@ def summarize(runs: List[dict]) -> dict:
     from gmr import embeddings
     reps = [embeddings.cluster_report(r) for r in sorted(runs, key=lambda r: r["seed"])]
     s.update(cluster_ari=[rep["ari"] for rep in reps],
-             cluster_distinct=[rep["distinct_embeddings"] for rep in reps])
+             cluster_distinct=[rep["distinct_embeddings"] for rep in reps],
+             cluster_within=[rep["within"] for rep in reps],
+             cluster_between=[rep["between"] for rep in reps])
+    if all(r.get("probabilities") and "taps" not in r for r in runs):
+      s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"])
+                          for r in sorted(runs, key=lambda r: r["seed"])]
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
     s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
@@ -123,7 +128,8 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
   if has_taps:
     head += ["TAPS task-specific layers %", "TAPS added params / task"]
   if has_clusters:
-    head += ["cluster ARI per seed", "distinct embeddings per cluster, per seed"]
+    head += ["cluster ARI per seed", "distinct embeddings per cluster, per seed",
+             "cosine within / between clusters, per seed", "decided allocations %, per seed"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -144,6 +150,10 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
       row += ([", ".join(f"{a:.2f}" for a in s["cluster_ari"]),
                "; ".join(" ".join(f"{k} {v}" for k, v in sorted(d.items()))
                          for d in s["cluster_distinct"])] if "cluster_ari" in s else ["", ""])
+      row.append("; ".join(f"{w:.2f} / {b:.2f}" for w, b in zip(s["cluster_within"],
+                                                                s["cluster_between"]))
+                 if "cluster_within" in s else "")
+      row.append(", ".join(f"{d:.0f}" for d in s["decided_pct"]) if "decided_pct" in s else "")
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]

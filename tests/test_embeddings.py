@@ -58,6 +58,15 @@ def test_cluster_report_on_results():
   cs = rep["cluster_similarity"]
   assert cs["a"]["a"] == 1.0 and cs["a"]["b"] == 0.0 == cs["b"]["a"]
   np.testing.assert_allclose(cs["b"]["b"], (1 + 2 / np.sqrt(2)) / 3)
+  # within: the 1 pair of a (1.0) and the 3 of b, over the 4 pairs; between: 6 pairs, all 0
+  np.testing.assert_allclose(rep["within"], (1 + 1 + 2 / np.sqrt(2)) / 4)
+  assert rep["between"] == 0.0
+
+
+def test_decided_fraction_counts_probabilities_near_zero_or_one():
+  probs = {"layer_1": [[0.5, 0.95]], "layer_0": [[0.05, 0.1, 0.91]]}
+  assert E.decided_fraction(probs) == pytest.approx(3 / 5)  # 0.05, 0.91, 0.95; 0.1 is not
+  assert E.decided_fraction(probs, margin=0.45) == pytest.approx(4 / 5)  # all but 0.5
 
 
 def test_taps_embeddings_are_the_task_specific_layers():
