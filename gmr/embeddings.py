@@ -136,12 +136,13 @@ def cluster_report(results: dict) -> dict:
   truth = labels_from_clusters(clusters, len(emb))
   pred = cluster(emb, len(clusters))
   distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
+  sim = cosine_similarity(emb)
   return {"distinct_embeddings": distinct, "ari": adjusted_rand_index(truth, pred),
           "labels": pred.tolist(),
           "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
                           for name, members in clusters.items()},
-          "cluster_similarity": cluster_similarity(cosine_similarity(emb), clusters),
-          **within_between(cosine_similarity(emb), clusters)}
+          "cluster_similarity": cluster_similarity(sim, clusters),
+          **within_between(sim, clusters)}
 
 
 def within_between(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, float]:
@@ -149,13 +150,11 @@ def within_between(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[
   ``between``: over pairs of tasks of different clusters (both over all such pairs). Embeddings
   that know the clusters have ``within`` well above ``between``; random ones have them equal."""
   labels = labels_from_clusters(clusters, len(sim))
-  known = labels >= 0
-  same = (labels[:, None] == labels[None, :]) & ~np.eye(len(sim), dtype=bool)
-  pair = known[:, None] & known[None, :]
-  diff = (labels[:, None] != labels[None, :]) & pair
-  nan = float("nan")
-  return {"within": float(sim[same & pair].mean()) if (same & pair).any() else nan,
-          "between": float(sim[diff].mean()) if diff.any() else nan}
+  known = labels >= 0  # tasks in no cluster take part in no pair
+  pair = known[:, None] & known[None, :] & ~np.eye(len(sim), dtype=bool)
+  same = labels[:, None] == labels[None, :]
+  mean = lambda m: float(sim[m].mean()) if m.any() else float("nan")
+  return {"within": mean(pair & same), "between": mean(pair & ~same)}
 
 
 def decided_fraction(probabilities: Allocations, margin: float = 0.1) -> float:

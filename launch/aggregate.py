@@ -100,14 +100,14 @@ def summarize(runs: List[dict]) -> dict:
              taps_added_params=float(np.mean(added)))
   if all(r.get("task_clusters") for r in runs):  # section V-C: clusters in the embeddings
     from gmr import embeddings
-    reps = [embeddings.cluster_report(r) for r in sorted(runs, key=lambda r: r["seed"])]
+    by_seed = sorted(runs, key=lambda r: r["seed"])
+    reps = [embeddings.cluster_report(r) for r in by_seed]
     s.update(cluster_ari=[rep["ari"] for rep in reps],
              cluster_distinct=[rep["distinct_embeddings"] for rep in reps],
              cluster_within=[rep["within"] for rep in reps],
              cluster_between=[rep["between"] for rep in reps])
     if all(r.get("probabilities") and "taps" not in r for r in runs):
-      s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"])
-                          for r in sorted(runs, key=lambda r: r["seed"])]
+      s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"]) for r in by_seed]
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
     s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
