@@ -53,6 +53,14 @@ SHAPES = {  # arch -> (input shape, head dims, loss)
 ROUNDS = {"synthetic": 50, "four_mnists": 50, "clusters": 1, "omniglot": 1}
 
 
+def _rounds_text() -> str:
+  """How many rounds one timed call runs, per architecture benchmarked."""
+  if _ROUNDS.value:
+    return f"{_ROUNDS.value} rounds"
+  per = [f"{ROUNDS[a]} ({a})" for a in _ARCH.value]
+  return "rounds per call: " + ", ".join(per)
+
+
 def random_suite(arch: str, n: int = 512) -> TaskSuite:
   shape, heads, loss = SHAPES[arch]
   rng = np.random.default_rng(0)
@@ -144,7 +152,7 @@ def main(argv):
   machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
              f"{len(jax.devices())} device(s), jax {jax.__version__}")
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
-          f"{_REPEATS.value} calls of {_ROUNDS.value or ROUNDS} rounds after one warm-up call. Machine: {machine}.\n"
+          f"{_REPEATS.value} calls of {_rounds_text()} after one warm-up call. Machine: {machine}.\n"
           f"Command: `python -m experiments.benchmark {' '.join(sys.argv[1:])}`\n")
   print(text)
   if _WRITE.value:

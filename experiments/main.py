@@ -16,6 +16,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, met
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress lines.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Start again in a workdir that holds another run "
                            "(it is moved to <workdir>/previous_<n>/, never deleted).")
+_EXTEND = flags.DEFINE_bool("extend", False, "Continue a run of fewer rounds (same config "
+                            "otherwise) in --workdir to --config.num_rounds; its results.json "
+                            "is kept as results_round_<n>.json.")
 _COORD = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host training: host:port of process 0 "
     "(jax.distributed.initialize), or 'auto' where JAX finds it itself (TPU pods, SLURM, ...). "
@@ -46,7 +49,8 @@ def main(argv):
   if _COORD.value:
     init_distributed(_COORD.value, _NPROC.value, _PID.value)
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
+                   extend=_EXTEND.value)
   except (ConfigError, DataError, experiment.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

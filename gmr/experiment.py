@@ -118,9 +118,11 @@ def _config_json(config) -> dict:
 _RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best", "tb")
 
 
-def _prepare_workdir(config, workdir: str, fresh: bool):
+def _prepare_workdir(config, workdir: str, fresh: bool, extend: bool = False):
   """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
-  return the finished results if this very run is already done."""
+  return the finished results if this very run is already done. ``extend``: a run whose
+  config differs only in a smaller ``num_rounds`` is continued to this ``num_rounds`` (its
+  results file is kept as ``results_round_<n>.json``)."""
   os.makedirs(workdir, exist_ok=True)
   cfg = _config_json(config)
   path = os.path.join(workdir, "config.json")
@@ -131,6 +133,18 @@ def _prepare_workdir(config, workdir: str, fresh: bool):
     except (OSError, json.JSONDecodeError):
       old = {"<unreadable config.json>": True}
     diff = _config_diff(old, cfg)
+    if diff == ["num_rounds"] and not fresh:
+      n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
+      if not extend or n_new < n_old:
+        how = ("pass --extend to continue it to this num_rounds" if n_new > n_old else
+               "a run can be extended, never shortened")
+        raise WorkdirError(f"{workdir}: holds a run of num_rounds={n_old} (this one: {n_new}); "
+                           f"{how}, or use another --workdir, or --fresh to start again")
+      done = os.path.join(workdir, "results.json")
+      if os.path.exists(done):  # kept: the shorter run's numbers stay readable
+        os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
+      write_json_atomic(path, cfg)
+      return None
     if diff and not fresh:
       shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
       raise WorkdirError(f"{workdir}: holds a run with a different config (differs in {shown}); "
@@ -182,20 +196,23 @@ def _truncate_metrics(path: str, last_round: int):
   os.replace(tmp, path)
 
 
-def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False) -> dict:
+def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
+        extend: bool = False) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
   a finished workdir returns its results without training; a workdir of another config is
-  refused (``fresh=True`` moves the old run to ``previous_<n>/``). SIGTERM writes a checkpoint
-  and raises :class:`Preempted`.
+  refused (``fresh=True`` moves the old run to ``previous_<n>/``), except that ``extend=True``
+  continues a run of fewer ``num_rounds`` (same config otherwise) from its last checkpoint:
+  the same numbers as one run of this length (nothing else depends on ``num_rounds``).
+  SIGTERM writes a checkpoint and raises :class:`Preempted`.
   """
   stream = stream or sys.stdout
   validate.validate(config)
   # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
   primary = jax.process_index() == 0
   quiet = quiet or not primary
-  done = _prepare_workdir(config, workdir, fresh) if primary else None
+  done = _prepare_workdir(config, workdir, fresh, extend) if primary else None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("gmr: workdir prepared")

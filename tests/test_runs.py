@@ -130,6 +130,28 @@ def test_workdir_safety(tmp_path, capsys):
   assert old["seed"] == 0 and json.load(open(os.path.join(wd, "results.json")))["seed"] == 5
 
 
+def test_extend_a_finished_run_equals_one_longer_run(tmp_path):
+  """--extend continues a finished 20-round run to 40 rounds: the numbers of one 40-round run,
+  the 20-round results kept; without --extend, or to fewer rounds, one clear refusal."""
+  ref = experiment.run(small(num_rounds=40), str(tmp_path / "ref"), quiet=True)
+  wd = str(tmp_path / "w")
+  short = experiment.run(small(), wd, quiet=True)
+  with pytest.raises(experiment.WorkdirError, match=r"holds a run of num_rounds=20 \(this one: "
+                     r"40\); pass --extend to continue it"):
+    experiment.run(small(num_rounds=40), wd, quiet=True)
+  got = experiment.run(small(num_rounds=40), wd, quiet=True, extend=True)
+  assert json.load(open(os.path.join(wd, "results_round_20.json"))) == json.loads(json.dumps(short))
+  assert got["rounds"] == 40 and got["resumed_from_round"] == 20
+  for k in ("final", "allocations", "probabilities", "active_fraction", "steps"):
+    assert got[k] == json.loads(json.dumps(ref[k])), k
+  assert json.load(open(os.path.join(wd, "config.json")))["num_rounds"] == 40
+  assert experiment.run(small(num_rounds=40), wd, quiet=True) == got  # now finished
+  with pytest.raises(experiment.WorkdirError, match="never shortened"):
+    experiment.run(small(), wd, quiet=True, extend=True)
+  with pytest.raises(experiment.WorkdirError, match=r"differs in num_rounds, seed\)"):
+    experiment.run(small(num_rounds=60, seed=3), wd, quiet=True, extend=True)
+
+
 def test_workdir_from_before_a_field_existed_resumes(tmp_path, capsys):
   """A run made before `schedule` / `data_parallel` existed is the same run at their defaults
   (so an upgraded gmr resumes it), and a different run at any other value."""
