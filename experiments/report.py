@@ -16,14 +16,17 @@ under ``<out>/<group>/``:
   tasks x TAPS layers, black where the layer is task-specific.
 * ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
   concatenated allocations; for TAPS the task-specific-layer indicators) of that seed, and, where the suite knows its task clusters, the
-  per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering).
+  per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering, and
+  ``per_layer``: each routed layer's ARI and cosine within / between clusters alone).
 * ``probabilities_<task>.png`` / ``.csv`` (Fig. 8): P(on) of every component over training,
   one panel per layer, for ``--task`` (default the first task), from the allocation history;
   for TAPS ``taps_scores_<task>.png`` / ``.csv``: every TAPS layer's score, with tau.
 * ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
   ARI of a 3-way clustering of the greedy allocations and the distinct embeddings per true
   cluster at every allocation-history point; the CSV's ``decided`` is the fraction of P(on)
-  values below 0.1 or above 0.9 (how far the allocation has converged).
+  values below 0.1 or above 0.9 (how far the allocation has converged); ``ari_<layer>``,
+  ``within_<layer>``, ``between_<layer>``: the same for each routed layer alone (which layers
+  carry the clusters), plotted in the second panel.
 * for a sweep, ``comparison.png`` / ``.csv`` (Fig. 1 / 7 across methods: loss averaged over
   tasks, one band per group) and ``table.md`` / ``.json`` (the Table I / II style summary).
 """
@@ -40,6 +43,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -361,9 +365,11 @@ def clusters_over_training(run) -> Optional[List[dict]]:
     alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in h["probabilities"].items()}
     rep = embeddings.cluster_report({"allocations": alloc, "task_clusters": res["task_clusters"]})
     probs = np.concatenate([np.asarray(p, float).ravel() for p in h["probabilities"].values()])
+    layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
+              for m in ("ari", "within", "between")}
     out.append({"round": int(h["round"]), "ari": rep["ari"],
                 "decided": float(np.mean(np.abs(probs - 0.5) > 0.4)), **{
-                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}})
+                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **layers})
   return out
 
 
@@ -376,19 +382,32 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
     return None
   names = sorted(k[len("distinct_"):] for k in next(iter(series.values()))[0] if
                  k.startswith("distinct_"))
-  fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 3.6), squeeze=False)
+  first = next(iter(series.values()))[0]
+  layers = sorted((k[len("ari_"):] for k in first if k.startswith("ari_")),
+                  key=lambda l: int(l.rsplit("_", 1)[1]))
+  per_layer = [f"{m}_{l}" for l in layers for m in ("ari", "within", "between")]
+  fig, axes = plt.subplots(1, 2 + len(names), figsize=(4.2 * (2 + len(names)), 3.6), squeeze=False)
   rows = []
-  for seed, pts in sorted(series.items()):
+  styles = ["-", "--", ":", "-."]
+  for i, (seed, pts) in enumerate(sorted(series.items())):
     x = [p["round"] for p in pts]
     axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, label=f"seed {seed}")
-    for ax, n in zip(axes[0, 1:], names):
+    for j, l in enumerate(layers):
+      axes[0, 1].plot(x, [p[f"ari_{l}"] for p in pts], lw=1.1, color=f"C{j}",
+                      ls=styles[i % len(styles)], label=f"{l.replace('_', ' ')}, seed {seed}")
+    for ax, n in zip(axes[0, 2:], names):
       ax.plot(x, [p[f"distinct_{n}"] for p in pts], lw=1.3, label=f"seed {seed}")
-    rows += [(seed, p["round"], p["ari"], p["decided"], *[p[f"distinct_{n}"] for n in names])
-             for p in pts]
+    rows += [(seed, p["round"], p["ari"], p["decided"], *[p[f"distinct_{n}"] for n in names],
+              *[p[k] for k in per_layer]) for p in pts]
   axes[0, 0].set_ylabel("adjusted Rand index (3-way clustering)")
   axes[0, 0].set_ylim(-0.1, 1.05)
   axes[0, 0].set_title("ARI of the embeddings vs. the true clusters", fontsize=9)
-  for ax, n in zip(axes[0, 1:], names):
+  axes[0, 1].set_ylabel("adjusted Rand index (3-way clustering)")
+  axes[0, 1].set_ylim(-0.1, 1.05)
+  axes[0, 1].set_title("ARI of each routed layer's allocation alone", fontsize=9)
+  for ax, n in zip(axes[0, 2:], names):
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1) + 0.5)  # 1 = the paper's finding
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("distinct embeddings")
     ax.set_title(f"cluster {n}: distinct task embeddings", fontsize=9)
   for ax in axes[0]:
@@ -399,7 +418,7 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   _save(fig, os.path.join(out_dir, "clusters_over_training.png"))
   with open(os.path.join(out_dir, "clusters_over_training.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["seed", "round", "ari", "decided"] + [f"distinct_{n}" for n in names])
+    w.writerow(["seed", "round", "ari", "decided"] + [f"distinct_{n}" for n in names] + per_layer)
     w.writerows(rows)
   return "clusters_over_training.png"
 

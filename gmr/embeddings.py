@@ -81,15 +81,23 @@ def cluster(emb: np.ndarray, k: int) -> np.ndarray:
   if not 1 <= k <= t:
     raise ValueError(f"k must be in [1, {t}], got {k}")
   dist = 1.0 - cosine_similarity(emb)
+  # Average linkage by the Lance-Williams update: the distance of a merged cluster to another
+  # is the size-weighted mean of its parts' distances (= the mean over all pairs, up to
+  # rounding), so each merge is O(T) instead of recomputing every block mean. Ties: the first
+  # pair in row-major order within 1e-12 of the smallest distance.
   clusters: List[List[int]] = [[i] for i in range(t)]
+  d = dist.copy()
+  np.fill_diagonal(d, np.inf)
+  sizes = np.ones(t)
   while len(clusters) > k:
-    best, pair = np.inf, (0, 1)
-    for a in range(len(clusters)):
-      for b in range(a + 1, len(clusters)):
-        d = dist[np.ix_(clusters[a], clusters[b])].mean()
-        if d < best - 1e-12:
-          best, pair = d, (a, b)
-    a, b = pair
+    upper = np.where(np.triu(np.ones_like(d, bool), 1), d, np.inf)
+    a, b = np.argwhere(upper <= upper.min() + 1e-12)[0]
+    merged = (sizes[a] * d[a] + sizes[b] * d[b]) / (sizes[a] + sizes[b])
+    d[a], d[:, a] = merged, merged
+    d[a, a] = np.inf
+    sizes[a] += sizes[b]
+    d = np.delete(np.delete(d, b, 0), b, 1)
+    sizes = np.delete(sizes, b)
     clusters[a] = sorted(clusters[a] + clusters[b])
     del clusters[b]
   labels = np.empty(t, np.int64)
@@ -137,12 +145,29 @@ def cluster_report(results: dict) -> dict:
   pred = cluster(emb, len(clusters))
   distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
   sim = cosine_similarity(emb)
+  extra = {}
+  if not results.get("taps") and isinstance(results.get("allocations"), dict):
+    extra["per_layer"] = per_layer_report(results["allocations"], clusters)
   return {"distinct_embeddings": distinct, "ari": adjusted_rand_index(truth, pred),
           "labels": pred.tolist(),
           "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
                           for name, members in clusters.items()},
           "cluster_similarity": cluster_similarity(sim, clusters),
-          **within_between(sim, clusters)}
+          **within_between(sim, clusters), **extra}
+
+
+def per_layer_report(allocations: Dict[str, Sequence],
+                     clusters: Dict[str, Sequence[int]]) -> Dict[str, Dict[str, float]]:
+  """Which routed layers carry the clusters: per layer, the ARI of a k-way clustering of that
+  layer's allocation rows alone and the mean cosine similarity within / between true clusters
+  (as :func:`within_between`)."""
+  truth = labels_from_clusters(clusters, len(next(iter(allocations.values()))))
+  out = {}
+  for k in sorted(allocations, key=lambda k: int(k.rsplit("_", 1)[1])):
+    a = np.asarray(allocations[k], np.float32)
+    out[k] = {"ari": adjusted_rand_index(truth, cluster(a, len(clusters))),
+              **within_between(cosine_similarity(a), clusters)}
+  return out
 
 
 def within_between(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, float]:

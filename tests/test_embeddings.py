@@ -63,6 +63,18 @@ def test_cluster_report_on_results():
   assert rep["between"] == 0.0
 
 
+def test_per_layer_report_finds_the_layer_that_carries_the_clusters():
+  """Layer 0 separates clusters a and b, layer 1 is the same for every task: the whole
+  embedding still clusters (ARI 1), per layer only layer 0 does."""
+  alloc = {"layer_1": [[1, 1, 0]] * 4, "layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]]}
+  res = {"allocations": alloc, "task_clusters": {"a": [0, 1], "b": [2, 3]}}
+  rep = E.cluster_report(res)
+  assert rep["ari"] == 1.0 and list(rep["per_layer"]) == ["layer_0", "layer_1"]
+  l0, l1 = rep["per_layer"]["layer_0"], rep["per_layer"]["layer_1"]
+  assert l0["ari"] == 1.0 and l0["within"] == pytest.approx(1.0) and l0["between"] == 0.0
+  assert l1["within"] == pytest.approx(1.0) == l1["between"] and l1["ari"] < 0.5  # 2 clusters of identical rows
+
+
 def test_decided_fraction_counts_probabilities_near_zero_or_one():
   probs = {"layer_1": [[0.5, 0.95]], "layer_0": [[0.05, 0.1, 0.91]]}
   assert E.decided_fraction(probs) == pytest.approx(3 / 5)  # 0.05, 0.91, 0.95; 0.1 is not

@@ -83,6 +83,11 @@ def test_sweep_report_files_and_numbers(tmp_path):
                                                   for r in (200, 300, 400)]
   assert all(float(r["ari"]) == 1.0 and r["distinct_x"] == r["distinct_y"] == "1" for r in ct)
   assert [float(r["decided"]) for r in ct[:3]] == [0.0, 0.0, 1.0]  # |p - 0.5| = 0.15, 0.3, 0.45
+  for l in ("layer_0", "layer_1"):  # per layer: each layer alone separates x from y
+    assert all(float(r[f"ari_{l}"]) == 1.0 and float(r[f"between_{l}"]) == 0.0 for r in ct)
+    assert all(float(r[f"within_{l}"]) == pytest.approx(1.0) for r in ct)
+  pl = sim["cluster_reports"]["0"]["per_layer"]  # the final allocations: layer 1 is [1,1] / [1,0]
+  assert pl["layer_1"]["ari"] == 1.0 and pl["layer_1"]["between"] == pytest.approx(1 / np.sqrt(2))
   table = open(os.path.join(out, "table.md")).read()
   assert "| gm | 3 |" in table
   assert "| 1.00, 1.00, 1.00 | x 1 y 1; x 1 y 1; x 1 y 1 |" in table  # ARI, distinct per seed
