@@ -53,10 +53,13 @@ RECIPES = {
                "lever changed per row: t_init=0.5 = no temperature annealing (t_init = t_min; "
                "the paper's anneal ends after 1% of its steps, on the cpu schedule after 31%); "
                "alloc_learning_rate=0.03 = 5x the paper's logits rate (the logits move as far "
-               "in 800 rounds as in 4,000); num_rounds=1600 = twice the training; "
+               "in 800 rounds as in 4,000); num_rounds=1600 / 4000 = twice / five times the "
+               "training (the 4000-round runs continue the 800- or 1600-round runs of the same "
+               "seed with --extend: the same numbers as one run); "
                "compare with results/clusters40_offline.md"),
         config="experiments/configs/clusters40.py:offline,cpu",
-        methods="t_init=0.5,alloc_learning_rate=0.03,num_rounds=1600", grid=[], pin=True),
+        methods="t_init=0.5,alloc_learning_rate=0.03,num_rounds=1600,num_rounds=4000", grid=[],
+        pin=True),
     "clusters40_budget": dict(
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with a "
                "tighter budget, 0.25 (lambda 1); the paper's 0.5 is results/clusters40_offline.md"),
