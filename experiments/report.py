@@ -24,7 +24,9 @@ under ``<out>/<group>/``:
 * ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
   ARI of a 3-way clustering of the greedy allocations and the distinct embeddings per true
   cluster at every allocation-history point; the CSV's ``decided`` is the fraction of P(on)
-  values below 0.1 or above 0.9 (how far the allocation has converged); ``ari_<layer>``,
+  values below 0.1 or above 0.9 (how far the allocation has converged),
+  ``neighbour_agreement`` the fraction of tasks whose most similar task is of their own
+  cluster (no clustering algorithm involved); ``ari_<layer>``,
   ``within_<layer>``, ``between_<layer>``: the same for each routed layer alone (which layers
   carry the clusters), plotted in the second panel.
 * for a sweep, ``comparison.png`` / ``.csv`` (Fig. 1 / 7 across methods: loss averaged over
@@ -368,6 +370,7 @@ def clusters_over_training(run) -> Optional[List[dict]]:
     layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
               for m in ("ari", "within", "between")}
     out.append({"round": int(h["round"]), "ari": rep["ari"],
+                "neighbour_agreement": rep["neighbour_agreement"],
                 "decided": float(np.mean(np.abs(probs - 0.5) > 0.4)), **{
                     f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **layers})
   return out
@@ -391,17 +394,21 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   styles = ["-", "--", ":", "-."]
   for i, (seed, pts) in enumerate(sorted(series.items())):
     x = [p["round"] for p in pts]
-    axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, label=f"seed {seed}")
+    axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, color=f"C{i}", label=f"ARI, seed {seed}")
+    axes[0, 0].plot(x, [p["neighbour_agreement"] for p in pts], lw=1.0, ls="--", color=f"C{i}",
+                    label=f"nearest task in own cluster, seed {seed}")
     for j, l in enumerate(layers):
       axes[0, 1].plot(x, [p[f"ari_{l}"] for p in pts], lw=1.1, color=f"C{j}",
                       ls=styles[i % len(styles)], label=f"{l.replace('_', ' ')}, seed {seed}")
     for ax, n in zip(axes[0, 2:], names):
       ax.plot(x, [p[f"distinct_{n}"] for p in pts], lw=1.3, label=f"seed {seed}")
-    rows += [(seed, p["round"], p["ari"], p["decided"], *[p[f"distinct_{n}"] for n in names],
+    rows += [(seed, p["round"], p["ari"], p["decided"], p["neighbour_agreement"],
+              *[p[f"distinct_{n}"] for n in names],
               *[p[k] for k in per_layer]) for p in pts]
-  axes[0, 0].set_ylabel("adjusted Rand index (3-way clustering)")
+  axes[0, 0].set_ylabel("ARI (3-way clustering) / fraction of tasks")
   axes[0, 0].set_ylim(-0.1, 1.05)
-  axes[0, 0].set_title("ARI of the embeddings vs. the true clusters", fontsize=9)
+  axes[0, 0].set_title("ARI vs. the true clusters (solid); tasks whose\nnearest task is of "
+                       "their cluster (dashed)", fontsize=9)
   axes[0, 1].set_ylabel("adjusted Rand index (3-way clustering)")
   axes[0, 1].set_ylim(-0.1, 1.05)
   axes[0, 1].set_title("ARI of each routed layer's allocation alone", fontsize=9)
@@ -418,7 +425,8 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   _save(fig, os.path.join(out_dir, "clusters_over_training.png"))
   with open(os.path.join(out_dir, "clusters_over_training.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["seed", "round", "ari", "decided"] + [f"distinct_{n}" for n in names] + per_layer)
+    w.writerow(["seed", "round", "ari", "decided", "neighbour_agreement"]
+               + [f"distinct_{n}" for n in names] + per_layer)
     w.writerows(rows)
   return "clusters_over_training.png"
 

@@ -153,7 +153,25 @@ def cluster_report(results: dict) -> dict:
           "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
                           for name, members in clusters.items()},
           "cluster_similarity": cluster_similarity(sim, clusters),
+          "neighbour_agreement": neighbour_agreement(sim, clusters),
           **within_between(sim, clusters), **extra}
+
+
+def neighbour_agreement(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> float:
+  """Fraction of tasks whose most similar other task is of their own true cluster (a task
+  with several equally similar nearest tasks counts the fraction of those in its cluster).
+  Needs no clustering algorithm, so one outlier task moves it by 1 / T, where it can take a
+  whole cluster of a k-way clustering (and the ARI with it)."""
+  labels = labels_from_clusters(clusters, len(sim))
+  scores = []
+  for t in np.flatnonzero(labels >= 0):
+    others = np.flatnonzero((labels >= 0) & (np.arange(len(sim)) != t))
+    if not len(others):
+      continue
+    s = sim[t, others]
+    nearest = others[s >= s.max() - 1e-12]
+    scores.append(float(np.mean(labels[nearest] == labels[t])))
+  return float(np.mean(scores)) if scores else float("nan")
 
 
 def per_layer_report(allocations: Dict[str, Sequence],

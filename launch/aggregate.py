@@ -105,7 +105,8 @@ def summarize(runs: List[dict]) -> dict:
     s.update(cluster_ari=[rep["ari"] for rep in reps],
              cluster_distinct=[rep["distinct_embeddings"] for rep in reps],
              cluster_within=[rep["within"] for rep in reps],
-             cluster_between=[rep["between"] for rep in reps])
+             cluster_between=[rep["between"] for rep in reps],
+             cluster_neighbour=[rep["neighbour_agreement"] for rep in reps])
     if all(r.get("probabilities") and "taps" not in r for r in runs):
       s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"]) for r in by_seed]
   if runs[0].get("task_groups"):
@@ -129,7 +130,8 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
     head += ["TAPS task-specific layers %", "TAPS added params / task"]
   if has_clusters:
     head += ["cluster ARI per seed", "distinct embeddings per cluster, per seed",
-             "cosine within / between clusters, per seed", "decided allocations %, per seed"]
+             "cosine within / between clusters, per seed", "decided allocations %, per seed",
+             "nearest task in own cluster %, per seed"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -154,6 +156,8 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
                                                                 s["cluster_between"]))
                  if "cluster_within" in s else "")
       row.append(", ".join(f"{d:.0f}" for d in s["decided_pct"]) if "decided_pct" in s else "")
+      row.append(", ".join(f"{100 * v:.0f}" for v in s["cluster_neighbour"])
+                 if "cluster_neighbour" in s else "")
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]

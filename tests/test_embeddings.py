@@ -75,6 +75,20 @@ def test_per_layer_report_finds_the_layer_that_carries_the_clusters():
   assert l1["within"] == pytest.approx(1.0) == l1["between"] and l1["ari"] < 0.5  # 2 clusters of identical rows
 
 
+def test_neighbour_agreement_is_robust_to_one_outlier():
+  """Clusters a (0-3) and b (4-7) with task 7 an outlier: a 2-way average-linkage clustering
+  spends a cluster on the outlier (ARI far below 1), the nearest-task agreement loses only it."""
+  a, b = [1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0]
+  emb = np.array([a] * 4 + [b] * 3 + [[0, 0, 0, 0, 0, 0, 1, 1]], np.float32)
+  clusters = {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7]}
+  rep = E.cluster_report({"allocations": {"layer_0": emb.tolist()}, "task_clusters": clusters})
+  assert rep["ari"] < 0.2
+  # tasks 0-6: nearest tasks (similarity 1) in their cluster; task 7: all others at 0, 3 of 7 in b
+  assert rep["neighbour_agreement"] == pytest.approx((7 + 3 / 7) / 8)
+  sim = np.eye(3)
+  assert E.neighbour_agreement(sim, {"x": [0, 1], "y": [2]}) == pytest.approx((0.5 + 0.5 + 0) / 3)
+
+
 def test_decided_fraction_counts_probabilities_near_zero_or_one():
   probs = {"layer_1": [[0.5, 0.95]], "layer_0": [[0.05, 0.1, 0.91]]}
   assert E.decided_fraction(probs) == pytest.approx(3 / 5)  # 0.05, 0.91, 0.95; 0.1 is not

@@ -82,6 +82,7 @@ def test_sweep_report_files_and_numbers(tmp_path):
   assert [(r["seed"], r["round"]) for r in ct] == [(str(s), str(r)) for s in range(3)
                                                   for r in (200, 300, 400)]
   assert all(float(r["ari"]) == 1.0 and r["distinct_x"] == r["distinct_y"] == "1" for r in ct)
+  assert all(float(r["neighbour_agreement"]) == 1.0 for r in ct)
   assert [float(r["decided"]) for r in ct[:3]] == [0.0, 0.0, 1.0]  # |p - 0.5| = 0.15, 0.3, 0.45
   for l in ("layer_0", "layer_1"):  # per layer: each layer alone separates x from y
     assert all(float(r[f"ari_{l}"]) == 1.0 and float(r[f"between_{l}"]) == 0.0 for r in ct)
