@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 
@@ -56,19 +57,20 @@ SHAPES = {  # arch -> (input shape, head dims, loss)
 
 
 ROUNDS = {"synthetic": 50, "four_mnists": 50, "clusters": 1, "omniglot": 1}
-# Task steps per timed call where one round is too long for a 2-core CPU (an Omniglot task
-# step at batch 16 is ~100 GFLOP, seconds on a CPU; a round is 20 of them): the first steps of
-# the round. Throughput is per task step either way.
-STEPS = {"omniglot": 4}
+# Task steps per timed call where one round is too long for a 2-core CPU: the first steps of
+# the round (throughput is per task step either way). An Omniglot task step at batch 16 is
+# ~400 GFLOP (the first conv of each routed-layer-0 component runs at 105 x 105 over 48
+# channels: ~4.2 GMAC per example forward), ~25 s on one core of this CPU with patches.
+STEPS = {"omniglot": 1}
 
 
 def _rounds_text() -> str:
   """How many rounds one timed call runs, per architecture benchmarked."""
   if _ROUNDS.value:
     return f"{_ROUNDS.value} rounds"
-  per = [f"{STEPS[a]} task steps ({a})" if a in STEPS else f"{ROUNDS[a]} rounds ({a})"
+  per = [f"{a} {STEPS[a]} task step(s)" if a in STEPS else f"{a} {ROUNDS[a]} round(s)"
          for a in _ARCH.value]
-  return "per call: " + ", ".join(per)
+  return ", ".join(per)
 
 
 def random_suite(arch: str, n: int = 512) -> TaskSuite:
@@ -164,9 +166,12 @@ def main(argv):
   machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
              f"{len(jax.devices())} device(s), {len(os.sched_getaffinity(0))} usable CPU core(s), "
              f"jax {jax.__version__}")
+  cores = sorted(os.sched_getaffinity(0))
+  pin = (f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else "")
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
-          f"{_REPEATS.value} calls of {_rounds_text()} after one warm-up call. Machine: {machine}.\n"
-          f"Command: `python -m experiments.benchmark {' '.join(sys.argv[1:])}`\n")
+          f"{_REPEATS.value} timed calls after one warm-up call; each call: {_rounds_text()}. "
+          f"Machine: {machine}.\n"
+          f"Command: `{pin}python -m experiments.benchmark {shlex.join(sys.argv[1:])}`\n")
   print(text)
   if _WRITE.value:
     write_table(_WRITE.value, text, _SECTION.value)

@@ -215,7 +215,8 @@ def test_benchmark_writes_a_table_with_every_row(tmp_path):
   for r in rows:
     assert float(r[2]) > 0 and float(r[3]) == pytest.approx(16 * float(r[2]), rel=0.01)
   assert rows[-1][6].strip() == "1.0x"
-  assert "Command: `python -m experiments.benchmark --arch=synthetic" in out.read_text()
+  cmd = [l for l in out.read_text().splitlines() if l.startswith("Command: `")]
+  assert len(cmd) == 1 and "python -m experiments.benchmark --arch=synthetic" in cmd[0]
 
 
 def test_benchmark_sections_replace_only_their_own_part(tmp_path):
