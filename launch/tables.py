@@ -6,7 +6,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists_taps_lambda --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
-  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0  # why not (levers)
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0-2 --no_run  # why not
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_budget --seeds=0 --parallel=1
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
@@ -55,7 +55,8 @@ RECIPES = {
                "alloc_learning_rate=0.03 = 5x the paper's logits rate (the logits move as far "
                "in 800 rounds as in 4,000); num_rounds=1600 / 4000 = twice / five times the "
                "training (the 4000-round runs continue the 800- or 1600-round runs of the same "
-               "seed with --extend: the same numbers as one run); "
+               "seed with --extend; those were made by earlier gmr versions, equal to today's "
+               "per step up to float rounding, so a run from scratch differs in detail); "
                "compare with results/clusters40_offline.md"),
         config="experiments/configs/clusters40.py:offline,cpu",
         methods="t_init=0.5,alloc_learning_rate=0.03,num_rounds=1600,num_rounds=4000", grid=[],
