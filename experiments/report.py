@@ -22,8 +22,10 @@ under ``<out>/<group>/``:
   one panel per layer, for ``--task`` (default the first task), from the allocation history;
   for TAPS ``taps_scores_<task>.png`` / ``.csv``: every TAPS layer's score, with tau.
 * ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
-  ARI of a 3-way clustering of the greedy allocations and the distinct embeddings per true
-  cluster at every allocation-history point; the CSV's ``decided`` is the fraction of P(on)
+  ARI of a 3-way clustering of the greedy allocations and, per true cluster, the mean number
+  of components in which two of its tasks differ (all, and those both tasks have decided:
+  P(on) below 0.1 or above 0.9) at every allocation-history point (CSV: ``differing_<c>``,
+  ``differing_decided_<c>``, and ``distinct_<c>``, the distinct embeddings); the CSV's ``decided`` is the fraction of P(on)
   values below 0.1 or above 0.9 (how far the allocation has converged),
   ``neighbour_agreement`` the fraction of tasks whose most similar task is of their own
   cluster (no clustering algorithm involved); ``ari_<layer>``,
@@ -365,14 +367,17 @@ def clusters_over_training(run) -> Optional[List[dict]]:
   out = []
   for h in run["alloc"]:
     alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in h["probabilities"].items()}
-    rep = embeddings.cluster_report({"allocations": alloc, "task_clusters": res["task_clusters"]})
+    rep = embeddings.cluster_report({"allocations": alloc, "probabilities": h["probabilities"],
+                                     "task_clusters": res["task_clusters"]})
     probs = np.concatenate([np.asarray(p, float).ravel() for p in h["probabilities"].values()])
     layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
               for m in ("ari", "within", "between")}
     out.append({"round": int(h["round"]), "ari": rep["ari"],
                 "neighbour_agreement": rep["neighbour_agreement"],
                 "decided": float(np.mean(np.abs(probs - 0.5) > 0.4)), **{
-                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **layers})
+                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **{
+                    f"{m}_{k}": v[m] for k, v in rep["disagreement"].items()
+                    for m in ("differing", "differing_decided")}, **layers})
   return out
 
 
@@ -401,9 +406,13 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
       axes[0, 1].plot(x, [p[f"ari_{l}"] for p in pts], lw=1.1, color=f"C{j}",
                       ls=styles[i % len(styles)], label=f"{l.replace('_', ' ')}, seed {seed}")
     for ax, n in zip(axes[0, 2:], names):
-      ax.plot(x, [p[f"distinct_{n}"] for p in pts], lw=1.3, label=f"seed {seed}")
+      ax.plot(x, [p[f"differing_{n}"] for p in pts], lw=1.3, color=f"C{i}",
+              label=f"all, seed {seed} ({pts[-1][f'distinct_{n}']} distinct at the end)")
+      ax.plot(x, [p[f"differing_decided_{n}"] for p in pts], lw=1.0, ls="--", color=f"C{i}",
+              label=f"decided by both, seed {seed}")
     rows += [(seed, p["round"], p["ari"], p["decided"], p["neighbour_agreement"],
               *[p[f"distinct_{n}"] for n in names],
+              *[p[f"{m}_{n}"] for n in names for m in ("differing", "differing_decided")],
               *[p[k] for k in per_layer]) for p in pts]
   axes[0, 0].set_ylabel("ARI (3-way clustering) / fraction of tasks")
   axes[0, 0].set_ylim(-0.1, 1.05)
@@ -413,10 +422,11 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   axes[0, 1].set_ylim(-0.1, 1.05)
   axes[0, 1].set_title("ARI of each routed layer's allocation alone", fontsize=9)
   for ax, n in zip(axes[0, 2:], names):
-    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1) + 0.5)  # 1 = the paper's finding
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1) + 0.5)  # 0 = the paper's finding
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("distinct embeddings")
-    ax.set_title(f"cluster {n}: distinct task embeddings", fontsize=9)
+    ax.set_ylabel("components (mean over pairs of tasks)")
+    ax.set_title(f"cluster {n}: components in which two of its tasks\ndiffer "
+                 "(0 = one embedding, the paper's finding)", fontsize=9)
   for ax in axes[0]:
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
@@ -426,7 +436,9 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   with open(os.path.join(out_dir, "clusters_over_training.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["seed", "round", "ari", "decided", "neighbour_agreement"]
-               + [f"distinct_{n}" for n in names] + per_layer)
+               + [f"distinct_{n}" for n in names]
+               + [f"{m}_{n}" for n in names for m in ("differing", "differing_decided")]
+               + per_layer)
     w.writerows(rows)
   return "clusters_over_training.png"
 

@@ -148,6 +148,9 @@ def cluster_report(results: dict) -> dict:
   extra = {}
   if not results.get("taps") and isinstance(results.get("allocations"), dict):
     extra["per_layer"] = per_layer_report(results["allocations"], clusters)
+    if results.get("probabilities"):
+      extra["disagreement"] = within_cluster_disagreement(
+          results["allocations"], results["probabilities"], clusters)
   return {"distinct_embeddings": distinct, "ari": adjusted_rand_index(truth, pred),
           "labels": pred.tolist(),
           "contingency": {name: np.bincount(pred[list(members)], minlength=len(clusters)).tolist()
@@ -206,6 +209,35 @@ def decided_fraction(probabilities: Allocations, margin: float = 0.1) -> float:
   (a run's ``results["probabilities"]``)."""
   p = task_embeddings(probabilities)
   return float(np.mean((p < margin) | (p > 1 - margin)))
+
+
+def within_cluster_disagreement(allocations: Allocations, probabilities: Allocations,
+                                clusters: Dict[str, Sequence[int]],
+                                margin: float = 0.1) -> Dict[str, Dict[str, float]]:
+  """Per true cluster, over pairs of its tasks: ``differing``, the mean number of embedding
+  entries (components) in which two tasks differ; ``differing_decided``, how many of those both
+  tasks have decided (probability below ``margin`` or above ``1 - margin``, as
+  :func:`decided_fraction`). A difference on an undecided entry is one a sampled allocation
+  still flips; a decided one is a choice the two tasks have made differently (training can
+  still undo it, more slowly). ``agreed``: entries every task of the cluster has the same (all
+  on or all off)."""
+  emb = task_embeddings(allocations)
+  p = task_embeddings(probabilities)
+  decided = (p < margin) | (p > 1 - margin)
+  out = {}
+  for name, members in clusters.items():
+    m = list(members)
+    diff, diff_dec = [], []
+    for i, a in enumerate(m):
+      for b in m[i + 1:]:
+        d = emb[a] != emb[b]
+        diff.append(int(d.sum()))
+        diff_dec.append(int((d & decided[a] & decided[b]).sum()))
+    nan = float("nan")
+    out[name] = {"differing": float(np.mean(diff)) if diff else nan,
+                 "differing_decided": float(np.mean(diff_dec)) if diff else nan,
+                 "agreed": int(np.sum(emb[m].min(0) == emb[m].max(0)))}
+  return out
 
 
 def cluster_similarity(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> Dict[str, Dict]:

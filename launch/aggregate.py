@@ -109,6 +109,7 @@ def summarize(runs: List[dict]) -> dict:
              cluster_neighbour=[rep["neighbour_agreement"] for rep in reps])
     if all(r.get("probabilities") and "taps" not in r for r in runs):
       s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"]) for r in by_seed]
+      s["cluster_disagreement"] = [rep["disagreement"] for rep in reps]
   if runs[0].get("task_groups"):
     s["groups_recovered"] = int(sum(groups_recovered(r) for r in runs))
     s["groups_identical"] = int(sum(groups_identical(r) for r in runs))
@@ -131,7 +132,8 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
   if has_clusters:
     head += ["cluster ARI per seed", "distinct embeddings per cluster, per seed",
              "cosine within / between clusters, per seed", "decided allocations %, per seed",
-             "nearest task in own cluster %, per seed"]
+             "nearest task in own cluster %, per seed",
+             "components differing per pair within a cluster (of them decided by both), per seed"]
   lines = []
   if title:
     lines += [f"### {title}", ""]
@@ -158,6 +160,11 @@ def to_markdown(table: Dict[str, dict], title="", command="") -> str:
       row.append(", ".join(f"{d:.0f}" for d in s["decided_pct"]) if "decided_pct" in s else "")
       row.append(", ".join(f"{100 * v:.0f}" for v in s["cluster_neighbour"])
                  if "cluster_neighbour" in s else "")
+      pair = lambda v: ("-" if np.isnan(v["differing"])  # a one-task cluster has no pairs
+                        else f"{v['differing']:.1f} ({v['differing_decided']:.1f})")
+      row.append("; ".join(" ".join(f"{k} {pair(v)}" for k, v in sorted(d.items()))
+                           for d in s["cluster_disagreement"])
+                 if "cluster_disagreement" in s else "")
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]

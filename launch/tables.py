@@ -7,7 +7,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists_taps_lambda --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0-2 --no_run  # why not
-  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_budget --seeds=0 --parallel=1
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_budget --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_one_layer # TAPS, one layer adapted
@@ -52,20 +52,22 @@ RECIPES = {
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with one "
                "lever changed per row: t_init=0.5 = no temperature annealing (t_init = t_min; "
                "the paper's anneal ends after 1% of its steps, on the cpu schedule after 31%); "
-               "alloc_learning_rate=0.03 = 5x the paper's logits rate (the logits move as far "
-               "in 800 rounds as in 4,000); num_rounds=1600 / 4000 = twice / five times the "
-               "training (the 4000-round runs continue the 800- or 1600-round runs of the same "
+               "alloc_learning_rate=0.03 / 0.0012 = 5x / a fifth of the paper's logits rate "
+               "(the allocations decide 5x faster / slower than the weights learn); "
+               "num_rounds=1600 / 4000 = twice / five times the training (the 4000-round runs continue the 800- or 1600-round runs of the same "
                "seed with --extend; those were made by earlier gmr versions, equal to today's "
                "per step up to float rounding, so a run from scratch differs in detail); "
                "compare with results/clusters40_offline.md"),
         config="experiments/configs/clusters40.py:offline,cpu",
-        methods="t_init=0.5,alloc_learning_rate=0.03,num_rounds=1600,num_rounds=4000", grid=[],
+        methods=("t_init=0.5,alloc_learning_rate=0.03,alloc_learning_rate=0.0012,"
+                 "num_rounds=1600,num_rounds=4000"), grid=[],
         pin=True),
     "clusters40_budget": dict(
-        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with a "
-               "tighter budget, 0.25 (lambda 1); the paper's 0.5 is results/clusters40_offline.md"),
-        config="experiments/configs/clusters40.py:offline,cpu", methods="gumbel_matrix",
-        grid=["budget=0.25"], pin=True),
+        title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with the "
+               "budget changed: budget=0.25 = a tighter budget (lambda 1); budget_lambda=0.0 = "
+               "no budget penalty; the paper's 0.5 with lambda 1 is results/clusters40_offline.md"),
+        config="experiments/configs/clusters40.py:offline,cpu",
+        methods="budget=0.25,budget_lambda=0.0", grid=[], pin=True),
     "finetune": dict(
         title="Fine-tuning from an MNIST shared-bottom checkpoint: test accuracy on the new task",
         config="experiments/configs/finetune.py", methods="taps,full,head",

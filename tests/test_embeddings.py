@@ -89,6 +89,20 @@ def test_neighbour_agreement_is_robust_to_one_outlier():
   assert E.neighbour_agreement(sim, {"x": [0, 1], "y": [2]}) == pytest.approx((0.5 + 0.5 + 0) / 3)
 
 
+def test_within_cluster_disagreement_splits_decided_from_undecided_differences():
+  """Cluster a: tasks 0 and 1 differ in entries 1 (both decided: 0.02 vs 0.97) and 2 (task
+  1's 0.55 is undecided); cluster b: one task, no pairs."""
+  alloc = {"layer_0": [[1, 0, 0], [1, 1, 1], [0, 0, 1]]}
+  probs = {"layer_0": [[0.99, 0.02, 0.03], [0.95, 0.97, 0.55], [0.01, 0.4, 0.9]]}
+  clusters = {"a": [0, 1], "b": [2]}
+  d = E.within_cluster_disagreement(alloc, probs, clusters)
+  assert d["a"] == {"differing": 2.0, "differing_decided": 1.0, "agreed": 1}
+  assert np.isnan(d["b"]["differing"]) and d["b"]["agreed"] == 3
+  rep = E.cluster_report({"allocations": alloc, "probabilities": probs, "task_clusters": clusters})
+  assert rep["disagreement"]["a"]["differing_decided"] == 1.0
+  assert "disagreement" not in E.cluster_report({"allocations": alloc, "task_clusters": clusters})
+
+
 def test_decided_fraction_counts_probabilities_near_zero_or_one():
   probs = {"layer_1": [[0.5, 0.95]], "layer_0": [[0.05, 0.1, 0.91]]}
   assert E.decided_fraction(probs) == pytest.approx(3 / 5)  # 0.05, 0.91, 0.95; 0.1 is not
@@ -134,3 +148,19 @@ def test_aggregate_groups_use_the_run_embeddings():
   assert aggregate.groups_recovered(res)  # by the task-specific layers, not the allocations
   res["taps"]["task_specific_layers"] = {t: [] for t in res["tasks"]}  # nothing adapted
   assert aggregate.groups_identical(res) and not aggregate.groups_recovered(res)
+
+
+def test_cluster_table_columns_per_seed():
+  """launch.aggregate: a clusters sweep row lists ARI, nearest-task agreement and the
+  within-cluster disagreement per seed, seeds in order."""
+  from launch import aggregate
+  alloc = {"layer_0": [[1, 0, 0], [1, 1, 1], [0, 0, 1]]}
+  probs = {"layer_0": [[0.99, 0.02, 0.03], [0.95, 0.97, 0.55], [0.01, 0.4, 0.9]]}
+  run = lambda seed, a: {"seed": seed, "final": {"loss": {"mean": 1.0}}, "active_fraction": 0.5,
+                         "wall_time_s": 1.0, "steps": 1, "allocations": a, "probabilities": probs,
+                         "task_clusters": {"a": [0, 1], "b": [2]}}
+  same = {"layer_0": [[1, 0, 0], [1, 0, 0], [0, 0, 1]]}
+  s = aggregate.summarize([run(1, same), run(0, alloc)])
+  md = aggregate.to_markdown({"gm": s})
+  assert "within a cluster (of them decided by both)" in md
+  assert "| a 2.0 (1.0) b -; a 0.0 (0.0) b - |" in md

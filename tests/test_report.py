@@ -83,6 +83,8 @@ def test_sweep_report_files_and_numbers(tmp_path):
                                                   for r in (200, 300, 400)]
   assert all(float(r["ari"]) == 1.0 and r["distinct_x"] == r["distinct_y"] == "1" for r in ct)
   assert all(float(r["neighbour_agreement"]) == 1.0 for r in ct)
+  assert all(float(r[f"{m}_{c}"]) == 0.0 for r in ct for c in "xy"
+             for m in ("differing", "differing_decided"))
   assert [float(r["decided"]) for r in ct[:3]] == [0.0, 0.0, 1.0]  # |p - 0.5| = 0.15, 0.3, 0.45
   for l in ("layer_0", "layer_1"):  # per layer: each layer alone separates x from y
     assert all(float(r[f"ari_{l}"]) == 1.0 and float(r[f"between_{l}"]) == 0.0 for r in ct)
