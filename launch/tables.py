@@ -54,13 +54,14 @@ RECIPES = {
                "the paper's anneal ends after 1% of its steps, on the cpu schedule after 31%); "
                "alloc_learning_rate=0.03 / 0.0012 = 5x / a fifth of the paper's logits rate "
                "(the allocations decide 5x faster / slower than the weights learn); "
-               "num_rounds=1600 / 4000 = twice / five times the training (the 4000-round runs continue the 800- or 1600-round runs of the same "
-               "seed with --extend; those were made by earlier gmr versions, equal to today's "
-               "per step up to float rounding, so a run from scratch differs in detail); "
-               "compare with results/clusters40_offline.md"),
+               "num_rounds=1600 / 4000 / 8000 = 2x / 5x / 10x the training (the 4000-round runs "
+               "continue the 800- or 1600-round runs of the same seed with --extend, the "
+               "8000-round runs the 4000-round ones; the shorter runs were made by earlier gmr "
+               "versions, equal to today's per step up to float rounding, so a run from scratch "
+               "differs in detail); compare with results/clusters40_offline.md"),
         config="experiments/configs/clusters40.py:offline,cpu",
         methods=("t_init=0.5,alloc_learning_rate=0.03,alloc_learning_rate=0.0012,"
-                 "num_rounds=1600,num_rounds=4000"), grid=[],
+                 "num_rounds=1600,num_rounds=4000,num_rounds=8000"), grid=[],
         pin=True),
     "clusters40_budget": dict(
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with the "
