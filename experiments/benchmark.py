@@ -163,10 +163,10 @@ def main(argv):
   for arch, name, v, sp in rows:
     md.append(f"| {arch} | {name} | {v['steps_s']:.0f} | {v['ex_s']:.0f} | {v['compile_s']:.1f} | "
               f"{v['peak_mb']} | {sp} |")
-  machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-             f"{len(jax.devices())} device(s), {len(os.sched_getaffinity(0))} usable CPU core(s), "
-             f"jax {jax.__version__}")
   cores = sorted(os.sched_getaffinity(0))
+  machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+             f"{len(jax.devices())} device(s), {len(cores)} usable CPU core(s), "
+             f"jax {jax.__version__}")
   pin = (f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else "")
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
           f"{_REPEATS.value} timed calls after one warm-up call; each call: {_rounds_text()}. "

@@ -369,12 +369,11 @@ def clusters_over_training(run) -> Optional[List[dict]]:
     alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in h["probabilities"].items()}
     rep = embeddings.cluster_report({"allocations": alloc, "probabilities": h["probabilities"],
                                      "task_clusters": res["task_clusters"]})
-    probs = np.concatenate([np.asarray(p, float).ravel() for p in h["probabilities"].values()])
     layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
               for m in ("ari", "within", "between")}
     out.append({"round": int(h["round"]), "ari": rep["ari"],
                 "neighbour_agreement": rep["neighbour_agreement"],
-                "decided": float(np.mean(np.abs(probs - 0.5) > 0.4)), **{
+                "decided": embeddings.decided_fraction(h["probabilities"]), **{
                     f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **{
                     f"{m}_{k}": v[m] for k, v in rep["disagreement"].items()
                     for m in ("differing", "differing_decided")}, **layers})

@@ -207,8 +207,13 @@ def decided_fraction(probabilities: Allocations, margin: float = 0.1) -> float:
   """Fraction of the (layer, task, component) allocation probabilities that are decided:
   below ``margin`` or above ``1 - margin``. ``probabilities`` as in :func:`task_embeddings`
   (a run's ``results["probabilities"]``)."""
+  return float(np.mean(decided_mask(probabilities, margin)))
+
+
+def decided_mask(probabilities: Allocations, margin: float = 0.1) -> np.ndarray:
+  """``[T, sum_l C_l]`` bool: P(on) below ``margin`` or above ``1 - margin``."""
   p = task_embeddings(probabilities)
-  return float(np.mean((p < margin) | (p > 1 - margin)))
+  return (p < margin) | (p > 1 - margin)
 
 
 def within_cluster_disagreement(allocations: Allocations, probabilities: Allocations,
@@ -222,20 +227,16 @@ def within_cluster_disagreement(allocations: Allocations, probabilities: Allocat
   still undo it, more slowly). ``agreed``: entries every task of the cluster has the same (all
   on or all off)."""
   emb = task_embeddings(allocations)
-  p = task_embeddings(probabilities)
-  decided = (p < margin) | (p > 1 - margin)
+  decided = decided_mask(probabilities, margin)
   out = {}
   for name, members in clusters.items():
     m = list(members)
-    diff, diff_dec = [], []
-    for i, a in enumerate(m):
-      for b in m[i + 1:]:
-        d = emb[a] != emb[b]
-        diff.append(int(d.sum()))
-        diff_dec.append(int((d & decided[a] & decided[b]).sum()))
+    pairs = np.triu_indices(len(m), 1)  # each unordered pair of the cluster's tasks once
+    d = (emb[m][:, None] != emb[m][None])[pairs]  # [pairs, D]
+    both = (decided[m][:, None] & decided[m][None])[pairs]
     nan = float("nan")
-    out[name] = {"differing": float(np.mean(diff)) if diff else nan,
-                 "differing_decided": float(np.mean(diff_dec)) if diff else nan,
+    out[name] = {"differing": float(d.sum(1).mean()) if len(d) else nan,
+                 "differing_decided": float((d & both).sum(1).mean()) if len(d) else nan,
                  "agreed": int(np.sum(emb[m].min(0) == emb[m].max(0)))}
   return out
 
