@@ -5,7 +5,8 @@
 
 "ours <layout> conv=<impl>": fused components, ``rounds_per_call`` rounds per device call
 (``lax.scan``), images in ``layout`` (nhwc, or cnhw: channels first), convolutions by ``impl``
-(xla: XLA's convolution, patches: patches + matmul).
+(xla: XLA's convolution, patches: patches + matmul), a " bf16" suffix for convolutions
+computed in bfloat16 (``--conv_dtype=bfloat16``: float32 accumulation and parameters).
 "ours joint" (``--joint``): the ``joint`` schedule, one update per round on all T task
 batches (not the paper's schedule: a different algorithm, timed for what it costs).
 "reference" (``--reference``): each component its own op (NHWC, XLA's convolution), one
@@ -13,7 +14,10 @@ jitted call per task batch
 (batches still gathered on device, so the difference is the model and the dispatch).
 Inputs are random arrays of each benchmark's shape (throughput does not depend on the data).
 Reported: median task-batch steps/s over ``--repeats`` timed calls after a warm-up,
-examples/s, compile time (first call) and peak memory where the backend reports it.
+examples/s, MFLOP per task step (XLA's cost analysis of the compiled program of one update,
+per task batch: multiply-adds count 2), the achieved GFLOP/s (that x task-steps/s), the
+compile time (lowering and compiling ahead of time, the calls then run the compiled program)
+and peak memory where the backend reports it.
 """
 
 from __future__ import annotations
@@ -42,11 +46,15 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
 _IMPLS = flags.DEFINE_list("conv_impl", ["xla", "patches"], "Convolution formulations to time.")
 _LAYOUTS = flags.DEFINE_list("layout", ["nhwc", "cnhw"], "Image layouts to time (each with "
                              "every --conv_impl).")
+_DTYPES = flags.DEFINE_list("conv_dtype", ["float32"], "Convolution compute dtypes to time "
+                             "(float32, bfloat16: each with every layout and --conv_impl).")
 _JOINT = flags.DEFINE_bool("joint", False, "Also time the joint schedule (conv=auto).")
 _WRITE = flags.DEFINE_string("write", "", "Write the table (with command and machine) to this file.")
 _SECTION = flags.DEFINE_string("section", "", "With --write: put the table under '## <section>' "
                                "in the file, replacing only that section (tables of several "
                                "commands in one file).")
+
+DTYPE_NAMES = {"float32": "f32", "bfloat16": "bf16"}
 
 SHAPES = {  # arch -> (input shape, head dims, loss)
     "synthetic": ((128,), (1,) * 4, "mse"),
@@ -99,9 +107,23 @@ def _peak_mb():
   return f"{v / 2 ** 20:.0f}" if v else "n/a"
 
 
-def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="auto"):
+def _fmt(v: float) -> str:
+  """Whole numbers from 100 up, three significant digits below (0.193, 23.4)."""
+  return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _flops(compiled) -> float:
+  """XLA's FLOP count of a compiled call (0 where the backend gives none)."""
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) and ca else ca
+  return float((ca or {}).get("flops", 0.0))
+
+
+def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="auto",
+             conv_dtype="float32"):
   suite = random_suite(arch)
   c = config_for(arch, fused, conv_impl, schedule, layout)
+  c.conv_dtype = conv_dtype
   setup = T.make_setup(c, suite)
   state = T.init_state(setup, jax.random.key(0))
   tcount, r = suite.num_tasks, _ROUNDS.value or ROUNDS[arch]
@@ -113,20 +135,27 @@ def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="
     tasks, idx = tasks[:STEPS[arch]], idx[:STEPS[arch]]
   xp, yp = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
   key = jax.random.key(3)
-  if per_batch:
-    run1 = T.make_run_steps(setup, c)  # a scan of length 1 = one jitted call per task batch
+  run = T.make_run_steps(setup, c)
+  # One update's worth of task batches (a round for joint): its compiled cost is the FLOPs
+  # of one update. (XLA counts a scan's body once, not per iteration, so the FLOPs of a
+  # longer call are not read from that call.)
+  unit = tcount if schedule == "joint" else 1
+  t0 = time.perf_counter()
+  one = run.lower(state, xp, yp, tasks[:unit], idx[:unit], key).compile()
+  if per_batch:  # the reference: one jitted call per task batch (a scan of length 1)
+    compiled = one
 
     def call(st):
       for i in range(len(tasks)):
-        st, l = run1(st, xp, yp, tasks[i:i + 1], idx[i:i + 1], key)
+        st, l = compiled(st, xp, yp, tasks[i:i + 1], idx[i:i + 1], key)
       return st, l
   else:
-    run = T.make_run_steps(setup, c)
-    call = lambda st: run(st, xp, yp, tasks, idx, key)
-  t0 = time.perf_counter()
-  state, l = call(state)
-  jax.block_until_ready(l)
+    compiled = one if len(tasks) == unit else run.lower(state, xp, yp, tasks, idx, key).compile()
+    call = lambda st: compiled(st, xp, yp, tasks, idx, key)
   compile_s = time.perf_counter() - t0
+  flops_per_step = _flops(one) / unit
+  state, l = call(state)  # warm-up
+  jax.block_until_ready(l)
   times = []
   for _ in range(_REPEATS.value):
     t0 = time.perf_counter()
@@ -134,34 +163,39 @@ def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="
     jax.block_until_ready(l)
     times.append(time.perf_counter() - t0)
   sps = len(tasks) / float(np.median(times))
-  return dict(steps_s=sps, ex_s=sps * c.batch_size, compile_s=compile_s, peak_mb=_peak_mb())
+  return dict(steps_s=sps, ex_s=sps * c.batch_size, compile_s=compile_s, peak_mb=_peak_mb(),
+              gflops=sps * flops_per_step / 1e9, mflop_step=flops_per_step / 1e6)
 
 
 def main(argv):
   del argv
   rows = []
   for arch in _ARCH.value:
+    f32 = "float32"
     if arch == "synthetic":  # no convolutions, no images
-      variants = [("ours", True, "auto", False, "round_robin", "auto")]
+      variants = [("ours", True, "auto", False, "round_robin", "auto", f32)]
     else:
-      variants = [(f"ours {lay} conv={i}", True, i, False, "round_robin", lay)
-                  for lay in _LAYOUTS.value for i in _IMPLS.value]
+      variants = [(f"ours {lay} conv={i}" + ("" if dt == f32 else f" {DTYPE_NAMES[dt]}"),
+                   True, i, False, "round_robin", lay, dt)
+                  for dt in _DTYPES.value for lay in _LAYOUTS.value for i in _IMPLS.value]
     if _JOINT.value:
-      variants.append(("ours joint (auto)", True, "auto", False, "joint", "auto"))
+      variants.append(("ours joint (auto)", True, "auto", False, "joint", "auto", f32))
     if _REF.value:
-      variants.append(("reference", False, "xla", True, "round_robin", "nhwc"))
+      variants.append(("reference", False, "xla", True, "round_robin", "nhwc", f32))
     res = {}
-    for name, fused, impl, per_batch, schedule, layout in variants:
-      res[name] = time_run(arch, fused, impl, per_batch, schedule, layout)
-      print(f"{arch:12s} {name:18s} {res[name]['steps_s']:9.0f} steps/s", flush=True)
+    for name, fused, impl, per_batch, schedule, layout, dt in variants:
+      res[name] = time_run(arch, fused, impl, per_batch, schedule, layout, dt)
+      print(f"{arch:12s} {name:18s} {_fmt(res[name]['steps_s']):>9s} steps/s", flush=True)
     ref = res.get("reference")
     for name, v in res.items():
       speedup = f"{v['steps_s'] / ref['steps_s']:.1f}x" if ref else "-"
       rows.append((arch, name, v, speedup))
-  md = ["| architecture | implementation | task-steps/s | examples/s | compile s | peak MB | vs reference |",
-        "|---|---|---|---|---|---|---|"]
+  md = ["| architecture | implementation | task-steps/s | examples/s | MFLOP/step | GFLOP/s "
+        "| compile s | peak MB | vs reference |",
+        "|---|---|---|---|---|---|---|---|---|"]
   for arch, name, v, sp in rows:
-    md.append(f"| {arch} | {name} | {v['steps_s']:.0f} | {v['ex_s']:.0f} | {v['compile_s']:.1f} | "
+    md.append(f"| {arch} | {name} | {_fmt(v['steps_s'])} | {_fmt(v['ex_s'])} | "
+              f"{_fmt(v['mflop_step'])} | {_fmt(v['gflops'])} | {v['compile_s']:.1f} | "
               f"{v['peak_mb']} | {sp} |")
   cores = sorted(os.sched_getaffinity(0))
   machine = (f"{platform.machine()} {jax.default_backend()} ({jax.devices()[0].device_kind}), "
@@ -170,6 +204,8 @@ def main(argv):
   pin = (f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else "")
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
           f"{_REPEATS.value} timed calls after one warm-up call; each call: {_rounds_text()}. "
+          "MFLOP/step: XLA's cost analysis of one update, per task batch; GFLOP/s: that x "
+          "task-steps/s. "
           f"Machine: {machine}.\n"
           f"Command: `{pin}python -m experiments.benchmark {shlex.join(sys.argv[1:])}`\n")
   print(text)

@@ -131,6 +131,7 @@ def identity(stride=1, features=0) -> Identity:
 
 # ----------------------------------------------------------------------------- pure ops
 PATCHES_MAX_DEPTH = 256
+CONV_DTYPES = ("float32", "bfloat16")
 LAYOUTS = ("nhwc", "cnhw")
 
 
@@ -152,9 +153,15 @@ def _per_channel(v, x, layout):
   return v.reshape((-1,) + (1,) * (x.ndim - 1)) if layout == "cnhw" else v
 
 
-def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto", layout="nhwc"):
+def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto", layout="nhwc",
+           dtype="float32"):
   """2-D convolution, HWIO kernel ``[kh, kw, cin / groups, cout]``, input and output in
   ``layout`` (``[B, H, W, C]`` for ``"nhwc"``, ``[C, B, H, W]`` for ``"cnhw"``).
+
+  ``dtype`` is the compute dtype of the multiplies ("float32" or "bfloat16"): input and
+  kernel are cast to it, products are accumulated in float32 and the output is float32, so
+  parameters and everything outside the convolution stay float32 (mixed precision; the
+  kernel's gradient comes back float32 through the cast).
 
   ``impl="xla"`` uses ``lax.conv_general_dilated``; ``impl="patches"`` extracts patches and
   does one (batched) matmul, which XLA:CPU runs faster for the small channel counts of
@@ -167,23 +174,27 @@ def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto", layout="n
     kh, kw, cin_g, _ = kernel.shape
     small = kh * kw * cin_g * groups <= PATCHES_MAX_DEPTH
     impl = "patches" if jax.default_backend() == "cpu" and small else "xla"
+  if impl not in ("xla", "patches"):
+    raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'patches'")
+  if dtype not in CONV_DTYPES:
+    raise ValueError(f"unknown conv dtype {dtype!r}; use one of {CONV_DTYPES}")
+  acc = jnp.float32
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
   if impl == "xla":
     dims = "CNHW" if layout == "cnhw" else "NHWC"
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), padding, dimension_numbers=(dims, "HWIO", dims),
-        feature_group_count=groups)
-  if impl != "patches":
-    raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'patches'")
+        feature_group_count=groups, preferred_element_type=acc)
   if layout == "cnhw":
     return _conv_patches_cnhw(x, kernel, stride, padding, groups)
   kh, kw, cin_g, cout = kernel.shape
   p = extract_patches(x, kh, kw, stride, padding)  # [B, H', W', kh * kw * cin], order (kh, kw, cin)
   b, h, w, _ = p.shape
   if groups == 1:
-    return p @ kernel.reshape(kh * kw * cin_g, cout)
+    return jnp.matmul(p, kernel.reshape(kh * kw * cin_g, cout), preferred_element_type=acc)
   p = p.reshape(b, h, w, kh * kw, groups, cin_g)
   k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
-  return jnp.einsum("bhwpgc,pcgo->bhwgo", p, k).reshape(b, h, w, cout)
+  return jnp.einsum("bhwpgc,pcgo->bhwgo", p, k, preferred_element_type=acc).reshape(b, h, w, cout)
 
 
 def _windows(x, kh: int, kw: int, stride: int, padding: str, h_axis: int):
@@ -218,11 +229,11 @@ def _conv_patches_cnhw(x, kernel, stride, padding, groups):
   _, c, b, oh, ow = p.shape
   if groups == 1:  # [K, cout] . [K, N] contracting K: no transposed copy of the kernel
     out = jax.lax.dot_general(kernel.reshape(kh * kw * cin_g, cout), p.reshape(kh * kw * c, -1),
-                              (((0,), (0,)), ((), ())))
+                              (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
   else:
     p = p.reshape(kh * kw, groups, cin_g, -1)
     k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
-    out = jnp.einsum("pcgo,pgcn->gon", k, p)
+    out = jnp.einsum("pcgo,pgcn->gon", k, p, preferred_element_type=jnp.float32)
   return out.reshape(cout, b, oh, ow)
 
 
@@ -332,6 +343,7 @@ class ConvStackGroup(nn.Module):
   fused: bool = True
   conv_impl: str = "auto"
   layout: str = "nhwc"
+  conv_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x):
@@ -353,7 +365,7 @@ class ConvStackGroup(nn.Module):
       for i, ((k, b, gn), stride) in enumerate(
           zip(params, [1] * last + [s.stride])):
         h = conv2d(h, k_slice(k), stride, s.padding, groups if i > 0 else 1,
-                   self.conv_impl, lay)
+                   self.conv_impl, lay, self.conv_dtype)
         h = h + _per_channel(b_slice(b), h, lay)
         if gn is not None:
           h = group_norm(h, s.norm_groups * groups, b_slice(gn[0]), b_slice(gn[1]), layout=lay)
@@ -401,6 +413,7 @@ class IdentityGroup(nn.Module):
   fused: bool = True
   conv_impl: str = "auto"
   layout: str = "nhwc"
+  conv_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x):
@@ -409,20 +422,21 @@ class IdentityGroup(nn.Module):
     features = self.spec.features or x.shape[channel_axis(self.layout)]
     as_conv = ConvStack(((1, 1),), features, self.spec.stride, "SAME", 0, False)
     return ConvStackGroup(as_conv, self.n, self.fused, self.conv_impl, self.layout,
-                          name="conv")(x)
+                          self.conv_dtype, name="conv")(x)
 
 
 def group_module(spec, n: int, fused: bool, conv_impl: str, name: str,
-                 layout: str = "nhwc") -> nn.Module:
-  """The group module that runs ``n`` components of ``spec`` (images in ``layout``)."""
+                 layout: str = "nhwc", conv_dtype: str = "float32") -> nn.Module:
+  """The group module that runs ``n`` components of ``spec`` (images in ``layout``,
+  convolutions computed in ``conv_dtype``)."""
   if isinstance(spec, MLP):
     return MLPGroup(spec, n, fused, name=name)
   if isinstance(spec, ConvStack):
-    return ConvStackGroup(spec, n, fused, conv_impl, layout, name=name)
+    return ConvStackGroup(spec, n, fused, conv_impl, layout, conv_dtype, name=name)
   if isinstance(spec, Pool):
     return PoolGroup(spec, n, fused, layout, name=name)
   if isinstance(spec, Identity):
-    return IdentityGroup(spec, n, fused, conv_impl, layout, name=name)
+    return IdentityGroup(spec, n, fused, conv_impl, layout, conv_dtype, name=name)
   raise TypeError(f"unknown component spec {spec!r}")
 
 

@@ -58,12 +58,14 @@ class ModularLayer(nn.Module):
     fused: run each group as one wide op (True) or each component alone (False).
     conv_impl: "auto", "xla" or "patches" (see :func:`gmr.components.conv2d`).
     layout: "nhwc" or "cnhw" (images; see :mod:`gmr.components`).
+    conv_dtype: compute dtype of the convolutions ("float32" or "bfloat16").
   """
   specs: Tuple
   combine_mode: str = "mean"
   fused: bool = True
   conv_impl: str = "auto"
   layout: str = "nhwc"
+  conv_dtype: str = "float32"
 
   @property
   def num_components(self) -> int:
@@ -76,7 +78,7 @@ class ModularLayer(nn.Module):
     first = self.layout == "cnhw"  # component axis first ([n, F, B, H, W]) or second to last
     for g, (spec, idx) in enumerate(group_specs(self.specs)):
       y = comp.group_module(spec, len(idx), self.fused, self.conv_impl, f"group_{g}",
-                            self.layout)(x)
+                            self.layout, self.conv_dtype)(x)
       y_shape = y.shape[1:] if first else y.shape[:-2] + y.shape[-1:]
       if shape is not None and y_shape != shape:
         raise ValueError(

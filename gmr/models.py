@@ -53,9 +53,9 @@ class Architecture:
     return None if self.head_dims is None else len(self.head_dims)
 
 
-def _apply_shared(op, h, conv_impl, layout, name):
+def _apply_shared(op, h, conv_impl, layout, name, conv_dtype="float32"):
   if isinstance(op, comp.ConvStack):
-    y = comp.ConvStackGroup(op, 1, True, conv_impl, layout, name=name)(h)
+    y = comp.ConvStackGroup(op, 1, True, conv_impl, layout, conv_dtype, name=name)(h)
     return y[0] if layout == "cnhw" else y[..., 0, :]
   if isinstance(op, comp.Pool):
     return comp.pool2d(h, op.kind, op.window, op.stride, op.padding, layout)
@@ -116,13 +116,15 @@ class MultiTaskNet(nn.Module):
 
   ``layout`` ("auto", "nhwc" or "cnhw") is how image tensors are laid out inside the network
   (see :mod:`gmr.components`); inputs and outputs are the same in every layout, and so are
-  the parameters.
+  the parameters. ``conv_dtype`` ("float32" or "bfloat16") is the compute dtype of every
+  convolution (float32 accumulation and output; parameters stay float32).
   """
   arch: Architecture
   combine_mode: str = "mean"
   fused: bool = True
   conv_impl: str = "auto"
   layout: str = "auto"
+  conv_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, alloc: Sequence, task, train: bool = False):
@@ -134,7 +136,7 @@ class MultiTaskNet(nn.Module):
       h = self._shared(op, h, lay, f"stem_{i}")
     for l, specs in enumerate(a.layers):
       h = ModularLayer(specs, self.combine_mode, self.fused, self.conv_impl, lay,
-                       name=f"layer_{l}")(h, alloc[l])
+                       self.conv_dtype, name=f"layer_{l}")(h, alloc[l])
       for j, op in enumerate(a.between[l] if a.between else ()):
         h = self._shared(op, h, lay, f"between_{l}_{j}")
     if lay == "cnhw":  # flatten in NHWC order: the heads see the same features in any layout
@@ -149,7 +151,7 @@ class MultiTaskNet(nn.Module):
   def _shared(self, op, h, layout, name):
     if isinstance(op, GroupNormReLU):
       return _SharedGN(op.groups, layout, name=name)(h)
-    return _apply_shared(op, h, self.conv_impl, layout, name)
+    return _apply_shared(op, h, self.conv_impl, layout, name, self.conv_dtype)
 
 
 # ----------------------------------------------------------------------------- builders

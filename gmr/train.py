@@ -107,7 +107,7 @@ def make_setup(config, suite: TaskSuite) -> Setup:
                                   f"for {suite.num_tasks} tasks", "match the suite's tasks")
   method = methods_lib.build(config.method, config, suite.num_tasks, arch.layer_sizes)
   net = models.MultiTaskNet(arch, resolve_combine(config), config.fused, config.conv_impl,
-                            config.get("layout", "auto"))
+                            config.get("layout", "auto"), config.get("conv_dtype", "float32"))
   tx = make_optimizer(config, suite.num_tasks)
   return Setup(net, arch, method, tx, suite.loss, float(suite.x_scale), suite.num_tasks)
 

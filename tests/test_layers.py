@@ -167,3 +167,42 @@ def test_glorot_equals_flax_bit_for_bit():
   ks = jax.random.split(jax.random.key(3), 3)
   np.testing.assert_array_equal(jax.vmap(lambda k: comp.glorot(k, (3, 3, 2, 4)))(ks),
                                 jax.vmap(lambda k: ref(k, (3, 3, 2, 4)))(ks))
+
+
+@pytest.mark.parametrize("impl,layout,groups", [("xla", "nhwc", 1), ("patches", "nhwc", 3),
+                                                ("xla", "cnhw", 3), ("patches", "cnhw", 1)])
+def test_bfloat16_convolution_is_float32_conv_of_rounded_operands(impl, layout, groups):
+  """conv_dtype=bfloat16 rounds input and kernel to bfloat16, accumulates in float32 and
+  returns float32: the float32 convolution of the rounded operands, and near the float32 one."""
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 6 // groups, 9))
+  xl = x.transpose(3, 0, 1, 2) if layout == "cnhw" else x
+  y = comp.conv2d(xl, k, 2, "SAME", groups, impl, layout, "bfloat16")
+  assert y.dtype == jnp.float32
+  rnd = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  exact = comp.conv2d(rnd(xl), rnd(k), 2, "SAME", groups, impl, layout)
+  np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-5)
+  full = comp.conv2d(xl, k, 2, "SAME", groups, impl, layout)
+  err = float(jnp.linalg.norm(y - full) / jnp.linalg.norm(full))
+  assert 1e-4 < err < 1e-2  # rounded (not silently float32), but only by bfloat16's precision
+  with pytest.raises(ValueError, match="unknown conv dtype"):
+    comp.conv2d(xl, k, 2, "SAME", groups, impl, layout, "float16")
+
+
+def test_bfloat16_network_keeps_float32_parameters_and_gradients():
+  a = models.build("four_mnists", dropout=0.0)
+  x = jax.random.normal(jax.random.key(0), (4,) + a.input_shape)
+  rows = [jnp.array([1.0, 0.0, 1.0, 1.0])] * 3
+  f32 = models.MultiTaskNet(a, conv_impl="patches", layout="cnhw")
+  bf16 = models.MultiTaskNet(a, conv_impl="patches", layout="cnhw", conv_dtype="bfloat16")
+  params = f32.init(jax.random.key(1), x, rows, 0)["params"]
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(
+      bf16.init(jax.random.key(1), x, rows, 0)["params"]))
+  loss = lambda net, p: jnp.sum(jnp.sin(net.apply({"params": p}, x, rows, 1)))
+  out16, out32 = (n.apply({"params": params}, x, rows, 1) for n in (bf16, f32))
+  assert out16.dtype == jnp.float32
+  assert float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32)) < 2e-2
+  g16, g32 = (jax.grad(loss, argnums=1)(n, params) for n in (bf16, f32))
+  for u, v in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+    assert u.dtype == jnp.float32
+    assert float(jnp.linalg.norm(u - v) / jnp.linalg.norm(v)) < 5e-2

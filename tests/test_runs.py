@@ -246,6 +246,7 @@ INVALID = [  # (field overrides, expected start of the one-line error)
     ({"combine": "max"}, "combine: unknown mode 'max'; use 'mean', 'sum' or 'auto'"),
     ({"conv_impl": "cudnn"}, "conv_impl: unknown 'cudnn'"),
     ({"layout": "nchw"}, "layout: unknown 'nchw'"),
+    ({"conv_dtype": "float16"}, "conv_dtype: unknown 'float16'"),
     ({"augment": "flip"}, "augment: unknown value 'flip'"),
     ({"augment_pad": -2}, "augment_pad: must be >= 0"),
     ({"checkpoint_every": -1}, "checkpoint_every: must be >= 0"),

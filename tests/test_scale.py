@@ -212,9 +212,14 @@ def test_benchmark_writes_a_table_with_every_row(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   rows = [l.split("|")[1:-1] for l in out.read_text().splitlines() if l.startswith("| synthetic")]
   assert [r[1].strip() for r in rows] == ["ours", "ours joint (auto)", "reference"]
+  # synthetic forward: 4 MLPs 128 -> 16 -> 16 -> 1 over 16 examples, 2 FLOPs per multiply-add
+  forward_mflop = 2 * 4 * 16 * (128 * 16 + 16 * 16 + 16) / 1e6
   for r in rows:
-    assert float(r[2]) > 0 and float(r[3]) == pytest.approx(16 * float(r[2]), rel=0.01)
-  assert rows[-1][6].strip() == "1.0x"
+    steps, mflop, gflops = float(r[2]), float(r[4]), float(r[5])
+    assert steps > 0 and float(r[3]) == pytest.approx(16 * steps, rel=0.01)
+    assert 2.0 <= mflop / forward_mflop <= 3.5  # forward + backward, from XLA's cost analysis
+    assert gflops == pytest.approx(mflop * steps / 1e3, rel=0.1, abs=0.1)  # rounded columns
+  assert rows[-1][8].strip() == "1.0x"
   cmd = [l for l in out.read_text().splitlines() if l.startswith("Command: `")]
   assert len(cmd) == 1 and "python -m experiments.benchmark --arch=synthetic" in cmd[0]
 

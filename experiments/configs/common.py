@@ -40,6 +40,7 @@ def base_config() -> config_dict.ConfigDict:
   c.fused = True  # components of one kind as one batched op
   c.conv_impl = "auto"  # auto (patches on CPU, xla elsewhere) | xla | patches
   c.layout = "auto"  # image tensors inside the network: auto (cnhw on CPU, nhwc elsewhere) | nhwc | cnhw
+  c.conv_dtype = "float32"  # convolutions' multiplies: float32 | bfloat16 (f32 accumulation and params)
   # --- optimizer
   c.learning_rate = 1e-3
   c.alloc_learning_rate = config_dict.placeholder(float)  # absolute; overrides the multiplier
