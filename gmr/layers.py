@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from gmr import components as comp
@@ -34,6 +35,37 @@ def combine(outputs, weights, mode: str = "mean"):
       gives zeros), "sum" adds the active outputs.
   """
   return normalize(jnp.einsum("...cf,c->...f", outputs, weights), weights, mode)
+
+
+@jax.custom_vjp
+def weighted_sum_first(y, w):
+  """``sum_i w[i] * y[i]`` over the leading (component) axis of ``y`` ``[n, ...]``; ``w``: ``[n]``.
+
+  Forward: unrolled multiply-adds of contiguous blocks (on XLA:CPU ~15% faster steps than an
+  einsum). Backward by hand: ``dy = w[i] * g`` as one broadcast multiply and
+  ``dw[i] = <y[i], g>``. Autodiff of the unrolled sum scatters each block's gradient into a
+  zero-padded ``[n, ...]`` array and adds n of them; the hand-written rule made the 4-MNISTs
+  step ~1.3x faster on one CPU core (BENCHMARKS.md). Same values either way (tested).
+  """
+  return _unrolled_sum(y, w)
+
+
+def _unrolled_sum(y, w):
+  return sum(w[i] * y[i] for i in range(y.shape[0]))
+
+
+def _weighted_sum_first_fwd(y, w):
+  return _unrolled_sum(y, w), (y, w)
+
+
+def _weighted_sum_first_bwd(res, g):
+  y, w = res
+  dy = w.reshape((-1,) + (1,) * g.ndim).astype(g.dtype) * g[None]
+  dw = jnp.einsum("n...,...->n", y, g).astype(w.dtype)
+  return dy, dw
+
+
+weighted_sum_first.defvjp(_weighted_sum_first_fwd, _weighted_sum_first_bwd)
 
 
 def normalize(weighted_sum, weights, mode: str):
@@ -86,8 +118,8 @@ class ModularLayer(nn.Module):
             f"{y_shape} but an earlier one gives {shape}")
       shape = y_shape
       w = weights[jnp.asarray(idx)]
-      if first:  # unrolled multiply-adds of contiguous blocks: ~15% faster steps than an
-        out = out + sum(w[i] * y[i] for i in range(y.shape[0]))  # einsum on XLA:CPU
+      if first:
+        out = out + weighted_sum_first(y, w)
       else:
         out = out + jnp.einsum("...nf,n->...f", y, w)
     return normalize(out, weights, self.combine_mode)

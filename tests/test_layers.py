@@ -206,3 +206,23 @@ def test_bfloat16_network_keeps_float32_parameters_and_gradients():
   for u, v in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
     assert u.dtype == jnp.float32
     assert float(jnp.linalg.norm(u - v) / jnp.linalg.norm(v)) < 5e-2
+
+
+def test_weighted_sum_first_values_and_gradients_equal_plain_autodiff():
+  """The hand-written backward of the channels-first combine equals autodiff of the formula."""
+  from gmr.layers import weighted_sum_first
+  y = jax.random.normal(jax.random.key(0), (4, 3, 2, 5, 5))
+  plain = lambda y, w: jnp.einsum("n...,n->...", y, w)
+  probe = jax.random.normal(jax.random.key(1), (3, 2, 5, 5))
+  for w in (jnp.array([1.0, 0.0, 1.0, 1.0]), jnp.array([0.3, -1.2, 0.0, 2.5])):
+    np.testing.assert_allclose(weighted_sum_first(y, w), plain(y, w), rtol=1e-5, atol=1e-6)
+    loss = lambda f: (lambda y, w: jnp.sum(jnp.sin(f(y, w)) * probe))
+    got = jax.grad(loss(weighted_sum_first), argnums=(0, 1))(y, w)
+    want = jax.grad(loss(plain), argnums=(0, 1))(y, w)
+    for u, v in zip(got, want):
+      np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+  # and under vmap (the joint schedule vmaps the network over tasks)
+  ws = jax.random.normal(jax.random.key(2), (2, 4))
+  g = jax.vmap(jax.grad(lambda w: jnp.sum(weighted_sum_first(y, w) * probe)))(ws)
+  np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda w: jnp.sum(plain(y, w) * probe)))(ws),
+                             rtol=1e-5, atol=1e-5)
