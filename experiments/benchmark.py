@@ -13,6 +13,9 @@ batches (not the paper's schedule: a different algorithm, timed for what it cost
 jitted call per task batch
 (batches still gathered on device, so the difference is the model and the dispatch).
 Inputs are random arrays of each benchmark's shape (throughput does not depend on the data).
+Every variant of an architecture is compiled and warmed up first; then the ``--repeats``
+timed calls run interleaved across the variants (one call of each in turn), so a slow spell
+of the machine falls on all of them alike.
 Reported: median task-batch steps/s over ``--repeats`` timed calls after a warm-up,
 examples/s, MFLOP per task step (XLA's cost analysis of the compiled program of one update,
 per task batch: multiply-adds count 2), the achieved GFLOP/s (that x task-steps/s), the
@@ -120,8 +123,10 @@ def _flops(compiled) -> float:
   return float((ca or {}).get("flops", 0.0))
 
 
-def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="auto",
+def prepare(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="auto",
              conv_dtype="float32"):
+  """One variant, compiled ahead of time and warmed up: its ``call(state) -> (state, losses)``
+  and what its table row needs."""
   suite = random_suite(arch)
   c = config_for(arch, fused, conv_impl, schedule, layout)
   c.conv_dtype = conv_dtype
@@ -154,18 +159,29 @@ def time_run(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="
     compiled = one if len(tasks) == unit else run.lower(state, xp, yp, tasks, idx, key).compile()
     call = lambda st: compiled(st, xp, yp, tasks, idx, key)
   compile_s = time.perf_counter() - t0
-  flops_per_step = _flops(one) / unit
   state, l = call(state)  # warm-up
   jax.block_until_ready(l)
-  times = []
+  return dict(call=call, state=state, steps=len(tasks), batch=c.batch_size, compile_s=compile_s,
+              flops_per_step=_flops(one) / unit, times=[])
+
+
+def time_variants(preps: dict) -> dict:
+  """Time ``--repeats`` calls of every prepared variant, interleaved (repeat r of every variant
+  before repeat r + 1 of any), so that a slow spell of the machine hits all variants alike and
+  their ratios stay fair. Returns each variant's row values (median call time)."""
   for _ in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    state, l = call(state)
-    jax.block_until_ready(l)
-    times.append(time.perf_counter() - t0)
-  sps = len(tasks) / float(np.median(times))
-  return dict(steps_s=sps, ex_s=sps * c.batch_size, compile_s=compile_s, peak_mb=_peak_mb(),
-              gflops=sps * flops_per_step / 1e9, mflop_step=flops_per_step / 1e6)
+    for p in preps.values():
+      t0 = time.perf_counter()
+      p["state"], l = p["call"](p["state"])
+      jax.block_until_ready(l)
+      p["times"].append(time.perf_counter() - t0)
+  out = {}
+  for name, p in preps.items():
+    sps = p["steps"] / float(np.median(p["times"]))
+    out[name] = dict(steps_s=sps, ex_s=sps * p["batch"], compile_s=p["compile_s"],
+                     peak_mb=_peak_mb(), gflops=sps * p["flops_per_step"] / 1e9,
+                     mflop_step=p["flops_per_step"] / 1e6)
+  return out
 
 
 def main(argv):
@@ -183,10 +199,14 @@ def main(argv):
       variants.append(("ours joint (auto)", True, "auto", False, "joint", "auto", f32))
     if _REF.value:
       variants.append(("reference", False, "xla", True, "round_robin", "nhwc", f32))
-    res = {}
+    preps = {}
     for name, fused, impl, per_batch, schedule, layout, dt in variants:
-      res[name] = time_run(arch, fused, impl, per_batch, schedule, layout, dt)
-      print(f"{arch:12s} {name:18s} {_fmt(res[name]['steps_s']):>9s} steps/s", flush=True)
+      preps[name] = prepare(arch, fused, impl, per_batch, schedule, layout, dt)
+      print(f"{arch:12s} {name:28s} compiled in {preps[name]['compile_s']:.1f} s", flush=True)
+    res = time_variants(preps)
+    del preps
+    for name, v in res.items():
+      print(f"{arch:12s} {name:28s} {_fmt(v['steps_s']):>9s} steps/s", flush=True)
     ref = res.get("reference")
     for name, v in res.items():
       speedup = f"{v['steps_s'] / ref['steps_s']:.1f}x" if ref else "-"
@@ -204,7 +224,8 @@ def main(argv):
              f"jax {jax.__version__}")
   pin = (f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else "")
   text = ("\n".join(md) + f"\n\nBatch {_BATCH.value} per task, round-robin (joint: one update per round), median of "
-          f"{_REPEATS.value} timed calls after one warm-up call; each call: {_rounds_text()}. "
+          f"{_REPEATS.value} timed calls after one warm-up call, interleaved across the variants; "
+          f"each call: {_rounds_text()}. "
           "MFLOP/step: XLA's cost analysis of one update, per task batch; GFLOP/s: that x "
           "task-steps/s. "
           f"Machine: {machine}.\n"
