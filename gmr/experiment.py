@@ -92,7 +92,8 @@ class Preempted(Exception):
 # before the field existed. A workdir whose config.json lacks such a field, while this run has it
 # at that value, holds the same run (it resumes or counts as finished); any other value differs.
 # ``layout`` only changes how the same function is computed (equal up to float rounding).
-ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto"}
+ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",
+                "conv_dtype": "float32"}
 
 
 def _config_diff(a: dict, b: dict, prefix="") -> list:
