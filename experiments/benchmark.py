@@ -161,8 +161,10 @@ def prepare(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="a
   compile_s = time.perf_counter() - t0
   state, l = call(state)  # warm-up
   jax.block_until_ready(l)
+  # The backend's peak is per process (no reset): read here, it covers the variants prepared
+  # so far, this one last, as when variants ran one after another.
   return dict(call=call, state=state, steps=len(tasks), batch=c.batch_size, compile_s=compile_s,
-              flops_per_step=_flops(one) / unit, times=[])
+              flops_per_step=_flops(one) / unit, peak_mb=_peak_mb(), times=[])
 
 
 def time_variants(preps: dict) -> dict:
@@ -179,7 +181,7 @@ def time_variants(preps: dict) -> dict:
   for name, p in preps.items():
     sps = p["steps"] / float(np.median(p["times"]))
     out[name] = dict(steps_s=sps, ex_s=sps * p["batch"], compile_s=p["compile_s"],
-                     peak_mb=_peak_mb(), gflops=sps * p["flops_per_step"] / 1e9,
+                     peak_mb=p["peak_mb"], gflops=sps * p["flops_per_step"] / 1e9,
                      mflop_step=p["flops_per_step"] / 1e6)
   return out
 

@@ -178,7 +178,7 @@ def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto", layout="n
     raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'patches'")
   if dtype not in CONV_DTYPES:
     raise ValueError(f"unknown conv dtype {dtype!r}; use one of {CONV_DTYPES}")
-  acc = jnp.float32
+  acc = jnp.float32  # accumulation and output dtype, whatever ``dtype`` is
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   if impl == "xla":
     dims = "CNHW" if layout == "cnhw" else "NHWC"
@@ -186,7 +186,7 @@ def conv2d(x, kernel, stride=1, padding="SAME", groups=1, impl="auto", layout="n
         x, kernel, (stride, stride), padding, dimension_numbers=(dims, "HWIO", dims),
         feature_group_count=groups, preferred_element_type=acc)
   if layout == "cnhw":
-    return _conv_patches_cnhw(x, kernel, stride, padding, groups)
+    return _conv_patches_cnhw(x, kernel, stride, padding, groups, acc)
   kh, kw, cin_g, cout = kernel.shape
   p = extract_patches(x, kh, kw, stride, padding)  # [B, H', W', kh * kw * cin], order (kh, kw, cin)
   b, h, w, _ = p.shape
@@ -222,18 +222,18 @@ def extract_patches(x, kh: int, kw: int, stride: int, padding: str):
   return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
 
 
-def _conv_patches_cnhw(x, kernel, stride, padding, groups):
+def _conv_patches_cnhw(x, kernel, stride, padding, groups, acc=jnp.float32):
   """Patches + matmul in the ``cnhw`` layout: ``[cout, K] @ [K, B * H' * W']``."""
   kh, kw, cin_g, cout = kernel.shape
   p = extract_patches_cnhw(x, kh, kw, stride, padding)  # [kh * kw, C, B, H', W']
   _, c, b, oh, ow = p.shape
   if groups == 1:  # [K, cout] . [K, N] contracting K: no transposed copy of the kernel
     out = jax.lax.dot_general(kernel.reshape(kh * kw * cin_g, cout), p.reshape(kh * kw * c, -1),
-                              (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+                              (((0,), (0,)), ((), ())), preferred_element_type=acc)
   else:
     p = p.reshape(kh * kw, groups, cin_g, -1)
     k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
-    out = jnp.einsum("pcgo,pgcn->gon", k, p, preferred_element_type=jnp.float32)
+    out = jnp.einsum("pcgo,pgcn->gon", k, p, preferred_element_type=acc)
   return out.reshape(cout, b, oh, ow)
 
 

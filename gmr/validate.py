@@ -62,7 +62,8 @@ def validate(c) -> None:
   if c.get("layout", "auto") not in ("auto",) + comp.LAYOUTS:
     raise ConfigError("layout", f"unknown {c.layout!r}", "use 'auto', 'nhwc' or 'cnhw'")
   if c.get("conv_dtype", "float32") not in comp.CONV_DTYPES:
-    raise ConfigError("conv_dtype", f"unknown {c.conv_dtype!r}", "use 'float32' or 'bfloat16'")
+    raise ConfigError("conv_dtype", f"unknown {c.conv_dtype!r}",
+                      "use " + " or ".join(repr(d) for d in comp.CONV_DTYPES))
   _num(c, "no_sharing_components_per_task", 1, integer=True)
   _choice(c, "schedule", ("round_robin", "joint"))
   _num(c, "data_parallel", 0, integer=True, fix="give a device count, or 0 for all devices")
