@@ -395,43 +395,94 @@ class BatchSampler:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def make_eval_batch(setup: Setup, sample: bool):
+class EvalPlan(NamedTuple):
+  """Every evaluation batch of one split, all tasks, in task order (host arrays).
+
+  ``tasks [N]`` and ``batch [N]`` (int32): the task of batch ``n`` and its index within that
+  task (the key of sampled evaluation is ``fold_in(fold_in(key, task), batch)``);
+  ``idx [N, B]`` (int32): slots of the split (padding slots repeat the task's first slot);
+  ``mask [N, B]`` (float32): 1 for real examples, 0 for padding. Each task's examples are
+  covered once, in order, by ``ceil(n_t / B)`` batches."""
+  tasks: np.ndarray
+  batch: np.ndarray
+  idx: np.ndarray
+  mask: np.ndarray
+
+
+def eval_plan(split: Split, batch_size: int) -> EvalPlan:
+  """The batches that evaluate ``split`` at ``batch_size`` (capped at the largest task, so no
+  batch is padded beyond it)."""
+  b = min(int(batch_size), max(split.sizes))
+  tasks, batch, idx, mask = [], [], [], []
+  for t, (o, n) in enumerate(zip(split.offsets, split.sizes)):
+    nb = -(-n // b)
+    slots = o + np.arange(nb * b).reshape(nb, b)
+    mask.append((slots < o + n).astype(np.float32))
+    idx.append(np.where(slots < o + n, slots, o).astype(np.int32))
+    tasks.append(np.full(nb, t, np.int32))
+    batch.append(np.arange(nb, dtype=np.int32))
+  return EvalPlan(*(np.concatenate(a) for a in (tasks, batch, idx, mask)))
+
+
+def make_evaluator(setup: Setup, sample: bool) -> Callable:
+  """Jitted ``evaluator(params, x_pool, y_pool, x_index, tasks, batch, idx, mask, key)
+  -> (loss_sums [N], correct_sums [N])`` (float32): one device call for a whole
+  :class:`EvalPlan`, a ``lax.scan`` over its batches gathering each from the split's pools on
+  the device. Greedy allocations unless ``sample`` (section III-C: sampled, key per batch)."""
+
   @jax.jit
-  def eval_batch(params, x, y, mask, task, key):
-    rows = setup.method.eval_rows(params["alloc"], task, key, sample)
-    model = setup.method.adapt(params["model"], params["alloc"], task)
-    out = setup.net.apply({"params": model}, x.astype(jnp.float32) * setup.x_scale,
-                          rows, task, train=False)
-    loss, correct = task_loss(setup.loss, out, y)
-    return (loss * mask).sum(), (correct * mask).sum()
-  return eval_batch
+  def evaluator(params, x_pool, y_pool, x_index, tasks, batch, idx, mask, key):
+    def body(_, inp):
+      task, i, ix, m = inp
+      rows = ix if x_index is None else x_index[ix]
+      x = x_pool[rows].astype(jnp.float32) * setup.x_scale
+      k = jax.random.fold_in(jax.random.fold_in(key, task), i)
+      out_rows = setup.method.eval_rows(params["alloc"], task, k, sample)
+      model = setup.method.adapt(params["model"], params["alloc"], task)
+      out = setup.net.apply({"params": model}, x, out_rows, task, train=False)
+      loss, correct = task_loss(setup.loss, out, y_pool[ix])
+      return None, ((loss * m).sum(), (correct * m).sum())
+    _, sums = jax.lax.scan(body, None, (tasks, batch, idx, mask))
+    return sums
+  return evaluator
 
 
-def evaluate(setup: Setup, eval_batch, params, split: Split, batch_size: int, key,
-             task_names) -> Dict[str, Dict[str, float]]:
-  """Mean loss (and accuracy for classification) per task and over tasks on ``split``."""
-  loss, acc = {}, {}
-  batch_size = min(batch_size, max(split.sizes))  # no padding beyond the largest task
-  for t, name in enumerate(task_names):
-    x, y = split.task(t)
-    n = len(x)
-    tot_l, tot_c = 0.0, 0.0
-    for i, s in enumerate(range(0, n, batch_size)):
-      xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-      m = len(xb)
-      if m < batch_size:  # pad to one shape: one compilation
-        xb = np.concatenate([xb, np.zeros((batch_size - m,) + xb.shape[1:], xb.dtype)])
-        yb = np.concatenate([yb, np.zeros((batch_size - m,), yb.dtype)])
-      mask = (np.arange(batch_size) < m).astype(np.float32)
-      l, c = eval_batch(params, xb, yb, mask, t, jax.random.fold_in(jax.random.fold_in(key, t), i))
-      tot_l += float(l)
-      tot_c += float(c)
-    loss[name] = tot_l / n
-    acc[name] = tot_c / n
-  out = {"loss": dict(loss, mean=float(np.mean(list(loss.values()))))}
-  if setup.loss == "xent":
-    out["accuracy"] = dict(acc, mean=float(np.mean(list(acc.values()))))
-  return out
+class SplitEvaluation:
+  """One split put on the device once, with its :class:`EvalPlan`; ``__call__(params, key)``
+  gives the mean loss (and accuracy for classification) per task and over tasks."""
+
+  def __init__(self, setup: Setup, evaluator, split: Split, batch_size: int, task_names,
+               put=jax.device_put):
+    self.setup, self.evaluator, self.names = setup, evaluator, tuple(task_names)
+    self.sizes = split.sizes
+    self.plan = eval_plan(split, batch_size)
+    self.pools = (put(split.x), put(split.y), None if split.index is None else put(split.index))
+    self.plan_dev = tuple(put(a) for a in self.plan)
+
+  def __call__(self, params, key) -> Dict[str, Dict[str, float]]:
+    l, c = (np.asarray(a, np.float64) for a in self.evaluator(params, *self.pools,
+                                                               *self.plan_dev, key))
+    # per-task sums over batches in order, on the host in float64
+    tot_l = np.zeros(len(self.names))
+    tot_c = np.zeros(len(self.names))
+    np.add.at(tot_l, self.plan.tasks, l)
+    np.add.at(tot_c, self.plan.tasks, c)
+    n = np.asarray(self.sizes, np.float64)
+    loss = {name: float(v) for name, v in zip(self.names, tot_l / n)}
+    out = {"loss": dict(loss, mean=float(np.mean(list(loss.values()))))}
+    if self.setup.loss == "xent":
+      acc = {name: float(v) for name, v in zip(self.names, tot_c / n)}
+      out["accuracy"] = dict(acc, mean=float(np.mean(list(acc.values()))))
+    return out
+
+
+def evaluate(setup: Setup, params, split: Split, batch_size: int, key, task_names,
+             sample: bool = False) -> Dict[str, Dict[str, float]]:
+  """Mean loss (and accuracy for classification) per task and over tasks on ``split``
+  (``{"loss": {task: float, "mean": float}, "accuracy": {...}}``). For repeated evaluation
+  of one split build a :class:`SplitEvaluation` once (it keeps the split on the device)."""
+  return SplitEvaluation(setup, make_evaluator(setup, sample), split, batch_size,
+                         task_names)(params, key)
 
 
 def allocation_summary(setup: Setup, params, task_names) -> Dict:
@@ -489,7 +540,10 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
   Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds and
-  ``Event("eval", ...)`` every ``eval_every`` rounds (test, and validation if present).
+  ``Event("eval", ...)`` every ``eval_every`` rounds and at the end: the test split, and the
+  validation split (if the suite has one) at the end and, when ``select_by`` ranks by it, at
+  every evaluation. Log events carry ``wall_s``: seconds since the previous log line spent in
+  the steps, the allocation history, evaluation and ``on_chunk`` (checkpoints).
   After every device call, checks that the losses and parameters are finite (raising
   :class:`NonFiniteError` naming the step and task) and calls
   ``on_chunk(round, state, best, evaluated)``; rounds where it is called are the same
@@ -515,7 +569,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   run_steps = make_run_steps(setup, config, mesh)
   joint = config.get("schedule", "round_robin") == "joint"
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
-  eval_batch = make_eval_batch(setup, bool(config.eval_sample))
+  evaluator = make_evaluator(setup, bool(config.eval_sample))
   put = (lambda a: replicate(a, mesh)) if mesh is not None else jax.device_put
   x_pool, y_pool = put(suite.train.x), put(suite.train.y)
   x_index = None if suite.train.index is None else put(suite.train.index)
@@ -531,13 +585,17 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   boundaries = sorted(boundaries)
   select_by = config.get("select_by", "") or ""
 
+  eval_splits = {"test": suite.test, "validation": suite.validation}
+  eval_splits = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size, names, put)
+                 for k, v in eval_splits.items() if v is not None}
+
+  # validation is evaluated where it is read: at every evaluation when select_by ranks by it,
+  # else only at the end (a V-C evaluation of both splits costs ~12% of the training time)
+  every_eval = {"test", select_by.split(".", 1)[0]}
+
   def do_eval(r):
-    res = {"test": evaluate(setup, eval_batch, state.params, suite.test, config.eval_batch_size,
-                            keys.eval, names)}
-    if suite.validation is not None:
-      res["validation"] = evaluate(setup, eval_batch, state.params, suite.validation,
-                                   config.eval_batch_size, keys.eval, names)
-    return res
+    return {k: ev(state.params, keys.eval) for k, ev in eval_splits.items()
+            if r == total or k in every_eval}
 
   def chunk_batches(a, b):
     """Task and example indices of rounds ``a..b`` (host side; prepared while the device runs)."""
@@ -549,11 +607,15 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
 
   r = start_round
   pending: List = []  # (tasks, losses) device arrays since the last log
+  # wall seconds since the last log line, by job: the device steps (with the host preparing the
+  # next chunk's batches meanwhile), the allocation history, evaluation, and on_chunk (checkpoints)
+  wall = dict.fromkeys(("steps", "history", "eval", "checkpoint"), 0.0)
   t_start, t_log, r_log = time.time(), time.time(), r
   last_eval = None
   nxt = next((b for b in boundaries if b > r), total)
   ahead = chunk_batches(r, nxt) if r < total else None
   while r < total:
+    t0 = time.time()
     tasks, idx = ahead
     prev_step = int(state.step)
     state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step, x_index)
@@ -568,6 +630,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
       raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])], "parameter")
     pending.append((tasks, ls))
     r, nxt = nxt, after
+    wall["steps"] += time.time() - t0
     if (config.log_every and r % config.log_every == 0) or r == total:
       tk = np.concatenate([p[0] for p in pending])
       la = np.concatenate([p[1] for p in pending])
@@ -579,17 +642,24 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           "train_loss_mean": float(np.mean(list(per_task.values()))),
           "temperature": float(A.temperature(int(state.step), config.t_init, config.t_min)),
           "steps_per_s": rate, "eta_s": (total - r) * t_count / max(rate, 1e-9),
-          "elapsed_s": now - t_start}))
+          "elapsed_s": now - t_start, "wall_s": {k: round(v, 3) for k, v in wall.items()}}))
       pending, t_log, r_log = [], now, r
+      wall = dict.fromkeys(wall, 0.0)
     if history_every and state.params["alloc"] and (r % history_every == 0 or r == total):
+      t0 = time.time()
       record = setup.method.history(state.params["alloc"])
       if any(record.values()):
         on_event(Event("alloc", {"round": r, "step": int(state.step), **record}))
+      wall["history"] += time.time() - t0
     evaluated = False
     if (config.eval_every and r % config.eval_every == 0) or r == total:
+      t0 = time.time()
       last_eval = do_eval(r)
       evaluated = True
-      on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval}))
+      dt = time.time() - t0
+      wall["eval"] += dt
+      on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval,
+                              "wall_s": round(dt, 3)}))
       if select_by:
         try:
           v = metric_value(last_eval, select_by)
@@ -601,7 +671,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
         else:
           best = dict(best, new=False)
     if on_chunk is not None:
+      t0 = time.time()
       on_chunk(r, state, best, evaluated)
+      wall["checkpoint"] += time.time() - t0
   if last_eval is None:
     last_eval = do_eval(r)
   return setup, state, last_eval, best

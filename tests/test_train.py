@@ -91,3 +91,74 @@ def test_learned_allocation_moves_from_init():
   p = np.asarray(setup.method.probabilities(state.params["alloc"])[0])
   assert p.shape == (4, 4) and np.abs(p - 0.5).max() > 0.05
   assert set(final["test"]["loss"]) == {*suite.task_names, "mean"}
+
+
+def _evaluate_per_batch(setup, params, split, batch_size, key, sample):
+  """Reference: one jitted call and one host round-trip per batch, task by task."""
+  @jax.jit
+  def one(params, x, y, mask, task, k):
+    rows = setup.method.eval_rows(params["alloc"], task, k, sample)
+    model = setup.method.adapt(params["model"], params["alloc"], task)
+    out = setup.net.apply({"params": model}, x.astype(np.float32) * setup.x_scale, rows, task,
+                          train=False)
+    loss, correct = T.task_loss(setup.loss, out, y)
+    return (loss * mask).sum(), (correct * mask).sum()
+  b = min(batch_size, max(split.sizes))
+  loss, acc = [], []
+  for t in range(len(split.sizes)):
+    x, y = split.task(t)
+    tl = tc = 0.0
+    for i, s in enumerate(range(0, len(x), b)):
+      xb, yb = x[s:s + b], y[s:s + b]
+      m = len(xb)
+      xb = np.concatenate([xb, np.zeros((b - m,) + xb.shape[1:], xb.dtype)])
+      yb = np.concatenate([yb, np.zeros((b - m,), yb.dtype)])
+      l, c = one(params, xb, yb, (np.arange(b) < m).astype(np.float32), t,
+                 jax.random.fold_in(jax.random.fold_in(key, t), i))
+      tl, tc = tl + float(l), tc + float(c)
+    loss.append(tl / len(x))
+    acc.append(tc / len(x))
+  return loss, acc
+
+
+def test_one_call_evaluation_equals_per_batch_evaluation():
+  """The whole split in one device call (scan over every task's batches, gathered on the
+  device) gives the numbers of evaluating batch by batch: uneven task sizes, a partial last
+  batch, images shared through an index, greedy and sampled allocations."""
+  c = tiny()
+  suite = data_lib.load_suite(c)
+  setup = T.make_setup(c, suite)
+  params = T.init_state(setup, jax.random.key(2)).params
+  rng = np.random.RandomState(0)
+  sizes = (7, 30, 1, 12)
+  x = rng.randn(25, suite.train.x.shape[-1]).astype(np.float32)
+  index = np.concatenate([rng.randint(0, 25, n) for n in sizes]).astype(np.int32)
+  split = Split(x, rng.randn(len(index)).astype(np.float32),
+                tuple(int(o) for o in np.cumsum((0,) + sizes[:-1])), sizes, index)
+  for sample in (False, True):
+    for b in (5, 64):
+      key = jax.random.key(4)
+      got = T.evaluate(setup, params, split, b, key, suite.task_names, sample)
+      want_l, _ = _evaluate_per_batch(setup, params, split, b, key, sample)
+      np.testing.assert_allclose([got["loss"][n] for n in suite.task_names], want_l, rtol=1e-6)
+      assert got["loss"]["mean"] == np.mean([got["loss"][n] for n in suite.task_names])
+  plan = T.eval_plan(split, 5)
+  assert plan.idx.shape == (2 + 6 + 1 + 3, 5) and plan.mask.sum() == sum(sizes)
+
+
+def test_validation_is_evaluated_at_the_end_or_every_time_when_selected_by(tmp_path):
+  """Intermediate evaluations cover the test split (and validation only when select_by ranks
+  by it); the last evaluation covers every split. Log lines account their wall time by job."""
+  for select_by, every_time in (("", False), ("validation.loss.mean", True)):
+    c = tiny(num_rounds=4, eval_every=2, log_every=2, rounds_per_call=2, select_by=select_by)
+    suite = data_lib.load_suite(c)
+    suite.validation = suite.test
+    events = []
+    T.train(c, suite, events.append)
+    evals = [e.data for e in events if e.kind == "eval"]
+    assert [e["round"] for e in evals] == [2, 4]
+    assert ("validation" in evals[0]) == every_time and "validation" in evals[1]
+    assert all("test" in e and e["wall_s"] >= 0 for e in evals)
+    logs = [e.data for e in events if e.kind == "log"]
+    assert set(logs[1]["wall_s"]) == {"steps", "history", "eval", "checkpoint"}
+    assert logs[1]["wall_s"]["eval"] > 0  # round 2's evaluation, reported at the next line

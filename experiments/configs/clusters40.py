@@ -69,5 +69,7 @@ def get_config(variant: str = ""):
   c.eval_every = 1000
   c.log_every = 250
   c.rounds_per_call = 250
-  c.eval_batch_size = 500
+  # 32: the fastest measured on one CPU core (the whole test split 100 s at 32, 126 s at 500;
+  # accuracies identical, losses equal up to float rounding)
+  c.eval_batch_size = 32
   return common.apply_variant(c, variant, METHODS, smoke, named={"offline": offline, "cpu": cpu})
