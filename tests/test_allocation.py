@@ -41,6 +41,7 @@ def test_sample_forward_is_exactly_binary_at_any_temperature():
   np.testing.assert_array_equal(z1, z2)
 
 
+@pytest.mark.equivalence
 def test_straight_through_gradient_equals_softmax_gradient():
   lg = A.init_logits(np.array([[0.2, 0.6, 0.9]]), 1, 3)
   w = jnp.array([1.0, -2.0, 0.5])

@@ -37,15 +37,105 @@ def test_group_specs_groups_equal_kinds_in_first_appearance_order():
   assert group_specs((a, b, a, b, a)) == ((a, (0, 2, 4)), (b, (1, 3)))
 
 
-@pytest.mark.parametrize("arch,kw", [("transfer", {}), ("four_mnists", {}),
-                                     ("clusters", dict(per_kind=2, num_layers=2))])
-def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw):
+@pytest.mark.equivalence
+def test_omniglot_layer_fused_equals_unfused():
+  specs = models.omniglot(filters=8, gn_groups=2).layers[0]  # stride-2 layer, all 7 kinds
+  x = jax.random.normal(jax.random.key(0), (2, 15, 15, 8))
+  w = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+  f, u = ModularLayer(specs, fused=True), ModularLayer(specs, fused=False)
+  v = f.init(jax.random.key(1), x, w)
+  yf, yu = f.apply(v, x, w), u.apply(v, x, w)
+  assert yf.shape == (2, 8, 8, 8)
+  np.testing.assert_allclose(yf, yu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
+def test_conv_formulations_agree(groups, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
+  a = comp.conv2d(x, k, stride, padding, groups, "xla")
+  b = comp.conv2d(x, k, stride, padding, groups, "patches")
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
+def test_channels_first_convolutions_equal_nhwc(groups, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
+  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
+  ref = comp.conv2d(x, k, stride, padding, groups, "xla")
+  for impl in ("xla", "patches"):
+    y = comp.conv2d(x.transpose(3, 0, 1, 2), k, stride, padding, groups, impl, "cnhw")
+    np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("kind,window,stride,padding", [("avg", 2, 2, "VALID"), ("avg", 3, 1, "SAME"),
+                                                        ("avg", 3, 2, "SAME"), ("max", 3, 2, "SAME")])
+def test_channels_first_pooling_equals_flax(kind, window, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 3))
+  ref = comp.pool2d(x, kind, window, stride, padding)  # flax; avg ignores padded cells
+  y = comp.pool2d(x.transpose(3, 0, 1, 2), kind, window, stride, padding, "cnhw")
+  np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-5, atol=1e-6)
+
+
+def kink_margin(net, params, x, rows, task, monkeypatch) -> float:
+  """How far the forward pass of ``net`` (NHWC) at ``x`` is from a kink of its piecewise-linear
+  ops, in activation units: the smallest |ReLU input| and the smallest gap between the largest
+  and second-largest (positive) value of a max-pooling window. Two formulations that sum in
+  another order differ by float32 rounding (~1e-6 here); where a margin is below that, the
+  rounding decides which side of the kink an activation falls on and the gradients differ by
+  O(1), correctly for both."""
+  margins = []
+
+  def relu(h):
+    margins.append(float(jnp.min(jnp.abs(h))))
+    return jnp.maximum(h, 0)
+
+  def pool2d(h, kind, window, stride, padding="SAME", layout="nhwc"):
+    if kind == "max":  # post-ReLU inputs: zero padding can only tie at a zero maximum
+      p = comp.extract_patches(h, window, window, stride, padding)
+      p = p.reshape(p.shape[:3] + (window * window, -1))
+      top = jnp.sort(p, axis=3)[:, :, :, -2:]
+      gap = top[:, :, :, 1] - top[:, :, :, 0]
+      margins.append(float(jnp.min(jnp.where(top[:, :, :, 1] > 0, gap, jnp.inf))))
+    return pool(h, kind, window, stride, padding, layout)
+
+  pool = comp.pool2d
+  monkeypatch.setattr(nn, "relu", relu)
+  monkeypatch.setattr(comp, "pool2d", pool2d)
+  with jax.disable_jit():
+    net.apply({"params": params}, x, rows, task)
+  monkeypatch.undo()
+  return min(margins)
+
+
+def well_conditioned_case(arch, kw, monkeypatch):
+  """``(architecture, x [2, ...], rows, params)`` for comparing two formulations of a network:
+  the input of the first key 0, 1, ... whose activations are at least 1e-4 from every kink
+  (:func:`kink_margin`), so that float32 summation order cannot decide a ReLU or a max.
+  (The omniglot case's key 0 has a ReLU input 1.6e-7 from zero: on one core the channels-first
+  sums put it on the other side of the kink than the NHWC reference, and the gradients came out
+  0.1 apart, both right.)"""
   a = models.build(arch, dropout=0.0, **kw)
-  x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
   rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
           for l, c in enumerate(a.layer_sizes)]
+  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  for seed in range(20):
+    x = jax.random.normal(jax.random.key(seed), (2,) + a.input_shape)
+    params = ref.init(jax.random.key(1), x, rows, 0)["params"]
+    if kink_margin(ref, params, x, rows, 1, monkeypatch) > 1e-4:
+      return a, x, rows, params
+  raise AssertionError("no well-conditioned input among 20 keys")
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("arch,kw", [("transfer", {}), ("four_mnists", {}),
+                                     ("clusters", dict(per_kind=2, num_layers=2))])
+def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw, monkeypatch):
+  a, x, rows, params = well_conditioned_case(arch, kw, monkeypatch)
   fused, plain = models.MultiTaskNet(a, fused=True), models.MultiTaskNet(a, fused=False)
-  params = fused.init(jax.random.key(1), x, rows, 0)["params"]
 
   def loss(net, p, r):
     return jnp.sum(jnp.sin(net.apply({"params": p}, x, r, 1)))
@@ -58,55 +148,13 @@ def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw):
     np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
 
 
-def test_omniglot_layer_fused_equals_unfused():
-  specs = models.omniglot(filters=8, gn_groups=2).layers[0]  # stride-2 layer, all 7 kinds
-  x = jax.random.normal(jax.random.key(0), (2, 15, 15, 8))
-  w = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
-  f, u = ModularLayer(specs, fused=True), ModularLayer(specs, fused=False)
-  v = f.init(jax.random.key(1), x, w)
-  yf, yu = f.apply(v, x, w), u.apply(v, x, w)
-  assert yf.shape == (2, 8, 8, 8)
-  np.testing.assert_allclose(yf, yu, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
-def test_conv_formulations_agree(groups, stride, padding):
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
-  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
-  a = comp.conv2d(x, k, stride, padding, groups, "xla")
-  b = comp.conv2d(x, k, stride, padding, groups, "patches")
-  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("groups,stride,padding", [(1, 1, "SAME"), (1, 2, "VALID"), (3, 2, "SAME")])
-def test_channels_first_convolutions_equal_nhwc(groups, stride, padding):
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 6))
-  k = jax.random.normal(jax.random.key(1), (3, 5, 6 // groups, 9))
-  ref = comp.conv2d(x, k, stride, padding, groups, "xla")
-  for impl in ("xla", "patches"):
-    y = comp.conv2d(x.transpose(3, 0, 1, 2), k, stride, padding, groups, impl, "cnhw")
-    np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("kind,window,stride,padding", [("avg", 2, 2, "VALID"), ("avg", 3, 1, "SAME"),
-                                                        ("avg", 3, 2, "SAME"), ("max", 3, 2, "SAME")])
-def test_channels_first_pooling_equals_flax(kind, window, stride, padding):
-  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 3))
-  ref = comp.pool2d(x, kind, window, stride, padding)  # flax; avg ignores padded cells
-  y = comp.pool2d(x.transpose(3, 0, 1, 2), kind, window, stride, padding, "cnhw")
-  np.testing.assert_allclose(y.transpose(1, 2, 3, 0), ref, rtol=1e-5, atol=1e-6)
-
-
+@pytest.mark.equivalence
 @pytest.mark.parametrize("arch,kw", [("four_mnists", {}), ("clusters", dict(per_kind=2, num_layers=2)),
                                      ("omniglot", dict(strides=(2, 1), filters=8, image_size=13))])
-def test_layouts_give_equal_outputs_and_gradients(arch, kw):
+def test_layouts_give_equal_outputs_and_gradients(arch, kw, monkeypatch):
   """The same parameters give the same function in NHWC and channels-first, fused or not."""
-  a = models.build(arch, dropout=0.0, **kw)
-  x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
-  rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
-          for l, c in enumerate(a.layer_sizes)]
+  a, x, rows, params = well_conditioned_case(arch, kw, monkeypatch)
   ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
-  params = ref.init(jax.random.key(1), x, rows, 0)["params"]
   loss = lambda net, p: jnp.sum(jnp.sin(net.apply({"params": p}, x, rows, 1)))
   g_ref = jax.grad(loss, argnums=1)(ref, params)
   for fused in (True, False):
@@ -119,6 +167,26 @@ def test_layouts_give_equal_outputs_and_gradients(arch, kw):
       for u, v in zip(jax.tree.leaves(jax.grad(loss, argnums=1)(net, params)),
                       jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
+
+
+def test_kink_margin_finds_the_ill_conditioned_input(monkeypatch):
+  """The omniglot case at key 0 has a ReLU input within float32 rounding of zero: there, an
+  input change of one part in 1e7 moves a gradient by O(1) (what summation order does)."""
+  a = models.build("omniglot", dropout=0.0, strides=(2, 1), filters=8, image_size=13)
+  rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
+          for l, c in enumerate(a.layer_sizes)]
+  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
+  params = ref.init(jax.random.key(1), x, rows, 0)["params"]
+  assert kink_margin(ref, params, x, rows, 1, monkeypatch) < 1e-6
+  grad = jax.jit(jax.grad(lambda p, xx: jnp.sum(jnp.sin(ref.apply({"params": p}, xx, rows, 1)))))
+  g0 = grad(params, x)
+  jumps = []
+  for i in range(4):
+    xp = x * (1 + 1e-7 * jax.random.normal(jax.random.key(100 + i), x.shape))
+    jumps.append(max(float(jnp.max(jnp.abs(u - v)))
+                     for u, v in zip(jax.tree.leaves(grad(params, xp)), jax.tree.leaves(g0))))
+  assert max(jumps) > 0.05, jumps
 
 
 def test_layout_auto_is_channels_first_on_cpu_only():
@@ -208,6 +276,7 @@ def test_bfloat16_network_keeps_float32_parameters_and_gradients():
     assert float(jnp.linalg.norm(u - v) / jnp.linalg.norm(v)) < 5e-2
 
 
+@pytest.mark.equivalence
 def test_weighted_sum_first_values_and_gradients_equal_plain_autodiff():
   """The hand-written backward of the channels-first combine equals autodiff of the formula."""
   from gmr.layers import weighted_sum_first

@@ -157,6 +157,7 @@ def _python(code, env_extra=None, timeout=600):
                         text=True, timeout=timeout)
 
 
+@pytest.mark.equivalence
 def test_data_parallel_over_four_devices_equals_one_device():
   p = _python(_MULTI_DEVICE)
   assert p.returncode == 0, p.stderr[-3000:]

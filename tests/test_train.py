@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from experiments.configs import synthetic as synthetic_cfg
 from experiments.configs import transfer as transfer_cfg
@@ -43,6 +44,7 @@ def test_batch_sampler_epochs_cover_each_example_once():
   np.testing.assert_array_equal(idx[2], idx0[1])
 
 
+@pytest.mark.equivalence
 def test_scanned_steps_equal_single_steps():
   c = tiny()
   suite = data_lib.load_suite(c)
@@ -121,6 +123,7 @@ def _evaluate_per_batch(setup, params, split, batch_size, key, sample):
   return loss, acc
 
 
+@pytest.mark.equivalence
 def test_one_call_evaluation_equals_per_batch_evaluation():
   """The whole split in one device call (scan over every task's batches, gathered on the
   device) gives the numbers of evaluating batch by batch: uneven task sizes, a partial last
