@@ -4,8 +4,14 @@ Parameters are ``{"model": ..., "alloc": ...}``. The model gets Adam at ``learni
 with optional coupled L2 (added to the gradient, as a TF ``l2_regularizer`` term in the loss
 would) on every weight except biases; the allocation logits get their own Adam at
 ``alloc_learning_rate`` or ``alloc_lr_multiplier x learning_rate`` (default multiplier: the
-number of tasks, section V-B). Gradient-norm clipping (global, before both) is optional.
-``freeze_backbone`` gives every model weight but the task heads zero updates (fine-tuning).
+number of tasks, section V-B). ``freeze_backbone`` gives every model weight but the task heads
+zero updates (fine-tuning).
+
+Transformations of the whole gradient (global-norm clipping, ``clip_norm``) come first and see
+exactly the gradients that are applied: frozen weights' gradients are zeroed before them, so
+a frozen backbone cannot shrink the heads' update. The allocation logits (and TAPS's deltas and
+scores) are trained, so they are inside the clipped norm, as in ``tf.clip_by_global_norm``
+over every trainable variable's gradient.
 """
 
 from __future__ import annotations
@@ -62,20 +68,32 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
     model_tx.insert(0, optax.add_decayed_weights(config.l2, mask=l2_mask))
   alloc_tx = optax.adam(alloc_learning_rate(config, num_tasks), b1=config.adam_b1,
                         b2=config.adam_b2, eps=config.adam_eps)
+  freeze = bool(config.get("freeze_backbone", False))
+
+  def frozen(params):
+    """True for the leaves that never change (the backbone when ``freeze_backbone``)."""
+    out = {k: jax.tree.map(lambda _: False, v) for k, v in params.items()}
+    if freeze:
+      out["model"] = frozen_mask(params["model"])
+    return out
+
   def labels(params):
     out = {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
     if isinstance(params.get("alloc"), dict) and "taps" in params["alloc"]:
       taps = dict(out["alloc"]["taps"])
       taps["scores"] = jax.tree.map(lambda _: "scores", taps["scores"])
       out["alloc"] = dict(out["alloc"], taps=taps)
-    if config.get("freeze_backbone", False):  # fine-tuning: only heads (and alloc) learn
-      out["model"] = jax.tree.map(lambda f: "frozen" if f else "model",
-                                  frozen_mask(params["model"]))
+    if freeze:  # fine-tuning: only heads (and alloc) learn
+      out["model"] = jax.tree.map(lambda f: "frozen" if f else "model", frozen(params)["model"])
     return out
 
   tx = optax.multi_transform(
       {"model": optax.chain(*model_tx), "alloc": alloc_tx, "frozen": optax.set_to_zero(),
        "scores": score_optimizer(config, num_tasks)}, labels)
+  whole = []  # transformations that read the whole gradient
   if config.clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
+    whole.append(optax.clip_by_global_norm(config.clip_norm))
+  if whole:
+    zero_frozen = [optax.masked(optax.set_to_zero(), frozen)] if freeze else []
+    tx = optax.chain(*zero_frozen, *whole, tx)
   return tx

@@ -104,3 +104,35 @@ def test_fixed_matrix_per_layer_with_different_widths():
   per_layer = [[[1, 0, 1], [0, 1, 1]], [[1, 1], [0, 1]]]
   f = methods.build("fixed", cfg(fixed_allocation=per_layer), 2, (3, 2))
   assert [m.tolist() for m in f.matrices({})] == per_layer
+
+
+@pytest.mark.parametrize("method", ["shared_bottom", "taps"])
+@pytest.mark.parametrize("clip_norm", [0.0, 1.0, 0.01])
+def test_frozen_gradients_never_reach_the_applied_update(method, clip_norm):
+  """With freeze_backbone, every transformation of the whole gradient (global-norm clipping)
+  sees only the gradients that are applied: a huge frozen gradient leaves the trainable update
+  exactly as with a zero one, and frozen weights get exactly zero."""
+  c = cfg(method=method, freeze_backbone=True, clip_norm=clip_norm)
+  params = {"model": {"layer_0": {"kernel": jnp.ones((3, 4))}, "heads": {"kernel": jnp.ones((2, 4))}},
+            "alloc": {"taps": {"deltas": {"layer_0/kernel": jnp.zeros((2, 3, 4))},
+                               "scores": {"layer_0/kernel": jnp.zeros((2,))}}}
+            if method == "taps" else {}}
+  tx = make_optimizer(c, 2)
+  g = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  huge = dict(g, model=dict(g["model"], layer_0={"kernel": jnp.full((3, 4), 1e6)}))
+  zero = dict(g, model=dict(g["model"], layer_0={"kernel": jnp.zeros((3, 4))}))
+  u_huge, _ = tx.update(huge, tx.init(params), params)
+  u_zero, _ = tx.update(zero, tx.init(params), params)
+  for a, b in zip(jax.tree.leaves(u_huge), jax.tree.leaves(u_zero)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(u_huge["model"]["layer_0"]["kernel"], 0.0)
+  # the clip acts on the trainable norm alone: Adam's first step is invariant to a common
+  # scale, so compare the clipped gradient itself
+  if clip_norm:
+    clipped = make_optimizer(cfg(method=method, freeze_backbone=True, clip_norm=clip_norm,
+                                 learning_rate=1.0, adam_b1=0.0, adam_b2=0.0, adam_eps=1e30), 2)
+    u, _ = clipped.update(huge, clipped.init(params), params)
+    trainable = [0.3] * (8 + (24 + 2 if method == "taps" else 0))
+    scale = min(1.0, clip_norm / np.linalg.norm(trainable))
+    head = -np.asarray(u["model"]["heads"]["kernel"]) * 1e30  # -lr * g / eps
+    np.testing.assert_allclose(head, 0.3 * scale, rtol=1e-5)
