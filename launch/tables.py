@@ -8,6 +8,7 @@ aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and t
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_diagnosis --seeds=0-2 --no_run  # why not
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_budget --seeds=0
+  GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_paper --seeds=0-1  # hours
   GMR_DATA_DIR=../shared/datasets python -m launch.tables finetune       # TAPS vs full / head-only
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_lambda    # TAPS lambda sweep
   GMR_DATA_DIR=../shared/datasets python -m launch.tables taps_one_layer # TAPS, one layer adapted
@@ -63,6 +64,12 @@ RECIPES = {
         methods=("t_init=0.5,alloc_learning_rate=0.03,alloc_learning_rate=0.0012,"
                  "num_rounds=1600,num_rounds=4000,num_rounds=8000"), grid=[],
         pin=True),
+    "clusters40_paper": dict(
+        title=("Section V-C at the paper's schedule, 40 tasks in 3 clusters (Omniglot alphabets, "
+               "MNIST and Fashion leave-one-out): 20,000 rounds, batch 32, Adam 3e-4, logits 6e-3, "
+               "budget 0.5 with lambda 1, p_init 0.5; checkpoints every 100 rounds"),
+        config="experiments/configs/clusters40.py:offline,checkpoint_every=100,log_every=100",
+        methods="gumbel_matrix,shared_bottom", grid=[], pin=True),
     "clusters40_budget": dict(
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with the "
                "budget changed: budget=0.25 = a tighter budget (lambda 1); budget_lambda=0.0 = "

@@ -159,3 +159,26 @@ def test_report_of_a_taps_run(tmp_path):
       f.write(json.dumps(rec) + "\n")
   written = report.report(wd, str(tmp_path / "out2"))
   assert written["run"] == ["loss_curves.png", "allocation.png", "similarity.png"]
+
+
+def test_progress_of_a_run_killed_and_resumed(tmp_path):
+  """launch.progress reads a workdir's rounds, last evaluation and wall time by job, summed
+  over every start of a resumed run (a cut last line is skipped)."""
+  from launch import progress
+  wd = tmp_path / "gm" / "seed_0"
+  os.makedirs(wd)
+  (wd / "config.json").write_text(json.dumps({"num_rounds": 400}))
+  lines = [{"kind": "log", "round": 100, "steps_per_s": 20.0,
+            "wall_s": {"steps": 10.0, "history": 0.5, "eval": 0.0, "checkpoint": 0.5}},
+           {"kind": "eval", "round": 100, "test": {"accuracy": {"mean": 0.25}}, "wall_s": 1.0},
+           {"kind": "log", "round": 200, "steps_per_s": 22.0,
+            "wall_s": {"steps": 10.0, "history": 0.5, "eval": 1.0, "checkpoint": 0.5}}]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines) + '{"kind": "lo')
+  rows = progress.table(str(tmp_path))
+  r = rows["gm/seed_0"]
+  assert (r["rounds"], r["num_rounds"], r["finished"], r["last_eval_round"]) == (200, 400, False, 100)
+  assert r["test_accuracy"] == 0.25 and r["steps_per_s"] == 22.0 and r["eval_s_each"] == 1.0
+  assert r["wall_s"] == {"steps": 20.0, "history": 1.0, "eval": 1.0, "checkpoint": 1.0}
+  assert r["overhead_fraction"] == pytest.approx(3.0 / 20.0)
+  md = progress.to_markdown(rows, "t", "cmd", "abc")
+  assert "| gm/seed_0 | 200 | 400 | no | 22.0 | 100 | 25.00 |" in md and "15.0%" in md
