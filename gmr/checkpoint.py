@@ -37,7 +37,9 @@ class Checkpoints:
     self.last_dir = os.path.join(workdir, "checkpoints")
     self.best_dir = os.path.join(workdir, "checkpoints_best")
     self.last = _manager(self.last_dir, keep)
-    self.best = _manager(self.best_dir, 1)
+    # every best checkpoint is kept until a regular checkpoint names a newer one
+    # (:meth:`keep_best_only`): a kill between the two saves leaves the one the resume needs
+    self.best = _manager(self.best_dir, None)
 
   def save(self, round_: int, state, meta: dict, best: bool = False) -> str:
     mngr = self.best if best else self.last
@@ -48,6 +50,13 @@ class Checkpoints:
 
   def latest_round(self) -> Optional[int]:
     return self.last.latest_step()
+
+  def keep_best_only(self, best_round: Optional[int]) -> None:
+    """Delete the best checkpoints other than ``best_round`` (``None``: all of them)."""
+    self.best.reload()
+    for step in self.best.all_steps():
+      if step != best_round:
+        self.best.delete(step)
 
   def restore(self, like, round_: Optional[int] = None, best: bool = False) -> Tuple[Any, dict]:
     """``(state, meta)`` of checkpoint ``round_`` (default: the latest), arrays shaped like

@@ -44,6 +44,12 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def append_line(f, obj) -> None:
+  """One JSON line to the open file ``f``, flushed (a kill cuts at most this line)."""
+  f.write(json.dumps(_jsonable(obj)) + "\n")
+  f.flush()
+
+
 class _TensorBoard:
   """Scalars to TensorBoard event files when the optional ``tensorboardX`` is installed."""
 
@@ -226,7 +232,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   suite = data_lib.load_suite(config)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
-  state, start, best, resumed_from, wall_before = None, 0, None, None, 0.0
+  state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
   last = ckpt.latest_round()
   if last is not None:
     setup0 = train_lib.make_setup(config, suite)
@@ -235,10 +241,14 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts
-    if primary:
-      _truncate_metrics(metrics_path, start)
+    log_carry = meta.get("log_carry")
     if not quiet:
       stream.write(f"resuming from {ckpt.last_dir}/{last} (round {start})\n")
+  # the workdir as the checkpoint we start from left it: what a killed run wrote after it
+  # (metric lines, best checkpoints) goes, and is written again, identical
+  ckpt.keep_best_only((best or {}).get("round"))
+  if primary:
+    _truncate_metrics(metrics_path, start)
   tb = _TensorBoard(workdir if primary else None)
   t0 = time.time()
   every = int(config.get("checkpoint_every", 0))
@@ -253,13 +263,14 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   if threading.current_thread() is threading.main_thread():
     prev_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
-  def on_chunk(r, st, best_now, evaluated):
+  def on_chunk(r, st, best_now, evaluated, carry):
     meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None,
-            "wall_time_s": wall_before + time.time() - t0}
+            "wall_time_s": wall_before + time.time() - t0, "log_carry": carry}
     if best_now and best_now.get("new") and evaluated:
       meta["best"]["checkpoint"] = ckpt.save(r, st, meta, best=True)
     if (every and r % every == 0) or r == config.num_rounds or stop["signal"] is not None:
       ckpt.save(r, st, meta)
+      ckpt.keep_best_only((best_now or {}).get("round"))
       good["round"] = r
     if stop["signal"] is not None:
       raise Preempted(f"stopped by signal {stop['signal']} at round {r}; checkpoint "
@@ -268,8 +279,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   try:
     with open(metrics_path if primary else os.devnull, "a") as mf:
       def on_event(ev):
-        mf.write(json.dumps(_jsonable({"kind": ev.kind, **ev.data})) + "\n")
-        mf.flush()
+        append_line(mf, {"kind": ev.kind, **ev.data})
         if ev.kind == "log":
           tb.scalars(ev.data["step"], "train", {"loss": ev.data["train_loss"],
                                                 "temperature": ev.data["temperature"]})
@@ -282,7 +292,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
       try:
         setup, state, final, best = train_lib.train(config, suite, on_event, state=state,
                                                     start_round=start, on_chunk=on_chunk,
-                                                    best=best)
+                                                    best=best, log_carry=log_carry)
       except train_lib.NonFiniteError as e:
         where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
                  if good["round"] is not None else "no checkpoint had been written yet")

@@ -536,7 +536,8 @@ def better(a: float, b: Optional[float], path: str) -> bool:
 
 def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] = None,
           state: Optional[TrainState] = None, start_round: int = 0,
-          on_chunk: Optional[Callable] = None, best: Optional[dict] = None):
+          on_chunk: Optional[Callable] = None, best: Optional[dict] = None,
+          log_carry: Optional[dict] = None):
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
   Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds and
@@ -546,12 +547,15 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   the steps, the allocation history, evaluation and ``on_chunk`` (checkpoints).
   After every device call, checks that the losses and parameters are finite (raising
   :class:`NonFiniteError` naming the step and task) and calls
-  ``on_chunk(round, state, best, evaluated)``; rounds where it is called are the same
+  ``on_chunk(round, state, best, evaluated, log_carry)``; rounds where it is called are the same
   whatever ``start_round`` is (multiples of log_every, eval_every, checkpoint_every and
   rounds_per_call), so a resumed run replays exactly the same device calls.
 
   With ``config.select_by`` (e.g. ``"validation.accuracy.mean"``), ``best`` tracks the
   evaluation with the best value: ``{"value", "round", "evaluation"}``.
+  ``log_carry`` (``{"tasks": [...], "losses": [...]}``, JSON-able) holds the training losses
+  since the last log line; a run resumed with the carry its checkpoint saved writes the same
+  log lines as one that never stopped.
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
   on_event = on_event or (lambda e: None)
@@ -606,7 +610,10 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     return sampler.round_robin(orders, a)
 
   r = start_round
-  pending: List = []  # (tasks, losses) device arrays since the last log
+  pending: List = []  # (tasks, losses) host arrays since the last log
+  if log_carry and log_carry.get("tasks"):
+    pending.append((np.asarray(log_carry["tasks"], np.int32),
+                    np.asarray(log_carry["losses"], np.float32)))
   # wall seconds since the last log line, by job: the device steps (with the host preparing the
   # next chunk's batches meanwhile), the allocation history, evaluation, and on_chunk (checkpoints)
   wall = dict.fromkeys(("steps", "history", "eval", "checkpoint"), 0.0)
@@ -672,7 +679,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           best = dict(best, new=False)
     if on_chunk is not None:
       t0 = time.time()
-      on_chunk(r, state, best, evaluated)
+      carry = {"tasks": [int(t) for p in pending for t in p[0]],
+               "losses": [float(v) for p in pending for v in p[1]]}
+      on_chunk(r, state, best, evaluated, carry)
       wall["checkpoint"] += time.time() - t0
   if last_eval is None:
     last_eval = do_eval(r)

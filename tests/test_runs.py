@@ -302,3 +302,113 @@ def test_allocation_history_is_recorded_and_changes_nothing(tmp_path):
   assert p.shape == (4, 4) and ((p >= 0) & (p <= 1)).all()
   np.testing.assert_allclose(p, a["probabilities"]["layer_0"], atol=1e-5)
   assert not any(json.loads(l)["kind"] == "alloc" for l in open(tmp_path / "b" / "metrics.jsonl"))
+
+
+class Killed(BaseException):
+  """Stands for SIGKILL: nothing in gmr catches it."""
+
+
+TIMING = ("steps_per_s", "eta_s", "elapsed_s", "wall_s")
+
+
+def _metrics(wd):
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in f]
+
+
+def _results(wd):
+  with open(os.path.join(wd, "results.json")) as f:
+    r = json.load(f)
+  r["checkpoint"] = os.path.relpath(r["checkpoint"], wd)
+  return {k: v for k, v in r.items() if k not in ("wall_time_s", "resumed_from_round")}
+
+
+def _run_counting_writes(c, wd, kill_after=None):
+  """experiment.run with every file-system write of the workdir counted (config.json and
+  results.json, each metrics line, each checkpoint save); ``kill_after=k`` raises
+  :class:`Killed` right after the k-th. Returns the number of writes."""
+  n = [0]
+
+  def count(fn):
+    def wrapped(*a, **kw):
+      out = fn(*a, **kw)
+      n[0] += 1
+      if n[0] == kill_after:
+        raise Killed
+      return out
+    return wrapped
+
+  mp = pytest.MonkeyPatch()
+  mp.setattr(experiment, "write_json_atomic", count(experiment.write_json_atomic))
+  mp.setattr(experiment, "append_line", count(experiment.append_line))
+  mp.setattr(checkpoint.Checkpoints, "save", count(checkpoint.Checkpoints.save))
+  try:
+    experiment.run(c, wd, quiet=True)
+  except Killed:
+    pass
+  finally:
+    mp.undo()
+  return n[0]
+
+
+KILL_SCHEDULES = {
+    # best checkpoints between regular ones (the StepAlreadyExists case), keep 3
+    "select_by": dict(num_rounds=60, eval_every=10, log_every=10, rounds_per_call=10,
+                      checkpoint_every=20, keep_checkpoints=3, select_by="test.loss.mean"),
+    # checkpoints off the log grid (a resume mid log interval), no evaluation but the last
+    "off_grid": dict(num_rounds=50, eval_every=0, log_every=20, rounds_per_call=5,
+                     checkpoint_every=15, alloc_history_every=10),
+}
+
+
+@pytest.fixture
+def compile_cache(tmp_path):
+  """Every rerun compiles the same programs: XLA's persistent cache makes that a file read
+  (restored afterwards, so other tests compile as usual)."""
+  from jax._src import compilation_cache
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for n, v in zip(names, (str(tmp_path / "xla_cache"), 0.0, 0)):
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
+
+
+@pytest.mark.parametrize("schedule", sorted(KILL_SCHEDULES))
+def test_a_kill_after_any_write_then_rerun_equals_the_uninterrupted_run(tmp_path, schedule,
+                                                                        compile_cache):
+  """Fault injection over the whole save sequence: the run is stopped right after each of its
+  file-system writes in turn, then rerun; results.json and metrics.jsonl equal the
+  uninterrupted run's, line for line (timing fields aside)."""
+  c = small(**KILL_SCHEDULES[schedule])
+  ref = str(tmp_path / "ref")
+  total = _run_counting_writes(c, ref)
+  assert total > 10
+  for k in range(1, total):
+    wd = str(tmp_path / f"k{k}")
+    _run_counting_writes(c, wd, kill_after=k)
+    experiment.run(c, wd, quiet=True)
+    assert _metrics(wd) == _metrics(ref), k
+    assert _results(wd) == _results(ref), k
+
+
+def test_best_checkpoint_saved_then_killed_before_the_regular_one_resumes(tmp_path):
+  """The reported case: a kill between a best save (round 30) and the next regular one
+  (round 40) leaves checkpoints/{20} and checkpoints_best/{30}; the rerun resumes from 20 and
+  selects round 30 as the uninterrupted run does."""
+  c = small(num_rounds=60, eval_every=10, checkpoint_every=20, keep_checkpoints=3,
+            select_by="test.loss.mean")
+  ref = experiment.run(c, str(tmp_path / "ref"), quiet=True)
+  wd = str(tmp_path / "w")
+  experiment.run(c, wd, quiet=True)
+  import shutil
+  for r in (40, 60):
+    shutil.rmtree(os.path.join(wd, "checkpoints", str(r)))
+  os.remove(os.path.join(wd, "results.json"))
+  got = experiment.run(c, wd, quiet=True)
+  assert got["resumed_from_round"] == 20
+  assert got["selected_by"] == ref["selected_by"] and got["final"] == json.loads(json.dumps(ref["final"]))
