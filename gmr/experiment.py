@@ -185,18 +185,31 @@ def _finished_results(config, workdir: str):
     return None
 
 
-def _truncate_metrics(path: str, last_round: int):
-  """Drop metric lines after ``last_round`` (written after the checkpoint we resume from)."""
+def _truncate_metrics(path: str, last_round: int, config):
+  """Drop metric lines after ``last_round`` (written after the checkpoint we resume from), and
+  make an evaluation line at ``last_round`` what this schedule evaluates there (a shorter run
+  continued with ``--extend`` evaluated every split at its end)."""
   if not os.path.exists(path):
     return
   keep = []
+  splits = train_lib.evaluated_splits(config, last_round)
   with open(path) as f:
     for line in f:
       try:
-        if json.loads(line).get("round", 0) <= last_round:
-          keep.append(line)
+        d = json.loads(line)
       except json.JSONDecodeError:
-        pass  # a line cut by a kill
+        continue  # a line cut by a kill
+      if d.get("round", 0) > last_round:
+        continue
+      if d.get("kind") == "alloc" and d["round"] == last_round and not train_lib.history_at(
+          config, last_round):
+        continue
+      if d.get("kind") == "eval" and d["round"] == last_round:
+        if not splits:
+          continue
+        d = {k: v for k, v in d.items() if k not in ("test", "validation") or k in splits}
+        line = json.dumps(d) + "\n"
+      keep.append(line)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.writelines(keep)
@@ -248,7 +261,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   # (metric lines, best checkpoints) goes, and is written again, identical
   ckpt.keep_best_only((best or {}).get("round"))
   if primary:
-    _truncate_metrics(metrics_path, start)
+    _truncate_metrics(metrics_path, start, config)
   tb = _TensorBoard(workdir if primary else None)
   t0 = time.time()
   every = int(config.get("checkpoint_every", 0))
@@ -329,11 +342,12 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     results["final_validation"] = best["evaluation"].get("validation")
     results["selected_by"] = {"metric": config.select_by, "value": best["value"],
                               "round": best["round"]}
-    results["checkpoint"] = best.get("checkpoint") or os.path.join(
-        ckpt.best_dir, str(best["round"]))
-    best_state, _ = checkpoint_lib.load(workdir, state, best=True)
-    results.update(train_lib.allocation_summary(
-        setup, jax.tree_util.tree_map(jnp.asarray, best_state).params, suite.task_names))
+    if train_lib.on_eval_grid(config, best["round"]):  # else: the last round's own state
+      results["checkpoint"] = best.get("checkpoint") or os.path.join(
+          ckpt.best_dir, str(best["round"]))
+      best_state, _ = checkpoint_lib.load(workdir, state, best=True)
+      results.update(train_lib.allocation_summary(
+          setup, jax.tree_util.tree_map(jnp.asarray, best_state).params, suite.task_names))
   if primary:
     write_json_atomic(os.path.join(workdir, "results.json"), results)
   if not quiet:

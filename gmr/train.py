@@ -519,6 +519,33 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves))
 
 
+def on_eval_grid(config, r: int) -> bool:
+  """Round ``r`` is a multiple of ``eval_every``: evaluated in a run of any length."""
+  return bool(config.eval_every) and r % config.eval_every == 0
+
+
+def history_at(config, r: int) -> bool:
+  """The allocation history is recorded after round ``r``: at multiples of
+  ``alloc_history_every`` (0: off) and after the last round."""
+  every = int(config.alloc_history_every)
+  return bool(every) and (r % every == 0 or r == int(config.num_rounds))
+
+
+def evaluated_splits(config, r: int) -> tuple:
+  """The splits evaluated after round ``r`` (``()``: none), a function of the schedule alone.
+
+  At multiples of ``eval_every``: the test split, and validation when ``select_by`` ranks by
+  it; after the last round: every split. Only rounds on the ``eval_every`` grid compete for
+  ``select_by`` beyond their own run's end, so a run continued with ``--extend`` selects as
+  one run of its final length does. Splits a suite lacks are skipped by the caller."""
+  if r == int(config.num_rounds):
+    return ("test", "validation")
+  if on_eval_grid(config, r):
+    sel = (config.get("select_by", "") or "").split(".", 1)[0]
+    return ("test", "validation") if sel == "validation" else ("test",)
+  return ()
+
+
 def metric_value(evaluation: dict, path: str) -> float:
   """``metric_value(ev, "validation.accuracy.mean")``: a number inside an evaluation."""
   v = evaluation
@@ -593,13 +620,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   eval_splits = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size, names, put)
                  for k, v in eval_splits.items() if v is not None}
 
-  # validation is evaluated where it is read: at every evaluation when select_by ranks by it,
-  # else only at the end (a V-C evaluation of both splits costs ~12% of the training time)
-  every_eval = {"test", select_by.split(".", 1)[0]}
-
   def do_eval(r):
     return {k: ev(state.params, keys.eval) for k, ev in eval_splits.items()
-            if r == total or k in every_eval}
+            if k in evaluated_splits(config, r)}
 
   def chunk_batches(a, b):
     """Task and example indices of rounds ``a..b`` (host side; prepared while the device runs)."""
@@ -610,6 +633,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     return sampler.round_robin(orders, a)
 
   r = start_round
+  final_best = None  # the end-of-run evaluation when it is off the eval grid and the best
   pending: List = []  # (tasks, losses) host arrays since the last log
   if log_carry and log_carry.get("tasks"):
     pending.append((np.asarray(log_carry["tasks"], np.int32),
@@ -652,14 +676,14 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           "elapsed_s": now - t_start, "wall_s": {k: round(v, 3) for k, v in wall.items()}}))
       pending, t_log, r_log = [], now, r
       wall = dict.fromkeys(wall, 0.0)
-    if history_every and state.params["alloc"] and (r % history_every == 0 or r == total):
+    if history_at(config, r) and state.params["alloc"]:
       t0 = time.time()
       record = setup.method.history(state.params["alloc"])
       if any(record.values()):
         on_event(Event("alloc", {"round": r, "step": int(state.step), **record}))
       wall["history"] += time.time() - t0
     evaluated = False
-    if (config.eval_every and r % config.eval_every == 0) or r == total:
+    if evaluated_splits(config, r):
       t0 = time.time()
       last_eval = do_eval(r)
       evaluated = True
@@ -673,7 +697,11 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
         except KeyError:
           raise ValueError(f"select_by: {select_by!r} is not in the evaluation "
                            f"(keys {sorted(last_eval)}); e.g. 'validation.accuracy.mean'") from None
-        if better(v, (best or {}).get("value"), select_by):
+        if not on_eval_grid(config, r):  # the end of this schedule, not of a longer one
+          if better(v, (best or {}).get("value"), select_by):
+            final_best = {"value": v, "round": r, "evaluation": last_eval, "new": False}
+          best = dict(best, new=False) if best else None
+        elif better(v, (best or {}).get("value"), select_by):
           best = {"value": v, "round": r, "evaluation": last_eval, "new": True}
         else:
           best = dict(best, new=False)
@@ -685,4 +713,4 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
       wall["checkpoint"] += time.time() - t0
   if last_eval is None:
     last_eval = do_eval(r)
-  return setup, state, last_eval, best
+  return setup, state, last_eval, final_best or best

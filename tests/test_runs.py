@@ -412,3 +412,20 @@ def test_best_checkpoint_saved_then_killed_before_the_regular_one_resumes(tmp_pa
   got = experiment.run(c, wd, quiet=True)
   assert got["resumed_from_round"] == 20
   assert got["selected_by"] == ref["selected_by"] and got["final"] == json.loads(json.dumps(ref["final"]))
+
+
+@pytest.mark.parametrize("short,long,eval_every", [(30, 60, 0), (30, 60, 10), (35, 60, 10),
+                                                   (25, 40, 20), (20, 45, 15)])
+def test_extend_selects_and_logs_as_one_run_of_the_final_length(tmp_path, short, long, eval_every,
+                                                                 compile_cache):
+  """Which rounds are evaluated and eligible for select_by is a function of the final schedule:
+  a run extended from ``short`` to ``long`` rounds reports the selection, results and
+  metrics.jsonl of one ``long``-round run (the shorter run's end-of-run evaluation is its own,
+  not a candidate of the longer run)."""
+  kw = dict(eval_every=eval_every, log_every=5, rounds_per_call=5, select_by="test.loss.mean")
+  ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "w")
+  experiment.run(small(num_rounds=long, **kw), ref_wd, quiet=True)
+  experiment.run(small(num_rounds=short, **kw), wd, quiet=True)
+  experiment.run(small(num_rounds=long, **kw), wd, quiet=True, extend=True)
+  assert _results(wd) == _results(ref_wd)
+  assert _metrics(wd) == _metrics(ref_wd)
