@@ -58,6 +58,33 @@ class Checkpoints:
       if step != best_round:
         self.best.delete(step)
 
+  def restore_latest_intact(self, like, warn) -> Optional[Tuple[int, Any, dict]]:
+    """``(round, state, meta)`` of the newest regular checkpoint that restores (``None`` if
+    none does). A damaged one (a part missing, a file cut or emptied) is moved to
+    ``<workdir>/damaged_checkpoints/<round>[_<n>]`` (kept, never deleted) and ``warn`` gets one
+    line naming it."""
+    self.last.reload()
+    for step in sorted(self.last.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(like, step)
+        if not isinstance(meta, dict) or "round" not in meta:
+          raise ValueError("no round in its metadata")
+        return step, state, meta
+      except Exception as e:  # pylint: disable=broad-except  (any damage orbax reports)
+        src = os.path.join(self.last_dir, str(step))
+        dest = os.path.join(os.path.dirname(self.last_dir), "damaged_checkpoints", str(step))
+        n, base = 0, dest
+        while os.path.exists(dest):
+          n += 1
+          dest = f"{base}_{n}"
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(src, dest)
+        self.last.reload()
+        warn(f"warning: checkpoint {src} is damaged ({type(e).__name__}: "
+             f"{str(e).splitlines()[0][:120] if str(e) else ''}); moved to {dest}, "
+             "resuming from the checkpoint before it")
+    return None
+
   def restore(self, like, round_: Optional[int] = None, best: bool = False) -> Tuple[Any, dict]:
     """``(state, meta)`` of checkpoint ``round_`` (default: the latest), arrays shaped like
     ``like`` (a train state of the same config)."""

@@ -246,11 +246,14 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
   state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
-  last = ckpt.latest_round()
-  if last is not None:
+  found = None
+  if ckpt.latest_round() is not None:
     setup0 = train_lib.make_setup(config, suite)
     like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
-    restored, meta = ckpt.restore(like, last)
+    found = ckpt.restore_latest_intact(
+        like, lambda line: print(line, file=sys.stderr, flush=True))
+  if found is not None:
+    last, restored, meta = found
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts

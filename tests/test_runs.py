@@ -429,3 +429,43 @@ def test_extend_selects_and_logs_as_one_run_of_the_final_length(tmp_path, short,
   experiment.run(small(num_rounds=long, **kw), wd, quiet=True, extend=True)
   assert _results(wd) == _results(ref_wd)
   assert _metrics(wd) == _metrics(ref_wd)
+
+
+def _damage(ckpt_dir, kind):
+  """What a disk or a careless hand can do to one checkpoint folder."""
+  import shutil
+  if kind in ("state", "meta"):
+    shutil.rmtree(os.path.join(ckpt_dir, kind))
+    return
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckpt_dir, "state"))
+                 for f in fs if f != "commit_success.txt")
+  i = int(kind.split("_")[1]) % len(files)
+  with open(files[i], "r+b") as f:
+    f.truncate(0 if kind.startswith("empty") else max(1, os.path.getsize(files[i]) // 2))
+
+
+@pytest.mark.parametrize("kind", ["state", "meta", "empty_0", "empty_1", "empty_2", "empty_3",
+                                  "cut_0", "cut_2"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capfd, kind,
+                                                                    compile_cache):
+  """The latest checkpoint damaged (a part removed, a file emptied or cut): the rerun warns in
+  one line, keeps the damaged one aside, resumes from the intact one before it and ends as
+  the uninterrupted run."""
+  c = small(num_rounds=40, eval_every=10, checkpoint_every=10, keep_checkpoints=3)
+  ref = str(tmp_path / "ref")
+  experiment.run(c, ref, quiet=True)
+  wd = str(tmp_path / "w")
+  _run_counting_writes(c, wd, kill_after=None)
+  os.remove(os.path.join(wd, "results.json"))
+  import shutil
+  shutil.rmtree(os.path.join(wd, "checkpoints", "40"))  # a run killed after round 30's save
+  _damage(os.path.join(wd, "checkpoints", "30"), kind)
+  capfd.readouterr()
+  got = experiment.run(c, wd, quiet=True)
+  err = capfd.readouterr().err.strip().splitlines()
+  warnings = [l for l in err if l.startswith("warning: checkpoint")]
+  assert len(warnings) == 1 and "checkpoints/30 is damaged" in warnings[0], err
+  assert os.path.isdir(os.path.join(wd, "damaged_checkpoints", "30"))
+  assert got["resumed_from_round"] == 20
+  assert _results(wd) == _results(ref)
+  assert _metrics(wd) == _metrics(ref)
