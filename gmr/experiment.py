@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -216,8 +218,39 @@ def _truncate_metrics(path: str, last_round: int, config):
   os.replace(tmp, path)
 
 
+def run_identity(config) -> str:
+  """The identity of a run, saved in each of its checkpoints: a hash of its config without
+  ``num_rounds`` (``--extend`` continues the same run) and without fields added later at the
+  values that reproduce runs made before them (:data:`ADDED_FIELDS`)."""
+  cfg = _config_json(config)
+  cfg.pop("num_rounds", None)
+  for k, v in ADDED_FIELDS.items():
+    if cfg.get(k) == v:
+      cfg.pop(k)
+  return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
         extend: bool = False) -> dict:
+  """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
+  lock: a second process on the same workdir is refused with :class:`WorkdirError`."""
+  validate.validate(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return _run(config, workdir, quiet, stream, fresh, extend)
+  with open(os.path.join(workdir, ".lock"), "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
+                         "end, or use another --workdir") from None
+    return _run(config, workdir, quiet, stream, fresh, extend)
+
+
+def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
+         extend: bool = False) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
@@ -228,10 +261,10 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   SIGTERM writes a checkpoint and raises :class:`Preempted`.
   """
   stream = stream or sys.stdout
-  validate.validate(config)
   # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
   primary = jax.process_index() == 0
   quiet = quiet or not primary
+  had_config = os.path.exists(os.path.join(workdir, "config.json"))
   done = _prepare_workdir(config, workdir, fresh, extend) if primary else None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -254,6 +287,12 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
         like, lambda line: print(line, file=sys.stderr, flush=True))
   if found is not None:
     last, restored, meta = found
+    if meta.get("run_identity", run_identity(config)) != run_identity(config):
+      if primary and not had_config:  # the config.json just written is not this workdir's
+        os.remove(os.path.join(workdir, "config.json"))
+      raise WorkdirError(f"{workdir}: checkpoint {ckpt.last_dir}/{last} belongs to another run "
+                         "(its config differs from this one; config.json was changed or "
+                         "removed); use another --workdir, or --fresh to move it aside")
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts
@@ -279,9 +318,12 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   if threading.current_thread() is threading.main_thread():
     prev_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
+  identity = run_identity(config)
+
   def on_chunk(r, st, best_now, evaluated, carry):
     meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None,
-            "wall_time_s": wall_before + time.time() - t0, "log_carry": carry}
+            "wall_time_s": wall_before + time.time() - t0, "log_carry": carry,
+            "run_identity": identity}
     if best_now and best_now.get("new") and evaluated:
       meta["best"]["checkpoint"] = ckpt.save(r, st, meta, best=True)
     if (every and r % every == 0) or r == config.num_rounds or stop["signal"] is not None:

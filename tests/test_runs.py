@@ -469,3 +469,28 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capf
   assert got["resumed_from_round"] == 20
   assert _results(wd) == _results(ref)
   assert _metrics(wd) == _metrics(ref)
+
+
+def test_workdir_identity_lock_and_kind(tmp_path):
+  """A checkpoint carries its run's identity and is refused for another run (config.json
+  removed, then another seed); a second process on one workdir is refused while the first
+  holds it; a workdir that is a file is refused. Each: one WorkdirError, nothing lost."""
+  import fcntl
+  wd = str(tmp_path / "w")
+  first = experiment.run(small(seed=7), wd, quiet=True)
+  os.remove(os.path.join(wd, "config.json"))
+  with pytest.raises(experiment.WorkdirError, match="belongs to another run"):
+    experiment.run(small(seed=8), wd, quiet=True)
+  assert json.load(open(os.path.join(wd, "results.json")))["seed"] == 7
+  assert not os.path.exists(os.path.join(wd, "config.json"))
+  again = experiment.run(small(seed=7), wd, quiet=True)  # its own run: nothing is lost
+  assert again["final"] == json.loads(json.dumps(first["final"]))
+  with open(os.path.join(wd, ".lock"), "w") as held:  # as a running process holds it
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(experiment.WorkdirError, match="another gmr process is running in it"):
+      experiment.run(small(seed=7), wd, quiet=True)
+  assert experiment.run(small(seed=7), wd, quiet=True)["seed"] == 7  # released
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(experiment.WorkdirError, match="is a file, not a directory"):
+    experiment.run(small(), str(f), quiet=True)
