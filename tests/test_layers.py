@@ -169,9 +169,10 @@ def test_layouts_give_equal_outputs_and_gradients(arch, kw, monkeypatch):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
 
 
-def test_kink_margin_finds_the_ill_conditioned_input(monkeypatch):
-  """The omniglot case at key 0 has a ReLU input within float32 rounding of zero: there, an
-  input change of one part in 1e7 moves a gradient by O(1) (what summation order does)."""
+def test_kink_margin_flags_the_input_that_failed_on_one_core(monkeypatch):
+  """The omniglot case at key 0 has a ReLU input within float32 rounding of zero (1.6e-7):
+  there, an input change of one part in 1e7 can move a gradient by O(1), so two summation
+  orders may disagree; well_conditioned_case skips such inputs."""
   a = models.build("omniglot", dropout=0.0, strides=(2, 1), filters=8, image_size=13)
   rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
           for l, c in enumerate(a.layer_sizes)]
@@ -179,14 +180,9 @@ def test_kink_margin_finds_the_ill_conditioned_input(monkeypatch):
   x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
   params = ref.init(jax.random.key(1), x, rows, 0)["params"]
   assert kink_margin(ref, params, x, rows, 1, monkeypatch) < 1e-6
-  grad = jax.jit(jax.grad(lambda p, xx: jnp.sum(jnp.sin(ref.apply({"params": p}, xx, rows, 1)))))
-  g0 = grad(params, x)
-  jumps = []
-  for i in range(4):
-    xp = x * (1 + 1e-7 * jax.random.normal(jax.random.key(100 + i), x.shape))
-    jumps.append(max(float(jnp.max(jnp.abs(u - v)))
-                     for u, v in zip(jax.tree.leaves(grad(params, xp)), jax.tree.leaves(g0))))
-  assert max(jumps) > 0.05, jumps
+  chosen = well_conditioned_case("omniglot", dict(strides=(2, 1), filters=8, image_size=13),
+                                 monkeypatch)[1]
+  assert not np.array_equal(chosen, x)
 
 
 def test_layout_auto_is_channels_first_on_cpu_only():
