@@ -657,8 +657,9 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     if not np.all(np.isfinite(ls)):
       bad = int(np.argmax(~np.isfinite(ls)))
       raise NonFiniteError(prev_step + bad, names[int(tasks[bad])], "loss")
-    if not bool(_all_finite(state.params)):
-      raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])], "parameter")
+    if not bool(_all_finite((state.params, state.opt_state))):  # all a checkpoint keeps
+      raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])],
+                           "parameter or optimizer state")
     pending.append((tasks, ls))
     r, nxt = nxt, after
     wall["steps"] += time.time() - t0

@@ -170,7 +170,11 @@ def test_workdir_from_before_a_field_existed_resumes(tmp_path, capsys):
     experiment.run(small(schedule="joint"), wd)
 
 
-def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch):
+@pytest.mark.parametrize("poison", ["example", "optimizer_state"])
+def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch, poison):
+  """A NaN example makes the loss NaN; an optimizer whose state overflows (as Adam's second
+  moments do under a huge gradient) keeps loss and parameters finite. Either way the run stops
+  naming the step and task, and the checkpoint it keeps is finite in every leaf of the state."""
   c = small(num_rounds=60, checkpoint_every=5, log_every=5, eval_every=0, rounds_per_call=5)
   c.synthetic.num_train = 600  # 9 batches of 64 per epoch: 24 examples wait for epoch 2
   suite = data_lib.load_suite(c)
@@ -188,15 +192,36 @@ def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch):
     s = real_load(config)
     s.train.x[o + example] = np.nan  # one example of task 2
     return s
-  monkeypatch.setattr(data_lib, "load_suite", poisoned)
+
+  def overflowing(config, num_tasks):  # state inf from the step that samples the example on
+    import optax
+    inner = real_tx(config, num_tasks)
+
+    def init(params):
+      return (inner.init(params), jnp.zeros((), jnp.float32))
+
+    def update(g, state, params=None):
+      u, s_in = inner.update(g, state[0], params)
+      count = state[1] + 1.0
+      return u, (s_in, jnp.where(count > 4 * hit + 2, jnp.inf, count))
+    return optax.GradientTransformation(init, update)
+
+  import jax.numpy as jnp
+  real_tx = T.make_optimizer
+  if poison == "example":
+    monkeypatch.setattr(data_lib, "load_suite", poisoned)
+  else:
+    monkeypatch.setattr(T, "make_optimizer", overflowing)
   wd = tmp_path / "nan"
-  with pytest.raises(T.NonFiniteError, match=r"non-finite loss at step \d+ \(task pair1_a\); "
+  with pytest.raises(T.NonFiniteError, match=r"non-finite (loss|parameter or optimizer state) "
+                     r"at step \d+ \(task pair1_a\); "
                      r"the last good checkpoint .*checkpoints/\d+\) is kept"):
     experiment.run(c, str(wd), quiet=True)
   kept = sorted(int(d) for d in os.listdir(wd / "checkpoints"))
   assert kept and max(kept) <= hit and not (wd / "results.json").exists()
   st = _final_state(wd, c)
-  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree_util.tree_leaves(st.params))
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree_util.tree_leaves(st)
+             if np.issubdtype(np.asarray(l).dtype, np.floating))
 
 
 def test_cli_nan_exit_status(tmp_path):
