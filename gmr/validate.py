@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gmr import components as comp
 from gmr.methods import METHODS, ConfigError
 
@@ -13,6 +15,9 @@ def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False
   ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
   if isinstance(v, bool) or not ok_type:
     raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {v!r}",
+                      fix or f"set --config.{field}=<number>")
+  if not math.isfinite(v):
+    raise ConfigError(field, f"must be a finite number, got {v!r}",
                       fix or f"set --config.{field}=<number>")
   if lo is not None and (v <= lo if lo_open else v < lo):
     raise ConfigError(field, f"must be {'>' if lo_open else '>='} {lo}, got {v}",
@@ -122,6 +127,15 @@ def validate(c) -> None:
   if c.t_min > c.t_init:
     raise ConfigError("t_min", f"{c.t_min} exceeds t_init={c.t_init}",
                       "the temperature anneals from t_init down to t_min")
+  syn = c.get("synthetic", None)
+  if syn is not None:  # appendix A1's generator
+    for f in ("d", "m", "num_train", "num_test", "num_pairs"):
+      if f in syn:
+        _num(syn, f, 1, integer=True, name=f"synthetic.{f}")
+    if "c" in syn:
+      _num(syn, "c", name="synthetic.c")
+    if "noise_std" in syn:
+      _num(syn, "noise_std", 0, name="synthetic.noise_std")
   data = c.get("data", None)
   if data is not None:
     if "rotate_k" in data and data.rotate_k not in (-3, -2, -1, 1, 2, 3):
@@ -147,7 +161,8 @@ def validate(c) -> None:
 
 
 def _taps(c):
-  _num(c, "taps_tau", fix="give the score threshold, e.g. 0.1")
+  _num(c, "taps_tau", 0, fix="give the score threshold, >= 0, e.g. 0.1 (a negative one makes "
+       "every layer task-specific)")
   _num(c, "taps_score_init", fix="give the initial score, e.g. 0.15 (above taps_tau: every "
        "layer starts task-specific)")
   _num(c, "taps_lambda", 0, fix="give the sparsity weight, >= 0")

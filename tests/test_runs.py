@@ -238,6 +238,11 @@ def test_cli_nan_exit_status(tmp_path):
 
 INVALID = [  # (field overrides, expected start of the one-line error)
     ({"method": "gumbel"}, "method: unknown method 'gumbel'; choose one of"),
+    ({"synthetic.num_train": 0}, "synthetic.num_train: must be >= 1"),
+    ({"synthetic.num_pairs": 0}, "synthetic.num_pairs: must be >= 1"),
+    ({"synthetic.d": 0}, "synthetic.d: must be >= 1"),
+    ({"synthetic.noise_std": -0.1}, "synthetic.noise_std: must be >= 0"),
+    ({"taps_tau": -0.1, "method": "taps"}, "taps_tau: must be >= 0"),
     ({"suite": "cifar"}, "suite: unknown suite 'cifar'; choose one of"),
     ({"arch": "resnet"}, "arch: unknown architecture 'resnet'; choose one of"),
     ({"seed": -1}, "seed: must be >= 0, got -1"),
@@ -295,7 +300,11 @@ def test_invalid_config_table():
     # type_safe=False: also the wrong types a config file (not a flag) could hold
     c = config_dict.ConfigDict(synthetic_cfg.get_config("gumbel_matrix").to_dict(), type_safe=False)
     for k, v in overrides.items():
-      c[k] = v
+      *parents, last = k.split(".")
+      node = c
+      for p in parents:
+        node = node[p]
+      node[last] = v
     with pytest.raises(ConfigError) as e:
       validate.validate(c)
     line = str(e.value)
@@ -519,3 +528,33 @@ def test_workdir_identity_lock_and_kind(tmp_path):
   f.write_text("x")
   with pytest.raises(experiment.WorkdirError, match="is a file, not a directory"):
     experiment.run(small(), str(f), quiet=True)
+
+
+def _float_fields(c, prefix=""):
+  """Every float-valued field of a config (nested too), from the config itself."""
+  out = []
+  for k, v in c.items():
+    if isinstance(v, config_dict.ConfigDict):
+      out += _float_fields(v, f"{prefix}{k}.")
+    elif isinstance(v, float):
+      out.append(prefix + k)
+  return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_field_refuses_non_finite_values(value):
+  """nan / inf in any float field of the config (taps fields with method taps) is one
+  ConfigError naming the field, before any compute (was: learning_rate=nan trained)."""
+  base = synthetic_cfg.get_config("taps")
+  fields = _float_fields(base)
+  assert {"learning_rate", "taps_tau", "p_init", "synthetic.noise_std"} <= set(fields)
+  for field in fields:
+    c = config_dict.ConfigDict(base.to_dict(), type_safe=False)
+    *parents, last = field.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[last] = value
+    with pytest.raises(ConfigError) as e:
+      validate.validate(c)
+    assert str(e.value).startswith(f"{field}: "), (field, str(e.value))
