@@ -58,32 +58,42 @@ class Checkpoints:
       if step != best_round:
         self.best.delete(step)
 
-  def restore_latest_intact(self, like, warn) -> Optional[Tuple[int, Any, dict]]:
+  def restore_latest_intact(self, like, warn, accept=None) -> Optional[Tuple[int, Any, dict]]:
     """``(round, state, meta)`` of the newest regular checkpoint that restores (``None`` if
     none does). A damaged one (a part missing, a file cut or emptied) is moved to
     ``<workdir>/damaged_checkpoints/<round>[_<n>]`` (kept, never deleted) and ``warn`` gets one
-    line naming it."""
+    line naming it. ``accept(round, meta)`` is called on each readable metadata before its
+    state is read; what it raises (a checkpoint of another run) propagates."""
     self.last.reload()
     for step in sorted(self.last.all_steps(), reverse=True):
       try:
-        state, meta = self.restore(like, step)
+        meta = self.last.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if not isinstance(meta, dict) or "round" not in meta:
           raise ValueError("no round in its metadata")
-        return step, state, meta
       except Exception as e:  # pylint: disable=broad-except  (any damage orbax reports)
-        src = os.path.join(self.last_dir, str(step))
-        dest = os.path.join(os.path.dirname(self.last_dir), "damaged_checkpoints", str(step))
-        n, base = 0, dest
-        while os.path.exists(dest):
-          n += 1
-          dest = f"{base}_{n}"
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(src, dest)
-        self.last.reload()
-        warn(f"warning: checkpoint {src} is damaged ({type(e).__name__}: "
-             f"{str(e).splitlines()[0][:120] if str(e) else ''}); moved to {dest}, "
-             "resuming from the checkpoint before it")
+        self._set_aside(step, e, warn)
+        continue
+      if accept is not None:
+        accept(step, meta)
+      try:
+        return (step,) + tuple(self.restore(like, step))
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e, warn)
     return None
+
+  def _set_aside(self, step: int, error: Exception, warn) -> None:
+    src = os.path.join(self.last_dir, str(step))
+    dest = base = os.path.join(os.path.dirname(self.last_dir), "damaged_checkpoints", str(step))
+    n = 0
+    while os.path.exists(dest):
+      n += 1
+      dest = f"{base}_{n}"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(src, dest)
+    self.last.reload()
+    first = str(error).splitlines()[0][:120] if str(error) else ""
+    warn(f"warning: checkpoint {src} is damaged ({type(error).__name__}: {first}); moved to "
+         f"{dest}, resuming from the checkpoint before it")
 
   def restore(self, like, round_: Optional[int] = None, best: bool = False) -> Tuple[Any, dict]:
     """``(state, meta)`` of checkpoint ``round_`` (default: the latest), arrays shaped like

@@ -283,16 +283,19 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   if ckpt.latest_round() is not None:
     setup0 = train_lib.make_setup(config, suite)
     like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
+    identity = run_identity(config)
+
+    def accept(step, meta):  # before its state is read: another run's shapes are no damage
+      if meta.get("run_identity", identity) != identity:
+        if primary and not had_config:  # the config.json just written is not this workdir's
+          os.remove(os.path.join(workdir, "config.json"))
+        raise WorkdirError(f"{workdir}: checkpoint {ckpt.last_dir}/{step} belongs to another "
+                           "run (its config differs from this one; config.json was changed or "
+                           "removed); use another --workdir, or --fresh to move it aside")
     found = ckpt.restore_latest_intact(
-        like, lambda line: print(line, file=sys.stderr, flush=True))
+        like, lambda line: print(line, file=sys.stderr, flush=True), accept)
   if found is not None:
     last, restored, meta = found
-    if meta.get("run_identity", run_identity(config)) != run_identity(config):
-      if primary and not had_config:  # the config.json just written is not this workdir's
-        os.remove(os.path.join(workdir, "config.json"))
-      raise WorkdirError(f"{workdir}: checkpoint {ckpt.last_dir}/{last} belongs to another run "
-                         "(its config differs from this one; config.json was changed or "
-                         "removed); use another --workdir, or --fresh to move it aside")
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts

@@ -32,15 +32,20 @@ def _cmd(wd):
           "--config=experiments/configs/synthetic.py:gumbel_matrix,smoke", f"--workdir={wd}"] + LONG
 
 
+def _set(c, dotted: str, value, cast=False):
+  """``c.<dotted> = value`` for a dotted field path (``cast``: to the field's type)."""
+  *parents, last = dotted.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  node[last] = type(node[last])(value) if cast else value
+
+
 def _cfg():
   c = synthetic_cfg.get_config("gumbel_matrix,smoke")
   for a in LONG:
     k, v = a[len("--config."):].split("=")
-    *parents, last = k.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[last] = type(node[last])(v)
+    _set(c, k, v, cast=True)
   return c
 
 
@@ -300,11 +305,7 @@ def test_invalid_config_table():
     # type_safe=False: also the wrong types a config file (not a flag) could hold
     c = config_dict.ConfigDict(synthetic_cfg.get_config("gumbel_matrix").to_dict(), type_safe=False)
     for k, v in overrides.items():
-      *parents, last = k.split(".")
-      node = c
-      for p in parents:
-        node = node[p]
-      node[last] = v
+      _set(c, k, v)
     with pytest.raises(ConfigError) as e:
       validate.validate(c)
     line = str(e.value)
@@ -521,6 +522,10 @@ def test_workdir_identity_lock_and_kind(tmp_path):
     experiment.run(small(seed=8), wd, quiet=True)
   assert json.load(open(os.path.join(wd, "results.json")))["seed"] == 7
   assert not os.path.exists(os.path.join(wd, "config.json"))
+  # another architecture (its checkpoints would not even restore): refused, not "damaged"
+  with pytest.raises(experiment.WorkdirError, match="belongs to another run"):
+    experiment.run(small(seed=7, arch_kwargs={"hidden": 8}), wd, quiet=True)
+  assert not os.path.exists(os.path.join(wd, "damaged_checkpoints"))
   again = experiment.run(small(seed=7), wd, quiet=True)  # its own run: nothing is lost
   assert again["final"] == json.loads(json.dumps(first["final"]))
   with open(os.path.join(wd, ".lock"), "w") as held:  # as a running process holds it
@@ -554,11 +559,7 @@ def test_every_float_field_refuses_non_finite_values(value):
   assert {"learning_rate", "taps_tau", "p_init", "synthetic.noise_std"} <= set(fields)
   for field in fields:
     c = config_dict.ConfigDict(base.to_dict(), type_safe=False)
-    *parents, last = field.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[last] = value
+    _set(c, field, value)
     with pytest.raises(ConfigError) as e:
       validate.validate(c)
     assert str(e.value).startswith(f"{field}: "), (field, str(e.value))
