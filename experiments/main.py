@@ -19,6 +19,11 @@ _FRESH = flags.DEFINE_bool("fresh", False, "Start again in a workdir that holds 
 _EXTEND = flags.DEFINE_bool("extend", False, "Continue a run of fewer rounds (same config "
                             "otherwise) in --workdir to --config.num_rounds; its results.json "
                             "is kept as results_round_<n>.json.")
+_CHANGE_OPT = flags.DEFINE_bool(
+    "change_optimizer", False, "Continue the run in --workdir from its last intact checkpoint "
+    "under other optimizer settings (learning rates, Adam's b1/b2/eps, clip_norm), e.g. after "
+    "divergence; parameters and optimizer moments carry over, the change is recorded in "
+    "<workdir>/optimizer_changes.jsonl and results.json. Any other config change is refused.")
 _COORD = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host training: host:port of process 0 "
     "(jax.distributed.initialize), or 'auto' where JAX finds it itself (TPU pods, SLURM, ...). "
@@ -50,7 +55,7 @@ def main(argv):
     init_distributed(_COORD.value, _NPROC.value, _PID.value)
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
-                   extend=_EXTEND.value)
+                   extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value)
   except (ConfigError, DataError, experiment.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

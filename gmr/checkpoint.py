@@ -63,7 +63,9 @@ class Checkpoints:
     none does). A damaged one (a part missing, a file cut or emptied) is moved to
     ``<workdir>/damaged_checkpoints/<round>[_<n>]`` (kept, never deleted) and ``warn`` gets one
     line naming it. ``accept(round, meta)`` is called on each readable metadata before its
-    state is read; what it raises (a checkpoint of another run) propagates."""
+    state is read; what it raises (a checkpoint of another run) propagates. ``like`` is a
+    train state of the checkpoint's structure, or a function of the metadata returning one
+    (a run continued under other optimizer settings has checkpoints of both structures)."""
     self.last.reload()
     for step in sorted(self.last.all_steps(), reverse=True):
       try:
@@ -76,7 +78,7 @@ class Checkpoints:
       if accept is not None:
         accept(step, meta)
       try:
-        return (step,) + tuple(self.restore(like, step))
+        return (step,) + tuple(self.restore(like(meta) if callable(like) else like, step))
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e, warn)
     return None

@@ -22,6 +22,7 @@ import numpy as np
 
 from gmr import checkpoint as checkpoint_lib
 from gmr import data as data_lib
+from gmr import optim as optim_lib
 from gmr import train as train_lib
 from gmr import validate
 
@@ -124,14 +125,73 @@ def _config_json(config) -> dict:
   return json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
 
 
-_RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best", "tb")
+CHANGES_FILE = "optimizer_changes.jsonl"
+_RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best",
+              "tb", CHANGES_FILE)
 
 
-def _prepare_workdir(config, workdir: str, fresh: bool, extend: bool = False):
+def read_changes(workdir: str) -> list:
+  """The optimizer changes recorded in ``workdir`` (``--change_optimizer``), oldest first: dicts
+  ``{"round": <the checkpoint's round it continued from, None until then>, "changed":
+  {field: [old, new]}, "from_identity": ..., "to_identity": ...}``."""
+  path = os.path.join(workdir, CHANGES_FILE)
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill: its change was not made yet (config.json comes after)
+  return out
+
+
+def _write_changes(workdir: str, changes: list) -> None:
+  path = os.path.join(workdir, CHANGES_FILE)
+  with open(path + ".tmp", "w") as f:
+    for c in changes:
+      f.write(json.dumps(c, sort_keys=True) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bool) -> None:
+  """Record a continuation under other optimizer settings, or refuse any other change."""
+  other = [k for k in diff if k not in optim_lib.OPTIMIZER_FIELDS and k != "num_rounds"]
+  if other or ("num_rounds" in diff and not extend):
+    shown = ", ".join((other or ["num_rounds"])[:5])
+    raise WorkdirError(
+        f"{workdir}: --change_optimizer continues a run under other optimizer settings only "
+        f"({', '.join(optim_lib.OPTIMIZER_FIELDS)}); this config also differs in {shown}; "
+        + ("add --extend to also continue it to more rounds" if not other else
+           "use another --workdir, or --fresh to start again"))
+  n_old, n_new = int(old.get("num_rounds", 0)), int(cfg["num_rounds"])
+  done = os.path.join(workdir, "results.json")
+  if n_new < n_old or (os.path.exists(done) and n_new == n_old):
+    raise WorkdirError(f"{workdir}: the run is finished at num_rounds={n_old}; a changed "
+                       "optimizer continues an unfinished run, or a finished one to more "
+                       "rounds with --extend and a larger --config.num_rounds")
+  if os.path.exists(done):
+    os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
+  rec = {"round": None, "changed": {k: [old.get(k), cfg.get(k)] for k in diff
+                                    if k != "num_rounds"},
+         "from_identity": _identity(old), "to_identity": _identity(cfg)}
+  changes = read_changes(workdir)
+  if not changes or {k: v for k, v in changes[-1].items() if k != "round"} != {
+      k: v for k, v in rec.items() if k != "round"}:  # not already recorded by a killed start
+    _write_changes(workdir, changes + [rec])
+  write_json_atomic(os.path.join(workdir, "config.json"), cfg)
+
+
+def _prepare_workdir(config, workdir: str, fresh: bool, extend: bool = False,
+                     change_optimizer: bool = False):
   """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
   return the finished results if this very run is already done. ``extend``: a run whose
   config differs only in a smaller ``num_rounds`` is continued to this ``num_rounds`` (its
-  results file is kept as ``results_round_<n>.json``)."""
+  results file is kept as ``results_round_<n>.json``). ``change_optimizer``: a run whose
+  config differs in :data:`gmr.optim.OPTIMIZER_FIELDS` (and, with ``extend``, a larger
+  ``num_rounds``) is continued under the new settings; the change is recorded in
+  ``optimizer_changes.jsonl``."""
   os.makedirs(workdir, exist_ok=True)
   cfg = _config_json(config)
   path = os.path.join(workdir, "config.json")
@@ -142,6 +202,9 @@ def _prepare_workdir(config, workdir: str, fresh: bool, extend: bool = False):
     except (OSError, json.JSONDecodeError):
       old = {"<unreadable config.json>": True}
     diff = _config_diff(old, cfg)
+    if change_optimizer and diff and not fresh and diff != ["num_rounds"]:
+      _change_optimizer(workdir, old, cfg, diff, extend)
+      return None
     if diff == ["num_rounds"] and not fresh:
       n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
       if not extend or n_new < n_old:
@@ -218,11 +281,28 @@ def _truncate_metrics(path: str, last_round: int, config):
   os.replace(tmp, path)
 
 
+def _earlier_configs(config, changes: list) -> dict:
+  """``{run identity: config}`` of this run and of the run before each recorded optimizer
+  change (the checkpoints a workdir may hold), undoing the changes newest first."""
+  out, c = {run_identity(config): config}, config
+  for rec in reversed(changes):
+    c = c.copy_and_resolve_references()
+    with c.unlocked():
+      for k, (before, _) in rec["changed"].items():
+        c[k] = before
+    out.setdefault(rec["from_identity"], c)
+  return out
+
+
 def run_identity(config) -> str:
   """The identity of a run, saved in each of its checkpoints: a hash of its config without
   ``num_rounds`` (``--extend`` continues the same run) and without fields added later at the
   values that reproduce runs made before them (:data:`ADDED_FIELDS`)."""
-  cfg = _config_json(config)
+  return _identity(_config_json(config))
+
+
+def _identity(cfg: dict) -> str:
+  cfg = dict(cfg)
   cfg.pop("num_rounds", None)
   for k, v in ADDED_FIELDS.items():
     if cfg.get(k) == v:
@@ -231,7 +311,7 @@ def run_identity(config) -> str:
 
 
 def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
-        extend: bool = False) -> dict:
+        extend: bool = False, change_optimizer: bool = False) -> dict:
   """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
   lock: a second process on the same workdir is refused with :class:`WorkdirError`."""
   validate.validate(config)
@@ -239,25 +319,29 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() != 0:
-    return _run(config, workdir, quiet, stream, fresh, extend)
+    return _run(config, workdir, quiet, stream, fresh, extend, change_optimizer)
   with open(os.path.join(workdir, ".lock"), "w") as lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
                          "end, or use another --workdir") from None
-    return _run(config, workdir, quiet, stream, fresh, extend)
+    return _run(config, workdir, quiet, stream, fresh, extend, change_optimizer)
 
 
 def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
-         extend: bool = False) -> dict:
+         extend: bool = False, change_optimizer: bool = False) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
   a finished workdir returns its results without training; a workdir of another config is
   refused (``fresh=True`` moves the old run to ``previous_<n>/``), except that ``extend=True``
   continues a run of fewer ``num_rounds`` (same config otherwise) from its last checkpoint:
-  the same numbers as one run of this length (nothing else depends on ``num_rounds``).
+  the same numbers as one run of this length (nothing else depends on ``num_rounds``), and
+  ``change_optimizer=True`` continues it from its last intact checkpoint under other
+  :data:`gmr.optim.OPTIMIZER_FIELDS` values (a diverged run with a lower learning rate):
+  parameters, step and the optimizer's moments carry over, the change and its round are
+  recorded in ``optimizer_changes.jsonl`` and ``results.json``; every other change is refused.
   SIGTERM writes a checkpoint and raises :class:`Preempted`.
   """
   stream = stream or sys.stdout
@@ -265,7 +349,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   primary = jax.process_index() == 0
   quiet = quiet or not primary
   had_config = os.path.exists(os.path.join(workdir, "config.json"))
-  done = _prepare_workdir(config, workdir, fresh, extend) if primary else None
+  done = _prepare_workdir(config, workdir, fresh, extend, change_optimizer) if primary else None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("gmr: workdir prepared")
@@ -280,26 +364,44 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
   state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
   found = None
+  changes = read_changes(workdir)
   if ckpt.latest_round() is not None:
     setup0 = train_lib.make_setup(config, suite)
     like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
     identity = run_identity(config)
+    earlier = _earlier_configs(config, changes)  # identity -> config, before each change
 
     def accept(step, meta):  # before its state is read: another run's shapes are no damage
-      if meta.get("run_identity", identity) != identity:
+      if meta.get("run_identity", identity) not in earlier:
         if primary and not had_config:  # the config.json just written is not this workdir's
           os.remove(os.path.join(workdir, "config.json"))
         raise WorkdirError(f"{workdir}: checkpoint {ckpt.last_dir}/{step} belongs to another "
                            "run (its config differs from this one; config.json was changed or "
                            "removed); use another --workdir, or --fresh to move it aside")
+
+    def like_for(meta):
+      c = earlier[meta.get("run_identity", identity)]
+      return like if c is config else train_lib.init_state(
+          train_lib.make_setup(c, suite), train_lib.make_keys(c.seed).init)
     found = ckpt.restore_latest_intact(
-        like, lambda line: print(line, file=sys.stderr, flush=True), accept)
+        like_for, lambda line: print(line, file=sys.stderr, flush=True), accept)
   if found is not None:
     last, restored, meta = found
     state = jax.tree_util.tree_map(jnp.asarray, restored)  # a TrainState, like ``like``
     start, best, resumed_from = int(meta["round"]), meta.get("best"), last
     wall_before = float(meta.get("wall_time_s", 0.0))  # training time of the earlier starts
     log_carry = meta.get("log_carry")
+    if meta.get("run_identity", identity) != identity:  # continued under a changed optimizer
+      opt_state, reset = optim_lib.carry_over_state(state.opt_state, like.opt_state)
+      state = state.replace(opt_state=opt_state)
+      changes = [dict(c, round=start) if c["round"] is None else c for c in changes]
+      if primary:
+        _write_changes(workdir, changes)
+      if not quiet:
+        stream.write(f"optimizer changed at round {start}: " + "; ".join(
+            f"{k} {a} -> {b}" for c in changes if c["round"] == start
+            for k, (a, b) in c["changed"].items())
+            + (f" (state started afresh for: {', '.join(reset)})" if reset else "") + "\n")
     if not quiet:
       stream.write(f"resuming from {ckpt.last_dir}/{last} (round {start})\n")
   # the workdir as the checkpoint we start from left it: what a killed run wrote after it
@@ -357,8 +459,10 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
       except train_lib.NonFiniteError as e:
         where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
                  if good["round"] is not None else "no checkpoint had been written yet")
-        raise train_lib.NonFiniteError(e.step, e.task, e.what, f"{where}; lower the "
-                                       "learning rate or enable clip_norm") from None
+        how = ("continue from it with a lower learning rate or clipping: rerun with e.g. "
+               "--config.learning_rate=<lower> or --config.clip_norm=1 and --change_optimizer"
+               if good["round"] is not None else "lower the learning rate or enable clip_norm")
+        raise train_lib.NonFiniteError(e.step, e.task, e.what, f"{where}; {how}") from None
   finally:
     tb.close()
     ckpt.close()
@@ -382,6 +486,9 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
       "backend": jax.default_backend(),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
+  if changes:
+    results["optimizer_changes"] = [{"round": c["round"], "changed": c["changed"]}
+                                    for c in changes]
   if "validation" in final:
     results["final_validation"] = final["validation"]
   if best is not None:  # the reported numbers are those of the best checkpoint

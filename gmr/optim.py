@@ -97,3 +97,58 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
     zero_frozen = [optax.masked(optax.set_to_zero(), frozen)] if freeze else []
     tx = optax.chain(*zero_frozen, *whole, tx)
   return tx
+
+
+# Settings that change how the parameters are updated, not the model, the data or the objective:
+# a run can continue from its checkpoint under new values of these (``--change_optimizer``).
+OPTIMIZER_FIELDS = ("learning_rate", "alloc_learning_rate", "alloc_lr_multiplier", "adam_b1",
+                    "adam_b2", "adam_eps", "clip_norm", "taps_learning_rate",
+                    "taps_score_learning_rate")
+
+
+def _find_partition(state):
+  if isinstance(state, optax.MultiTransformState):
+    return state
+  if isinstance(state, tuple):
+    for s in state:
+      found = _find_partition(s)
+      if found is not None:
+        return found
+  return None
+
+
+def _put_partition(state, value):
+  if isinstance(state, optax.MultiTransformState):
+    return value
+  if isinstance(state, tuple):
+    parts = [_put_partition(s, value) for s in state]
+    return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+  return state
+
+
+def carry_over_state(old, new):
+  """Continue an optimizer under changed settings (:data:`OPTIMIZER_FIELDS`).
+
+  ``old``: the optimizer state of a checkpoint, made by :func:`make_optimizer` under the
+  earlier settings; ``new``: ``make_optimizer(...).init(params)`` under the new ones (whole-
+  gradient transformations such as clipping may have come or gone, which changes the state's
+  structure). Returns ``(state, reset)``: ``new`` with the per-group states of ``old`` (Adam's
+  step count, first and second moments; SGD's momentum) copied in wherever that group's state
+  has the same structure and shapes, and the sorted group labels whose state could not be
+  carried (it starts fresh; e.g. the TAPS scores' momentum when ``adam_b1`` goes to 0).
+  Raises ``ValueError`` if either state has no parameter groups.
+  """
+  po, pn = _find_partition(old), _find_partition(new)
+  if po is None or pn is None:
+    raise ValueError("optimizer state without parameter groups (not made by make_optimizer)")
+  inner, reset = dict(pn.inner_states), []
+  for label, s_new in pn.inner_states.items():
+    s_old = po.inner_states.get(label)
+    same = (s_old is not None and jax.tree.structure(s_old) == jax.tree.structure(s_new) and
+            all(getattr(a, "shape", ()) == getattr(b, "shape", ())
+                for a, b in zip(jax.tree.leaves(s_old), jax.tree.leaves(s_new))))
+    if same:
+      inner[label] = s_old
+    else:
+      reset.append(label)
+  return _put_partition(new, pn._replace(inner_states=inner)), sorted(reset)

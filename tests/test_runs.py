@@ -358,7 +358,7 @@ def _results(wd):
   return {k: v for k, v in r.items() if k not in ("wall_time_s", "resumed_from_round")}
 
 
-def _run_counting_writes(c, wd, kill_after=None):
+def _run_counting_writes(c, wd, kill_after=None, **run_kw):
   """experiment.run with every file-system write of the workdir counted (config.json and
   results.json, each metrics line, each checkpoint save); ``kill_after=k`` raises
   :class:`Killed` right after the k-th. Returns the number of writes."""
@@ -376,9 +376,10 @@ def _run_counting_writes(c, wd, kill_after=None):
   mp = pytest.MonkeyPatch()
   mp.setattr(experiment, "write_json_atomic", count(experiment.write_json_atomic))
   mp.setattr(experiment, "append_line", count(experiment.append_line))
+  mp.setattr(experiment, "_write_changes", count(experiment._write_changes))
   mp.setattr(checkpoint.Checkpoints, "save", count(checkpoint.Checkpoints.save))
   try:
-    experiment.run(c, wd, quiet=True)
+    experiment.run(c, wd, quiet=True, **run_kw)
   except Killed:
     pass
   finally:
@@ -563,3 +564,145 @@ def test_every_float_field_refuses_non_finite_values(value):
     with pytest.raises(ConfigError) as e:
       validate.validate(c)
     assert str(e.value).startswith(f"{field}: "), (field, str(e.value))
+
+
+def _state_at(wd, c, round_):
+  suite = data_lib.load_suite(c)
+  like = T.init_state(T.make_setup(c, suite), jax.random.key(0))
+  return checkpoint.load(str(wd), like, round_=round_)[0]
+
+
+def test_change_optimizer_continues_from_the_checkpoint_and_refuses_every_other_change(tmp_path):
+  """--change_optimizer: a run of 20 rounds continued to 40 under another learning rate and a
+  clip (a change of the optimizer state's structure) starts from the checkpoint's parameters
+  and Adam moments, equals training from that state under the new optimizer, and is recorded;
+  the record survives reruns; every non-optimizer field is still refused."""
+  wd = str(tmp_path / "w")
+  a = small(checkpoint_every=10)
+  experiment.run(a, wd, quiet=True)
+  b = small(num_rounds=40, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
+  with pytest.raises(experiment.WorkdirError, match="differs in clip_norm, learning_rate, "):
+    experiment.run(b, wd, quiet=True, extend=True)
+  with pytest.raises(experiment.WorkdirError, match="also differs in num_rounds; add --extend"):
+    experiment.run(b, wd, quiet=True, change_optimizer=True)
+  bad = small(num_rounds=40, checkpoint_every=10, learning_rate=5e-3, p_init=0.4)
+  with pytest.raises(experiment.WorkdirError, match="optimizer settings only .* also differs "
+                     "in p_init; use another --workdir"):
+    experiment.run(bad, wd, quiet=True, extend=True, change_optimizer=True)
+  old = _state_at(wd, a, 20)
+  got = experiment.run(b, wd, quiet=True, extend=True, change_optimizer=True)
+  assert got["optimizer_changes"] == [{"round": 20, "changed": {
+      "clip_norm": [1.0, 0.0], "learning_rate": [0.01, 5e-3]}}]
+  assert got["resumed_from_round"] == 20 and os.path.exists(os.path.join(wd, "results_round_20.json"))
+  # the reference: the 20-round checkpoint's state, its optimizer moments carried into b's
+  suite = data_lib.load_suite(b)
+  fresh = T.init_state(T.make_setup(b, suite), jax.random.key(0))
+  opt, reset = optim_carry(old.opt_state, fresh.opt_state)
+  assert reset == []
+  _, st, final, _ = T.train(b, suite, lambda ev: None, state=old.replace(opt_state=opt),
+                            start_round=20)
+  assert got["final"] == json.loads(json.dumps(final["test"]))
+  np.testing.assert_array_equal(jax.tree.leaves(st.params)[0],
+                                jax.tree.leaves(_state_at(wd, b, 40).params)[0])
+  # moments carried, not restarted: a fresh optimizer from the same parameters differs
+  _, _, other, _ = T.train(b, suite, lambda ev: None,
+                           state=old.replace(opt_state=fresh.opt_state), start_round=20)
+  assert other["test"]["loss"]["mean"] != final["test"]["loss"]["mean"]
+  # recorded: reruns with or without the flag find it finished; its config is the new one
+  assert experiment.run(b, wd, quiet=True) == got
+  assert json.load(open(os.path.join(wd, "config.json")))["learning_rate"] == 5e-3
+  assert experiment.read_changes(wd)[0]["round"] == 20
+  for field in sorted(set(_config_fields(a)) - set(experiment.optim_lib.OPTIMIZER_FIELDS)
+                      - {"num_rounds"}):
+    c = small(num_rounds=60, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
+    _perturb(c, field)
+    with pytest.raises(experiment.WorkdirError, match=f"also differs in {field}"):
+      experiment._prepare_workdir(c, wd, fresh=False, extend=True, change_optimizer=True)
+  assert experiment.run(b, wd, quiet=True) == got  # nothing was changed by the refusals
+
+
+def optim_carry(old, new):
+  from gmr import optim
+  return optim.carry_over_state(old, new)
+
+
+def _config_fields(c, prefix=""):
+  out = []
+  for k, v in c.items():
+    if isinstance(v, config_dict.ConfigDict):
+      out += _config_fields(v, f"{prefix}{k}.") if len(v) else [f"{prefix}{k}"]
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def _perturb(c, dotted):
+  """Give field ``dotted`` of ``c`` another value of its type (not necessarily a valid one:
+  the workdir check alone is called)."""
+  *parents, last = dotted.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  v = node[last]
+  if isinstance(v, config_dict.ConfigDict):
+    with node.unlocked():
+      node[last] = config_dict.ConfigDict({"extra_field": 1})
+  elif isinstance(v, bool):
+    node[last] = not v
+  elif isinstance(v, int):
+    node[last] = v + 1
+  elif isinstance(v, float):
+    node[last] = v * 0.5 + 0.125
+  elif isinstance(v, str):
+    node[last] = v + "x"
+  elif isinstance(v, list):
+    node[last] = v + ["x"]
+  else:  # a None placeholder: a value of its declared type
+    node[last] = {int: 1, float: 0.5, list: [[1]], str: "x"}[node.get_type(last)]
+
+
+def test_a_diverged_run_continues_under_a_changed_optimizer_and_survives_kills(
+    tmp_path, monkeypatch, compile_cache):
+  """The reproduction: training whose optimizer state overflows late at the higher learning
+  rate (as Adam's second moments do) stops naming its last good checkpoint and the way on;
+  the same run with a lower learning rate and ``change_optimizer`` continues from that
+  checkpoint and finishes. A kill after any write of the continuation, then the same command
+  again, ends identical to the uninterrupted continuation (results.json, metrics.jsonl)."""
+  import shutil
+  import jax.numpy as jnp
+  import optax
+  real = T.make_optimizer
+
+  def late_overflow(config, num_tasks):
+    inner, high = real(config, num_tasks), config.learning_rate > 5e-3
+
+    def init(params):
+      return (inner.init(params), jnp.zeros((), jnp.float32))
+
+    def update(g, state, params=None):
+      u, s_in = inner.update(g, state[0], params)
+      n = state[1] + 1.0
+      return u, (s_in, jnp.where((n > 4 * 27) & high, jnp.inf, n))
+    return optax.GradientTransformation(init, update)
+  monkeypatch.setattr(T, "make_optimizer", late_overflow)
+  kw = dict(num_rounds=50, checkpoint_every=5, log_every=5, eval_every=10, rounds_per_call=5)
+  diverged = str(tmp_path / "diverged")
+  with pytest.raises(T.NonFiniteError, match=r"checkpoints/25\) is kept; continue from it "
+                     r"with a lower learning rate .*--change_optimizer"):
+    experiment.run(small(**kw), diverged, quiet=True)
+  lower = small(learning_rate=2e-3, **kw)
+  ref = str(tmp_path / "ref")
+  shutil.copytree(diverged, ref)
+  total = _run_counting_writes(lower, ref, change_optimizer=True)
+  got = json.load(open(os.path.join(ref, "results.json")))
+  assert got["resumed_from_round"] == 25 and np.isfinite(got["final"]["loss"]["mean"])
+  assert got["optimizer_changes"] == [{"round": 25, "changed": {"learning_rate": [0.01, 2e-3]}}]
+  assert [l["round"] for l in _metrics(ref) if l["kind"] == "log"] == list(range(5, 55, 5))
+  assert total > 10
+  for k in range(1, total):
+    wd = str(tmp_path / f"k{k}")
+    shutil.copytree(diverged, wd)
+    _run_counting_writes(lower, wd, kill_after=k, change_optimizer=True)
+    experiment.run(lower, wd, quiet=True, change_optimizer=True)
+    assert _metrics(wd) == _metrics(ref), k
+    assert _results(wd) == _results(ref), k
