@@ -102,7 +102,7 @@ class Preempted(Exception):
 # at that value, holds the same run (it resumes or counts as finished); any other value differs.
 # ``layout`` only changes how the same function is computed (equal up to float rounding).
 ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",
-                "conv_dtype": "float32"}
+                "conv_dtype": "float32", "accept_noncanonical_data": False}
 
 
 def _config_diff(a: dict, b: dict, prefix="") -> list:

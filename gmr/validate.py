@@ -90,6 +90,7 @@ def validate(c) -> None:
   _bool(c, "eval_sample")
   _bool(c, "sparse_head_updates")
   _bool(c, "download")
+  _bool(c, "accept_noncanonical_data")
   for f in ("data_dir", "tfds_dir"):
     if not isinstance(c.get(f, ""), str):
       raise ConfigError(f, f"must be a path string, got {c.get(f)!r}", f"set --config.{f}=<dir>")

@@ -23,10 +23,10 @@ def write_idx(path, arr, magic_type=0x08):
     f.write(header + arr.astype(np.uint8).tobytes())
 
 
-def make_mnist(root, name="mnist", n_train=200, n_test=50, seed=0):
+def make_mnist(root, name="mnist", n_train=200, n_test=50, seed=0, label_offset=0):
   rng = np.random.default_rng(seed)
   for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = np.arange(n) % 10
+    labels = (np.arange(n) + label_offset) % 10
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     images[:, 0, 0] = labels  # a recognisable pixel
     write_idx(os.path.join(root, name, f"{prefix}-images-idx3-ubyte.gz"), images)
@@ -61,6 +61,27 @@ def make_omniglot(root, chars=2, drawings=20, seed=0, extra_background=("Latin",
             n += 1
     counts[zname] = (len(alphas), len(alphas) * chars, n)
   return counts
+
+
+def make_all(root, seed=0):
+  """Every dataset's raw files under ``root`` (``seed`` changes every file's content);
+  returns the Omniglot counts of :func:`make_omniglot`."""
+  make_mnist(root, "mnist", seed=seed, label_offset=seed)
+  make_mnist(root, "fashion-mnist", seed=seed + 1, label_offset=seed)
+  counts = make_omniglot(root, seed=seed)
+  make_cifar100(root, seed=seed)
+  return counts
+
+
+def canonical_digests(root) -> dict:
+  """``raw.CANONICAL`` for the fixture files under ``root`` (tests treat them as canonical)."""
+  from gmr.data import raw
+  out = {}
+  for rel in raw.CANONICAL:
+    path = os.path.join(root, rel)
+    if os.path.exists(path):
+      out[rel] = (("sha256", raw.file_digest(path)),)
+  return out
 
 
 def make_cifar100(root, n_train=500, n_test=100, seed=0):

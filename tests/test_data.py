@@ -4,7 +4,9 @@ The ``slow`` test at the end reads ``../shared/datasets`` when it is there.
 """
 
 import gzip
+import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -19,16 +21,15 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("raw"))
-  fx.make_mnist(root, "mnist", seed=0)
-  fx.make_mnist(root, "fashion-mnist", seed=1)
-  counts = fx.make_omniglot(root)
-  fx.make_cifar100(root)
+  counts = fx.make_all(root)
   return root, str(tmp_path_factory.mktemp("tfds")), counts
 
 
 @pytest.fixture(autouse=True)
 def small_counts(monkeypatch, dirs):
+  """The fixtures' counts, and their digests as the canonical ones."""
   _, _, counts = dirs
+  monkeypatch.setattr(raw, "CANONICAL", fx.canonical_digests(dirs[0]))
   monkeypatch.setattr(raw, "MNIST_FILES", {
       "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 200),
       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 50)})
@@ -82,7 +83,8 @@ def test_idx_short_body_and_bad_magic(dirs, tmp_path):
 def test_wrong_image_count(dirs, monkeypatch):
   monkeypatch.setattr(raw, "MNIST_FILES", {"train": (
       "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000)})
-  with pytest.raises(raw.DataError, match="200 images / 200 labels, expected 60000"):
+  with pytest.raises(raw.DataError, match="train-images-idx3-ubyte.gz: holds 200 images, the "
+                     "train split has 60000"):
     raw.mnist_like(dirs[0], "mnist", "train")
 
 
@@ -130,6 +132,97 @@ def test_tfds_builder_without_tensorflow(dirs):
   np.testing.assert_array_equal(a["label"], y)
   assert os.path.isdir(os.path.join(dirs[1], "gmr_mnist", "1.0.0"))
   assert "tensorflow" not in sys.modules
+
+
+# ----------------------------------------------------------------------------- provenance
+RAW_FILES = [(name, rel) for name, b in sorted(tfds_builders.BUILDERS.items())
+             for rel in b.raw_files()]
+SPLITS = {"gmr_omniglot": ("train",)}
+
+
+def _arrays(name, raw_dir, tfds_dir, **kw):
+  return {sp: tfds_builders.load_arrays(name, sp, raw_dir, tfds_dir, **kw)
+          for sp in SPLITS.get(name, ("train", "test"))}
+
+
+def _equal(a, b):
+  return all(np.array_equal(a[sp][k], b[sp][k]) for sp in a for k in a[sp])
+
+
+@pytest.fixture(scope="module")
+def changed(tmp_path_factory):
+  """Every raw file again, each with other content (another seed, other labels)."""
+  root = str(tmp_path_factory.mktemp("raw_changed"))
+  fx.make_all(root, seed=3)
+  return root
+
+
+def _copy_raw(src, dest):
+  import shutil
+  shutil.copytree(src, dest)
+  return str(dest)
+
+
+@pytest.mark.parametrize("name,rel", RAW_FILES)
+def test_prepared_data_follows_its_raw_files(dirs, changed, tmp_path, monkeypatch, name, rel):
+  """Every raw file of every dataset: prepared data records what it was built from; a changed
+  file makes the next load rebuild it (one warning naming the file) and return what a fresh
+  preparation returns; a deleted file is refused naming it (not served from the old data)."""
+  raw_dir, tfds_dir = _copy_raw(dirs[0], tmp_path / "raw"), str(tmp_path / "tfds")
+  before = _arrays(name, raw_dir, tfds_dir)
+  record = json.load(open(os.path.join(tfds_dir, name, "1.0.0", "gmr_raw_files.json")))
+  assert record["files"][rel]["sha256"] == raw.file_digest(os.path.join(raw_dir, rel))
+  assert record["files"][rel]["bytes"] == os.path.getsize(os.path.join(raw_dir, rel))
+  shutil_copy(os.path.join(changed, rel), os.path.join(raw_dir, rel))
+  monkeypatch.setitem(raw.CANONICAL, rel, (("sha256", raw.file_digest(os.path.join(raw_dir, rel))),))
+  warned = []
+  after = _arrays(name, raw_dir, tfds_dir, warn=warned.append)
+  assert len(warned) == 1 and f"({rel} changed); rebuilding it" in warned[0], warned
+  assert _equal(after, _arrays(name, raw_dir, str(tmp_path / "fresh")))
+  assert not _equal(after, before)
+  assert _equal(after, _arrays(name, raw_dir, tfds_dir, warn=warned.append)) and len(warned) == 1
+  os.remove(os.path.join(raw_dir, rel))
+  with pytest.raises(raw.DataError, match=f"{re.escape(os.path.join(raw_dir, rel))}: missing"):
+    _arrays(name, raw_dir, tfds_dir)
+
+
+def shutil_copy(src, dest):
+  import shutil
+  shutil.copyfile(src, dest)
+
+
+@pytest.mark.parametrize("name,rel", RAW_FILES)
+def test_a_non_canonical_raw_file_is_named_and_accepted_only_knowingly(dirs, changed, tmp_path,
+                                                                       name, rel):
+  """Preparing checks every raw file against its published digest: one replaced file is
+  refused naming that file, used with one warning when accept_noncanonical is set, and data
+  prepared from it is refused again to a run that does not accept it."""
+  raw_dir, tfds_dir = _copy_raw(dirs[0], tmp_path / "raw"), str(tmp_path / "tfds")
+  path = os.path.join(raw_dir, rel)
+  shutil_copy(os.path.join(changed, rel), path)
+  with pytest.raises(raw.DataError, match=f"^{re.escape(path)}: not the canonical file .*"
+                     "accept_noncanonical_data=true to use it knowingly"):
+    _arrays(name, raw_dir, tfds_dir)
+  warned = []
+  _arrays(name, raw_dir, tfds_dir, accept_noncanonical=True, warn=warned.append)
+  assert warned and all(w == f"warning: {path}: not the canonical file; used because "
+                        "accept_noncanonical_data is set" for w in warned)
+  with pytest.raises(raw.DataError, match=f"^{re.escape(path)}: not the canonical file"):
+    _arrays(name, raw_dir, tfds_dir)
+
+
+def test_train_labels_replaced_by_the_test_labels_names_the_labels_file(dirs, tmp_path):
+  """The reproduction: the labels file is named, by the digest check and, when non-canonical
+  files are accepted, by the count check."""
+  raw_dir = _copy_raw(dirs[0], tmp_path / "raw")
+  labels = os.path.join(raw_dir, "mnist", "train-labels-idx1-ubyte.gz")
+  shutil_copy(os.path.join(raw_dir, "mnist", "t10k-labels-idx1-ubyte.gz"), labels)
+  with pytest.raises(raw.DataError, match=f"^{re.escape(labels)}: not the canonical file"):
+    tfds_builders.load_arrays("gmr_mnist", "train", raw_dir, str(tmp_path / "t1"))
+  with pytest.raises(raw.DataError, match=f"^{re.escape(labels)}: holds 50 labels, the train "
+                     "split has 200; replace it with the canonical train-labels-idx1-ubyte.gz"):
+    tfds_builders.load_arrays("gmr_mnist", "train", raw_dir, str(tmp_path / "t2"),
+                              accept_noncanonical=True, warn=lambda line: None)
 
 
 # ----------------------------------------------------------------------------- suites
@@ -269,7 +362,9 @@ def test_cli_missing_data_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/datasets not present")
 def test_real_omniglot_and_mnist(tmp_path, monkeypatch):
-  monkeypatch.undo()  # the canonical counts
+  monkeypatch.undo()  # the canonical counts and digests
+  present = [r for r in raw.CANONICAL if os.path.exists(os.path.join(SHARED, r))]
+  assert len(present) >= 10 and all(raw.is_canonical(os.path.join(SHARED, r), r) for r in present)
   x, y = raw.mnist_like(SHARED, "mnist", "test", verify_hash=True)
   assert x.shape == (10000, 28, 28, 1) and np.bincount(y).sum() == 10000
   s = real.omniglot20(dict(data_dir=SHARED, tfds_dir=str(tmp_path)))

@@ -288,6 +288,7 @@ INVALID = [  # (field overrides, expected start of the one-line error)
     ({"keep_checkpoints": 0}, "keep_checkpoints: must be >= 1"),
     ({"fused": "yes"}, "fused: must be true or false"),
     ({"data_dir": 3}, "data_dir: must be a path string"),
+    ({"accept_noncanonical_data": "yes"}, "accept_noncanonical_data: must be true or false"),
     ({"select_by": "accuracy"}, "select_by: 'accuracy' is not <split>.<metric>.<task or mean>"),
     ({"data_seed": -3}, "data_seed: must be >= 0"),
     ({"method": "no_sharing", "no_sharing_components_per_task": 3},

@@ -17,6 +17,7 @@ def base_config() -> config_dict.ConfigDict:
   c.data_dir = ""  # raw files laid out like ../shared/datasets; "" = $GMR_DATA_DIR
   c.tfds_dir = ""  # prepared TFDS datasets; "" = $GMR_TFDS_DIR or ~/tensorflow_datasets
   c.download = False  # fetch missing raw files from their canonical locations (checked)
+  c.accept_noncanonical_data = False  # use raw files whose digest is not the published one
   c.num_rounds = 1000  # one round = one batch (and one update) per task
   c.batch_size = 16
   c.eval_every = 0  # rounds; 0 = only at the end

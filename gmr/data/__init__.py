@@ -33,7 +33,8 @@ def _pairs(config, key):
 
 def _data_options(config) -> dict:
   """The fields real-data suites read: data_dir, tfds_dir, download and ``config.data.*``."""
-  opts = {k: config.get(k, d) for k, d in (("data_dir", ""), ("tfds_dir", ""), ("download", False))}
+  opts = {k: config.get(k, d) for k, d in (("data_dir", ""), ("tfds_dir", ""), ("download", False),
+                                           ("accept_noncanonical_data", False))}
   opts.update(dict(config.get("data", {}) or {}))
   return opts
 

@@ -48,12 +48,28 @@ def resolve_data_dir(data_dir: str = "") -> str:
   return os.path.abspath(os.path.expanduser(d))
 
 
-def sha256(path: str, algo: str = "sha256") -> str:
+def file_digest(path: str, algo: str = "sha256") -> str:
+  """Hex digest of the file at ``path`` (``algo``: any ``hashlib`` name)."""
   h = hashlib.new(algo)
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
+
+
+def zip_content_digest(path: str) -> str:
+  """sha256 of the text with one line ``<sha256 of the member's bytes>  <member path>\\n`` per
+  PNG member, sorted by path: the archive's content, independent of its container (zip
+  timestamps, compression, order). Raises :class:`DataError` if the zip cannot be read."""
+  lines = []
+  try:
+    with zipfile.ZipFile(path) as zf:
+      for n in sorted(n for n in zf.namelist() if n.endswith(".png")):
+        lines.append(f"{hashlib.sha256(zf.read(n)).hexdigest()}  {n}\n")
+  except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+    raise DataError(path, f"not a readable zip ({e}): truncated or corrupt",
+                    "replace it with the original archive") from None
+  return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST)
@@ -67,19 +83,51 @@ URLS = {
     "omniglot": "https://github.com/brendenlake/omniglot/raw/master/python/",
     "cifar100": "https://www.cs.toronto.edu/~kriz/",
 }
-SHA256 = {  # canonical files (SOURCES.md); Omniglot is checked by content instead
-    "mnist/train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "mnist/train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "mnist/t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "mnist/t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    "fashion-mnist/train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "fashion-mnist/train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "fashion-mnist/t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "fashion-mnist/t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+# The canonical raw files: relative path -> the digests that identify it, any one of which
+# matching is enough (``content``: :func:`zip_content_digest`, for Omniglot archives rebuilt
+# from the original PNGs; ``md5``: the upstream archive, as published).
+CANONICAL = {
+    "mnist/train-images-idx3-ubyte.gz": (("sha256", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),),
+    "mnist/train-labels-idx1-ubyte.gz": (("sha256", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),),
+    "mnist/t10k-images-idx3-ubyte.gz": (("sha256", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),),
+    "mnist/t10k-labels-idx1-ubyte.gz": (("sha256", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),),
+    "fashion-mnist/train-images-idx3-ubyte.gz": (("sha256", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),),
+    "fashion-mnist/train-labels-idx1-ubyte.gz": (("sha256", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),),
+    "fashion-mnist/t10k-images-idx3-ubyte.gz": (("sha256", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),),
+    "fashion-mnist/t10k-labels-idx1-ubyte.gz": (("sha256", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),),
+    "omniglot/images_background.zip": (
+        ("md5", "68d2efa1b9178cc56df9314c21c6e718"),
+        ("content", "deaa02f758afda524b3a045c7af40311f2d9ded3e2a39f715ece8470d474bc6a")),
+    "omniglot/images_evaluation.zip": (
+        ("md5", "6b91aef0f799c5bb55b94e3f2daec811"),
+        ("content", "3d5e035f27423c362bf9a181af649b43cda64c1008f842177ddc5203269c901e")),
+    "cifar100/cifar-100-python.tar.gz": (("md5", "eb9058c3a382ffc7106e4002c42a8d85"),),
 }
-MD5 = {  # published on the CIFAR page
-    "cifar100/cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
-}
+
+
+def is_canonical(path: str, rel: str) -> bool:
+  """Whether the file at ``path`` is the canonical ``rel`` (a key of :data:`CANONICAL`; a
+  file gmr has no digest for counts as canonical)."""
+  for algo, want in CANONICAL.get(rel, ()):
+    got = zip_content_digest(path) if algo == "content" else file_digest(path, algo)
+    if got == want:
+      return True
+  return rel not in CANONICAL
+
+
+def fingerprint(data_dir: str, rels) -> dict:
+  """``{rel: {"bytes": size, "sha256": digest}}`` of the raw files ``rels`` under ``data_dir``:
+  what a prepared dataset was built from. Raises :class:`DataError` naming a missing file."""
+  out = {}
+  for rel in rels:
+    path = os.path.join(data_dir, rel)
+    if not os.path.isfile(path):
+      raise DataError(path, "missing", "put the canonical file there, or point data_dir / "
+                      f"${DATA_DIR_ENV} at a folder that has it")
+    out[rel] = {"bytes": os.path.getsize(path), "sha256": file_digest(path)}
+  return out
+
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -119,8 +167,8 @@ def _check_or_fetch(path: str, rel: str, base_url: str, download: bool):
   if os.path.exists(path):
     return
   if not download:
-    raise DataError(path, "missing", f"put the canonical file there (see SOURCES.md) or point "
-                    f"data_dir / ${DATA_DIR_ENV} at a folder that has it")
+    raise DataError(path, "missing", "put the canonical file there, or point data_dir / "
+                    f"${DATA_DIR_ENV} at a folder that has it")
   import urllib.request  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(path), exist_ok=True)
   url = base_url + os.path.basename(path)
@@ -130,29 +178,32 @@ def _check_or_fetch(path: str, rel: str, base_url: str, download: bool):
   except OSError as e:
     raise DataError(path, f"missing and the download from {url} failed ({e})",
                     "copy the file there by hand") from None
-  want, algo = (SHA256[rel], "sha256") if rel in SHA256 else (MD5.get(rel), "md5")
-  if want and sha256(tmp, algo) != want:
+  if not is_canonical(tmp, rel):
     os.remove(tmp)
-    raise DataError(path, f"downloaded file from {url} has the wrong {algo}", "retry later")
+    raise DataError(path, f"the file downloaded from {url} is not the canonical one (digest "
+                    "differs)", "retry later, or copy the canonical file there by hand")
   os.replace(tmp, path)
 
 
 def mnist_like(data_dir: str, name: str, split: str, download: bool = False,
                verify_hash: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-  """``(images uint8 [N, 28, 28, 1], labels int32 [N])`` of MNIST or Fashion-MNIST."""
+  """``(images uint8 [N, 28, 28, 1], labels int32 [N])`` of MNIST or Fashion-MNIST.
+
+  Each file is checked on its own (count, shape, label range; with ``verify_hash`` its
+  canonical digest), and an error names the file that is wrong."""
   img_f, lbl_f, count = MNIST_FILES[split]
   out = []
-  for fname, ndim in ((img_f, 3), (lbl_f, 1)):
+  for fname, ndim, what in ((img_f, 3, "images"), (lbl_f, 1, "labels")):
     path = os.path.join(data_dir, name, fname)
     _check_or_fetch(path, f"{name}/{fname}", URLS[name], download)
-    if verify_hash and f"{name}/{fname}" in SHA256 and sha256(path) != SHA256[f"{name}/{fname}"]:
-      raise DataError(path, "sha256 differs from the canonical file", "replace it")
-    out.append(read_idx(path, ndim))
+    if verify_hash and not is_canonical(path, f"{name}/{fname}"):
+      raise DataError(path, "not the canonical file (its digest differs)", "replace it")
+    arr = read_idx(path, ndim)
+    if len(arr) != count:
+      raise DataError(path, f"holds {len(arr)} {what}, the {split} split has {count}",
+                      f"replace it with the canonical {fname}")
+    out.append(arr)
   images, labels = out
-  if len(images) != count or len(labels) != count:
-    raise DataError(os.path.join(data_dir, name, img_f),
-                    f"{len(images)} images / {len(labels)} labels, expected {count}",
-                    "replace the files with the canonical ones")
   if images.shape[1:] != (28, 28):
     raise DataError(os.path.join(data_dir, name, img_f), f"image shape {images.shape[1:]}, "
                     "expected (28, 28)")

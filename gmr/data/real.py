@@ -36,7 +36,9 @@ OMNIGLOT_SPLIT = (10, 4, 6)  # drawings per character: train / validation / test
 def _load(name, split, cfg):
   return tfds_builders.load_arrays(name, split, data_dir=cfg.get("data_dir", ""),
                                    tfds_dir=cfg.get("tfds_dir", ""),
-                                   download=bool(cfg.get("download", False)))
+                                   download=bool(cfg.get("download", False)),
+                                   accept_noncanonical=bool(cfg.get("accept_noncanonical_data",
+                                                                    False)))
 
 
 def _indexed_split(pool: np.ndarray, members: Sequence[np.ndarray],

@@ -7,12 +7,21 @@ When a file is absent and ``download=True`` it is fetched from its canonical loc
 checked. :func:`load_arrays` prepares a dataset once and returns a split as numpy arrays in
 canonical order (every record carries its ``index``).
 
+Provenance: preparing checks every raw file against its canonical digest (a non-canonical
+file is refused unless ``accept_noncanonical``) and records the files' sizes and sha256 in
+``<prepared dataset>/gmr_raw_files.json``. Each later load compares the raw files with that
+record: prepared data whose raw files changed is rebuilt (one warning line), and prepared data
+whose raw files are gone is refused, naming the missing file.
+
   arrays = load_arrays("gmr_mnist", "train", data_dir="../shared/datasets")
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 from typing import Dict
 
 import numpy as np
@@ -43,6 +52,10 @@ class GmrMnist(_Base, skip_registration=True):
   name = "gmr_mnist"
   VERSION = tfds.core.Version("1.0.0")
   RAW = "mnist"
+
+  @classmethod
+  def raw_files(cls):
+    return tuple(f"{cls.RAW}/{f}" for split in ("train", "test") for f in raw.MNIST_FILES[split][:2])
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -75,6 +88,10 @@ class GmrOmniglot(_Base, skip_registration=True):
   name = "gmr_omniglot"
   VERSION = tfds.core.Version("1.0.0")
 
+  @classmethod
+  def raw_files(cls):
+    return tuple(f"omniglot/{z[0]}" for z in raw.OMNIGLOT_ZIPS.values())
+
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "index": tfds.features.Scalar(np.int64),
@@ -106,6 +123,10 @@ class GmrCifar100(_Base, skip_registration=True):
   name = "gmr_cifar100"
   VERSION = tfds.core.Version("1.0.0")
 
+  @classmethod
+  def raw_files(cls):
+    return (f"cifar100/{raw.CIFAR100_FILE}",)
+
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "index": tfds.features.Scalar(np.int64),
@@ -133,13 +154,73 @@ def builder(name: str, data_dir: str = "", tfds_dir: str = "", download: bool = 
                         data_dir=resolve_tfds_dir(tfds_dir))
 
 
-def load_arrays(name: str, split: str, data_dir: str = "", tfds_dir: str = "",
-                download: bool = False) -> Dict[str, np.ndarray]:
-  """Prepare ``name`` once (from the raw files) and return ``split`` as numpy arrays, one
-  per feature, in canonical order. Preparation is atomic (TFDS writes to a temporary folder
-  and renames it), so a failed or interrupted preparation leaves nothing half-written."""
+PROVENANCE_FILE = "gmr_raw_files.json"
+
+
+def _warn(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def prepare(name: str, data_dir: str = "", tfds_dir: str = "", download: bool = False,
+            accept_noncanonical: bool = False, warn=_warn):
+  """The TFDS builder of ``name``, prepared from the raw files it records (see the module
+  docstring). ``warn`` gets one line per rebuild or accepted non-canonical file.
+
+  Raises :class:`gmr.data.raw.DataError` naming the file for a missing raw file, and for a
+  non-canonical one unless ``accept_noncanonical`` (also when the prepared data was built
+  from such a file: the same knowing acceptance is needed to use it)."""
   b = builder(name, data_dir, tfds_dir, download)
+  rels = b.raw_files()
+  for rel in rels:  # fetched (and checked) first when missing and download is allowed
+    raw._check_or_fetch(os.path.join(b._raw_dir, rel), rel, raw.URLS[rel.split("/")[0]],  # pylint: disable=protected-access
+                        download)
+  now = raw.fingerprint(b._raw_dir, rels)  # pylint: disable=protected-access
+  record = os.path.join(b.data_dir, PROVENANCE_FILE)
+  if b.is_prepared():
+    try:
+      with open(record) as f:
+        stored = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      stored = None
+    if stored is not None and stored.get("files") == now:
+      _check_accepted(b, [r for r in rels if not stored.get("canonical", {}).get(r, True)],
+                      accept_noncanonical, warn)
+      return b
+    changed = [r for r in rels if (stored or {}).get("files", {}).get(r) != now[r]]
+    why = (f"was built from other raw files ({', '.join(changed)} changed)" if stored else
+           "has no record of the raw files it was built from")
+    warn(f"warning: prepared dataset {b.data_dir} {why}; rebuilding it from {b._raw_dir}")  # pylint: disable=protected-access
+    shutil.rmtree(b.data_dir)
+    b = builder(name, data_dir, tfds_dir, download)
+  canonical = {r: raw.is_canonical(os.path.join(b._raw_dir, r), r) for r in rels}  # pylint: disable=protected-access
+  _check_accepted(b, [r for r in rels if not canonical[r]], accept_noncanonical, warn)
   b.download_and_prepare()
+  tmp = record + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"raw_dir": b._raw_dir, "files": now, "canonical": canonical}, f, indent=1,  # pylint: disable=protected-access
+              sort_keys=True)
+  os.replace(tmp, record)
+  return b
+
+
+def _check_accepted(b, noncanonical, accept: bool, warn) -> None:
+  for rel in noncanonical:
+    path = os.path.join(b._raw_dir, rel)  # pylint: disable=protected-access
+    if not accept:
+      raise raw.DataError(path, "not the canonical file (its digest differs from the published "
+                          "one)", "replace it with the canonical file, or set "
+                          "--config.accept_noncanonical_data=true to use it knowingly")
+    warn(f"warning: {path}: not the canonical file; used because accept_noncanonical_data is set")
+
+
+def load_arrays(name: str, split: str, data_dir: str = "", tfds_dir: str = "",
+                download: bool = False, accept_noncanonical: bool = False,
+                warn=_warn) -> Dict[str, np.ndarray]:
+  """Prepare ``name`` once (from the raw files, see :func:`prepare`) and return ``split`` as
+  numpy arrays, one per feature, in canonical order. Preparation is atomic (TFDS writes to a
+  temporary folder and renames it), so a failed or interrupted preparation leaves nothing
+  half-written; its record of the raw files is written after it."""
+  b = prepare(name, data_dir, tfds_dir, download, accept_noncanonical, warn)
   src = b.as_data_source(split=split)
   n = len(src)
   cols: Dict[str, list] = {}
