@@ -1,17 +1,24 @@
-"""Entry point: python -m experiments.main --config=experiments/configs/<name>.py[:<variant>] --workdir=<dir>"""
+"""Entry point: python -m experiments.main --config=experiments/configs/<name>.py[:<variant>] --workdir=<dir>
+
+Every user error (flags, the config file and its variant, ``--config.<field>=<value>``
+overrides, the config's values, the network's structure, the data, the workdir) ends the
+command with one line ``error: <field>: <what>; <fix>`` on stderr and exit status 2, before
+any training.
+"""
 
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from gmr import experiment
+from gmr import cli, experiment
 from gmr.data.raw import DataError
 from gmr.methods import ConfigError
 from gmr.train import NonFiniteError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                          lock_config=True)
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Experiment config file[:variant], e.g. "
+    "experiments/configs/synthetic.py:gumbel_matrix,smoke; override fields with "
+    "--config.<field>=<value> (lists as literals: --config.fixed_allocation='[[1,0],[0,1]]').")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, metrics.jsonl, ...")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress lines.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Start again in a workdir that holds another run "
@@ -46,19 +53,71 @@ def init_distributed(address: str, num_processes, process_id) -> None:
     jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
 
 
+_PARSED = {}
+
+
+def fail(line: str) -> None:
+  """End the command with one error line and exit status 2."""
+  print(f"error: {line}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _flag_error(e: flags.Error) -> str:
+  msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+  if isinstance(e, flags.UnrecognizedFlagError):
+    near = str(e).split("Did you mean:", 1)
+    return (f"--{e.flagname}: unknown flag; " + (f"did you mean --{near[1].strip(' ?')}?"
+            if len(near) > 1 else "see python -m experiments.main --helpshort"))
+  if "must have a value other than None" in msg:
+    name = msg.split("--", 1)[1].split("=", 1)[0] if "--" in msg else "flag"
+    return f"--{name}: is required; pass --{name}=<value> (see --helpshort)"
+  return f"flags: {msg}; see python -m experiments.main --helpshort"
+
+
+def parse_args(argv):
+  """absl's flags, then the config and its ``--config.<field>`` overrides (any order, as
+  ``--config.f=v`` or ``--config.f v``); the config is locked. Any error: :func:`fail`."""
+  overrides, rest, i = [], [argv[0]], 1
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      name, eq, value = a[len("--config."):].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          fail(f"config.{name}: has no value; write --config.{name}=<value>")
+        value, i = argv[i + 1], i + 1
+      overrides.append((name, value))
+    else:
+      rest.append(a)
+    i += 1
+  try:
+    remaining = flags.FLAGS(rest)
+  except flags.Error as e:
+    fail(_flag_error(e))
+  if len(remaining) > 1:
+    fail(f"arguments: unexpected {remaining[1:]}; every option is a --flag=<value>")
+  try:
+    config = cli.load_config(_CONFIG.value)
+    for name, value in overrides:
+      cli.set_field(config, name, value)
+  except ConfigError as e:
+    fail(str(e))
+  config.lock()
+  _PARSED["config"] = config
+  return remaining
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every save and load at INFO
     logging.set_verbosity(logging.WARNING)
   if _COORD.value:
     init_distributed(_COORD.value, _NPROC.value, _PID.value)
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
+    experiment.run(_PARSED["config"], _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
                    extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value)
   except (ConfigError, DataError, experiment.WorkdirError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
   except NonFiniteError as e:
     print(f"error: training diverged: {e}", file=sys.stderr)
     sys.exit(1)
@@ -67,4 +126,4 @@ def main(argv):
     sys.exit(143)
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_args)

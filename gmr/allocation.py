@@ -35,9 +35,11 @@ def init_logits(p_init, num_tasks: int, num_components: int) -> jax.Array:
   Returns:
     ``[num_tasks, num_components, 2]`` float32 logits.
   """
+  if not isinstance(p_init, jax.core.Tracer):  # checked on the host (also under tracing)
+    p_host = np.asarray(p_init, np.float32)
+    if not np.all((p_host > 0) & (p_host < 1)):
+      raise ValueError(f"p_init must lie in (0, 1), got {p_init!r}")
   p = jnp.broadcast_to(jnp.asarray(p_init, jnp.float32), (num_tasks, num_components))
-  if not bool(jnp.all((p > 0) & (p < 1))):
-    raise ValueError(f"p_init must lie in (0, 1), got {p_init!r}")
   return jnp.stack([jnp.log(p), jnp.log1p(-p)], axis=-1)
 
 

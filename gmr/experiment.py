@@ -315,6 +315,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
   lock: a second process on the same workdir is refused with :class:`WorkdirError`."""
   validate.validate(config)
+  train_lib.check_structure(config, *data_lib.describe(config))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
   os.makedirs(workdir, exist_ok=True)

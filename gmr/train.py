@@ -98,18 +98,49 @@ def resolve_combine(config) -> str:
 
 
 def make_setup(config, suite: TaskSuite) -> Setup:
-  kwargs = dict(num_tasks=suite.num_tasks, head_dims=suite.head_dims, dropout=config.dropout,
-                input_dim=int(suite.train.x.shape[-1]))
+  """The network, method and optimizer of ``config`` for ``suite``."""
+  return build_setup(config, suite.num_tasks, suite.head_dims, int(suite.train.x.shape[-1]),
+                     suite.loss, float(suite.x_scale))
+
+
+def build_setup(config, num_tasks: int, head_dims, input_dim: int, loss: str = "xent",
+                x_scale: float = 1.0) -> Setup:
+  """:func:`make_setup` from the suite's shape alone (no data)."""
+  kwargs = dict(num_tasks=num_tasks, head_dims=tuple(head_dims), dropout=config.dropout,
+                input_dim=int(input_dim))
   kwargs.update(config.get("arch_kwargs", {}))
   arch = models.build(config.arch, **kwargs)
-  if arch.head_dims is not None and len(arch.head_dims) != suite.num_tasks:
+  if arch.head_dims is not None and len(arch.head_dims) != num_tasks:
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
-                                  f"for {suite.num_tasks} tasks", "match the suite's tasks")
-  method = methods_lib.build(config.method, config, suite.num_tasks, arch.layer_sizes)
+                                  f"for {num_tasks} tasks", "match the suite's tasks")
+  method = methods_lib.build(config.method, config, num_tasks, arch.layer_sizes)
   net = models.MultiTaskNet(arch, resolve_combine(config), config.fused, config.conv_impl,
                             config.get("layout", "auto"), config.get("conv_dtype", "float32"))
-  tx = make_optimizer(config, suite.num_tasks)
-  return Setup(net, arch, method, tx, suite.loss, float(suite.x_scale), suite.num_tasks)
+  tx = make_optimizer(config, num_tasks)
+  return Setup(net, arch, method, tx, loss, float(x_scale), num_tasks)
+
+
+def check_structure(config, num_tasks: int, head_dims, input_dim: int) -> None:
+  """Build the network, the method and the optimizer state abstractly (``jax.eval_shape``:
+  shapes only, no compute, no data), so a structure that cannot work fails before data is
+  prepared.
+
+  Raises :class:`~gmr.methods.ConfigError`: the method's own (``fixed_allocation``,
+  ``taps_layers``, ...), or one naming ``arch_kwargs`` (``arch`` when it is empty) for any
+  failure of the architecture (e.g. GroupNorm with channels not divisible by its groups)."""
+  try:
+    setup = build_setup(config, num_tasks, head_dims, input_dim)
+    jax.eval_shape(lambda k: init_state(setup, k), jax.random.key(0))
+  except methods_lib.ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (any failure of the user's structure)
+    kw = dict(config.get("arch_kwargs", {}) or {})
+    msg = (str(e).splitlines() or [""])[0][:200]
+    raise methods_lib.ConfigError(
+        "arch_kwargs" if kw else "arch",
+        f"the {config.arch!r} network{' with ' + str(kw) if kw else ''} cannot be built for "
+        f"{num_tasks} tasks ({type(e).__name__}: {msg})",
+        "change these fields (e.g. GroupNorm needs filters divisible by its groups)") from None
 
 
 def init_state(setup: Setup, key) -> TrainState:

@@ -27,9 +27,20 @@ def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False
                       fix or f"set --config.{field} to a smaller value")
 
 
+def _finite_everywhere(c, prefix="") -> None:
+  """Every float field, nested ones included and whatever the method, is finite."""
+  for k, v in c.items():
+    if hasattr(v, "items"):
+      _finite_everywhere(v, f"{prefix}{k}.")
+    elif isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f"{prefix}{k}", f"must be a finite number, got {v!r}",
+                        f"set --config.{prefix}{k}=<number>")
+
+
 def validate(c) -> None:
   """Raise :class:`ConfigError` for the first wrong field of ``c``."""
   from gmr import data, models  # lazy: keep this module light
+  _finite_everywhere(c)
   if c.method not in METHODS:
     raise ConfigError("method", f"unknown method {c.method!r}", f"choose one of {sorted(METHODS)}")
   if c.suite not in data.SUITES:
@@ -91,6 +102,7 @@ def validate(c) -> None:
   _bool(c, "sparse_head_updates")
   _bool(c, "download")
   _bool(c, "accept_noncanonical_data")
+  _choice(c, "taps_score_optimizer", ("adam", "sgd"))
   for f in ("data_dir", "tfds_dir"):
     if not isinstance(c.get(f, ""), str):
       raise ConfigError(f, f"must be a path string, got {c.get(f)!r}", f"set --config.{f}=<dir>")
@@ -170,7 +182,6 @@ def _taps(c):
   if c.get("taps_learning_rate") is not None:
     _num(c, "taps_learning_rate", 0, lo_open=True)
   _bool(c, "taps_task_norm")
-  _choice(c, "taps_score_optimizer", ("adam", "sgd"))
   if c.get("taps_score_learning_rate") is not None:
     _num(c, "taps_score_learning_rate", 0, lo_open=True)
   layers = c.get("taps_layers", ())

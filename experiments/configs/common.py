@@ -1,8 +1,8 @@
 """Fields every experiment config has, with the authors' defaults where they apply."""
 
-import ast
-
 from ml_collections import config_dict
+
+from gmr import cli
 
 
 def base_config() -> config_dict.ConfigDict:
@@ -97,32 +97,20 @@ def synthetic_fields() -> config_dict.ConfigDict:
 def apply_variant(config, variant: str, methods=(), smoke=None, named=None):
   """Apply a comma-separated variant string: method names set ``method``; ``smoke`` calls
   ``smoke(config)``; a token of ``named`` (name -> function) calls that function; other
-  tokens ``key=value`` set fields."""
+  tokens ``<field>=<value>`` set fields, parsed by the field's type as on the command line
+  (:func:`gmr.cli.set_field`; lists as literals: ``taps_layers=['layer_1/*','layer_2/*']``).
+  Raises :class:`gmr.methods.ConfigError` for an unknown token or a bad value."""
   named = dict(named or {})
   if smoke is not None:
     named["smoke"] = smoke
-  for tok in filter(None, (variant or "").split(",")):
+  for tok in cli.split_variant(variant):
     if tok in methods:
       config.method = tok
     elif tok in named:
       named[tok](config)
     elif "=" in tok:
       k, v = tok.split("=", 1)
-      field = config
-      *parents, last = k.split(".")
-      for p in parents:
-        field = field[p]
-      if field[last] is None:  # a placeholder (e.g. taps_score_learning_rate): parse the value
-        try:
-          v = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-          pass
-        field[last] = v
-      elif isinstance(field[last], bool):
-        field[last] = v.lower() in ("1", "true", "yes")
-      else:
-        field[last] = type(field[last])(v)
+      cli.set_field(config, k.strip(), v)
     else:
-      raise ValueError(f"config variant: unknown token {tok!r}; use one of "
-                       f"{list(methods) + sorted(named)} or key=value")
+      raise cli.unknown_variant(tok, list(methods) + sorted(named))
   return config

@@ -69,6 +69,32 @@ def _clusters40_offline(config, key):
   return real.clusters40(_data_options(config), offline=True)
 
 
+def describe(config):
+  """``(num_tasks, head_dims, input_dim)`` of the suite ``config`` asks for, without its data:
+  what the network is built from (``input_dim``: the features of a synthetic example, the
+  channels of an image). Head sizes that only the data knows (Omniglot's characters per
+  alphabet) are given as 2: enough to build the network's structure, which they do not
+  change."""
+  opts = _data_options(config)
+  name = config.suite
+  if name in ("synthetic_pairs", "transfer"):
+    t = 2 * int(config.synthetic.num_pairs) if name == "synthetic_pairs" else 2
+    return t, (1,) * t, int(config.synthetic.d)
+  if name == "four_mnists":
+    return 4, (10,) * 4, 1
+  if name == "mnist_family":
+    t = len([n for n in str(opts.get("tasks", "mnist")).split(",") if n.strip()])
+    return t, (10,) * t, 1
+  alphabets = len(opts.get("alphabets") or real.OMNIGLOT20)
+  if name == "omniglot20":
+    return alphabets, (2,) * alphabets, 1
+  if name == "clusters40":
+    return 40, (5,) * 20 + (9,) * 20, 3
+  if name == "clusters40_offline":
+    return alphabets + 20, (2,) * alphabets + (9,) * 20, 3
+  raise ValueError(f"suite: no description of suite {name!r}")
+
+
 def load_suite(config) -> TaskSuite:
   """The suite named ``config.suite``; synthetic data is drawn from ``config.data_seed``
   (or ``config.seed`` when unset)."""
@@ -79,4 +105,4 @@ def load_suite(config) -> TaskSuite:
   return SUITES[config.suite](config, key)
 
 
-__all__ = ["Split", "TaskSuite", "load_suite", "SUITES"]
+__all__ = ["Split", "TaskSuite", "load_suite", "describe", "SUITES"]
