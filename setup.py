@@ -5,9 +5,10 @@ setup(
     version="0.1.0",
     description="Gumbel-Matrix routing and learned parameter sharing for multi-task networks (JAX/Flax)",
     packages=find_packages(include=["gmr", "gmr.*", "experiments", "experiments.*", "launch", "launch.*"]),
+    license="Apache-2.0",
     python_requires=">=3.11",
     install_requires=[
-        "jax>=0.4.30",
+        "jax>=0.10",  # the versions CI tests: jax 0.10, flax 0.12, optax 0.2.8
         "flax>=0.10",
         "optax>=0.2.3",
         "tensorflow-datasets>=4.9",

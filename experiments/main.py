@@ -6,6 +6,7 @@ command with one line ``error: <field>: <what>; <fix>`` on stderr and exit statu
 any training.
 """
 
+import difflib
 import sys
 
 from absl import app, flags, logging
@@ -15,29 +16,37 @@ from gmr.data.raw import DataError
 from gmr.methods import ConfigError
 from gmr.train import NonFiniteError
 
+# this command's own flags (absl's, such as --verbosity, stay in the global flags.FLAGS)
+FLAGS = flags.FlagValues()
 _CONFIG = flags.DEFINE_string(
     "config", None, "Experiment config file[:variant], e.g. "
     "experiments/configs/synthetic.py:gumbel_matrix,smoke; override fields with "
-    "--config.<field>=<value> (lists as literals: --config.fixed_allocation='[[1,0],[0,1]]').")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, metrics.jsonl, ...")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress lines.")
+    "--config.<field>=<value> (lists as literals: --config.fixed_allocation='[[1,0],[0,1]]').",
+    flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, metrics.jsonl, ...",
+                               flag_values=FLAGS)
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress lines.", flag_values=FLAGS)
 _FRESH = flags.DEFINE_bool("fresh", False, "Start again in a workdir that holds another run "
-                           "(it is moved to <workdir>/previous_<n>/, never deleted).")
+                           "(it is moved to <workdir>/previous_<n>/, never deleted).",
+                           flag_values=FLAGS)
 _EXTEND = flags.DEFINE_bool("extend", False, "Continue a run of fewer rounds (same config "
                             "otherwise) in --workdir to --config.num_rounds; its results.json "
-                            "is kept as results_round_<n>.json.")
+                            "is kept as results_round_<n>.json.", flag_values=FLAGS)
 _CHANGE_OPT = flags.DEFINE_bool(
     "change_optimizer", False, "Continue the run in --workdir from its last intact checkpoint "
     "under other optimizer settings (learning rates, Adam's b1/b2/eps, clip_norm), e.g. after "
     "divergence; parameters and optimizer moments carry over, the change is recorded in "
-    "<workdir>/optimizer_changes.jsonl and results.json. Any other config change is refused.")
+    "<workdir>/optimizer_changes.jsonl and results.json. Any other config change is refused.",
+    flag_values=FLAGS)
 _COORD = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host training: host:port of process 0 "
     "(jax.distributed.initialize), or 'auto' where JAX finds it itself (TPU pods, SLURM, ...). "
-    "Every process runs the same command with its own --process_id; process 0 writes the workdir.")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+    "Every process runs the same command with its own --process_id; process 0 writes the workdir.",
+    flag_values=FLAGS)
+_NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.",
+                              flag_values=FLAGS)
+_PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.",
+                            flag_values=FLAGS)
 
 
 def init_distributed(address: str, num_processes, process_id) -> None:
@@ -65,12 +74,10 @@ def fail(line: str) -> None:
 def _flag_error(e: flags.Error) -> str:
   msg = str(e).splitlines()[0] if str(e) else type(e).__name__
   if isinstance(e, flags.UnrecognizedFlagError):
-    near = str(e).split("Did you mean:", 1)
-    return (f"--{e.flagname}: unknown flag; " + (f"did you mean --{near[1].strip(' ?')}?"
-            if len(near) > 1 else "see python -m experiments.main --helpshort"))
-  if "must have a value other than None" in msg:
-    name = msg.split("--", 1)[1].split("=", 1)[0] if "--" in msg else "flag"
-    return f"--{name}: is required; pass --{name}=<value> (see --helpshort)"
+    name = e.flagname.split("=", 1)[0]
+    near = difflib.get_close_matches(name, list(FLAGS) + list(flags.FLAGS), n=1)
+    return (f"--{name}: unknown flag; " + (f"did you mean --{near[0]}?" if near else
+                                            "see python -m experiments.main --helpfull"))
   return f"flags: {msg}; see python -m experiments.main --helpshort"
 
 
@@ -91,9 +98,12 @@ def parse_args(argv):
       rest.append(a)
     i += 1
   try:
-    remaining = flags.FLAGS(rest)
+    remaining = flags.FLAGS(FLAGS(rest, known_only=True))  # ours, then absl's own
   except flags.Error as e:
     fail(_flag_error(e))
+  for name in ("config", "workdir"):  # required: checked after every flag is known
+    if FLAGS[name].value is None:
+      fail(f"--{name}: is required; pass --{name}=<value> (see --helpfull)")
   if len(remaining) > 1:
     fail(f"arguments: unexpected {remaining[1:]}; every option is a --flag=<value>")
   try:
@@ -126,4 +136,7 @@ def main(argv):
     sys.exit(143)
 
 if __name__ == "__main__":
+  flags.FLAGS.append_flag_values(FLAGS)  # listed by --helpfull
+  for _flag in FLAGS._flags().values():  # pylint: disable=protected-access
+    flags.FLAGS.register_flag_by_module("experiments.main", _flag)
   app.run(main, flags_parser=parse_args)

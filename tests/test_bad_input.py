@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 from ml_collections import config_dict
 
 from gmr import cli, data as data_lib, train as train_lib
@@ -98,14 +97,14 @@ def _cli(argv, capsys, monkeypatch):
     raise AssertionError("a bad input reached data loading or training")
   monkeypatch.setattr(data_lib, "load_suite", reached)
   monkeypatch.setattr(train_lib, "train", reached)
-  flags.FLAGS.unparse_flags()
+  M.FLAGS.unparse_flags()
   try:
     M.main(M.parse_args(["experiments.main"] + argv))
     status = 0
   except SystemExit as e:
     status = e.code
   finally:
-    flags.FLAGS.unparse_flags()
+    M.FLAGS.unparse_flags()
   out, err = capsys.readouterr()
   return status, out, err
 
@@ -159,11 +158,13 @@ PROCESS_CASES = [  # (arguments, expected start of the line after "error: ")
 ]
 
 
-def _process(args, tmp_path, workdir=True):
+def _process(args, tmp_path, workdir=True, unset=()):
   empty = tmp_path / "empty"
   empty.mkdir(exist_ok=True)
   args = [a.replace("<empty>", str(empty)) for a in args]
   env = dict(os.environ, GMR_TFDS_DIR=str(tmp_path / "tfds"))
+  for k in unset:
+    env.pop(k, None)
   cmd = [sys.executable, "-m", "experiments.main"] + args + (
       [f"--workdir={tmp_path / 'w'}"] if workdir else [])
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -183,13 +184,21 @@ def test_bad_input_through_the_process_is_one_line(tmp_path, args, expected):
 def test_missing_flags_and_workdir_kinds(tmp_path):
   p = _process([f"--config={SYN}:smoke"], tmp_path, workdir=False)
   assert (p.returncode, p.stderr) == (2, "error: --workdir: is required; pass --workdir=<value> "
-                                         "(see --helpshort)\n")
+                                         "(see --helpfull)\n")
   p = _process([], tmp_path, workdir=False)
   assert p.returncode == 2 and p.stderr.startswith("error: --config: is required")
   (tmp_path / "w").write_text("a file")
   p = _process([f"--config={SYN}:smoke"], tmp_path)
   assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
   assert p.stderr.startswith(f"error: {tmp_path / 'w'}: is a file, not a directory")
+
+
+def test_no_data_directory_is_one_line(tmp_path):
+  p = _process(["--config=experiments/configs/four_mnists.py:smoke"], tmp_path,
+               unset=("GMR_DATA_DIR",))
+  assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+  assert p.stderr.startswith("error: data_dir: not set; pass --config.data_dir=<dir> or set "
+                             "$GMR_DATA_DIR")
 
 
 def test_list_fields_from_flags_and_variants_train(tmp_path):
