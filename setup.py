@@ -25,7 +25,11 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
-        "tensorboard": ["tensorboardX"],
+        # the tour notebook runs in the tests (nbclient executes it in an ipykernel); the
+        # TensorBoard events are checked (tensorboardX writes them)
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel",
+                 "tensorboardX"],
+        # writing the event files, and TensorBoard itself to view them
+        "tensorboard": ["tensorboardX", "tensorboard"],
     },
 )

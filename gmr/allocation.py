@@ -54,8 +54,21 @@ def gumbel_noise(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   return -jnp.log(-jnp.log(u + GUMBEL_EPS) + GUMBEL_EPS)
 
 
+def check_temperature(temperature, name: str = "temperature") -> None:
+  """Raise ``ValueError`` unless a concrete ``temperature`` is finite and > 0 (0 gives NaN
+  samples, a negative one silently flips them). A traced value (inside ``jit``) is not
+  checked: the trainer's temperatures come from a validated schedule (``t_min > 0``)."""
+  if isinstance(temperature, jax.core.Tracer):
+    return
+  t = np.asarray(temperature, np.float64)
+  if not np.all(np.isfinite(t) & (t > 0)):
+    raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
+
+
 def sample_soft(key: jax.Array, logits: jax.Array, temperature) -> jax.Array:
-  """Relaxed sample: ``softmax((logits + g) / temperature)[..., 0]``; ``[..., 2] -> [...]``."""
+  """Relaxed sample: ``softmax((logits + g) / temperature)[..., 0]``; ``[..., 2] -> [...]``.
+  Raises ``ValueError`` for a concrete temperature <= 0 or not finite."""
+  check_temperature(temperature)
   g = gumbel_noise(key, logits.shape)
   return jax.nn.softmax((logits + g) / temperature, axis=-1)[..., 0]
 
@@ -73,7 +86,10 @@ def sample(key: jax.Array, logits: jax.Array, temperature) -> jax.Array:
     temperature: positive scalar.
   Returns:
     ``[...]`` float32 with values in {0., 1.}.
+  Raises:
+    ValueError: a concrete temperature that is not a finite number > 0.
   """
+  check_temperature(temperature)
   g = gumbel_noise(key, logits.shape)
   y = (logits + g) / temperature
   soft = jax.nn.softmax(y, axis=-1)[..., 0]
@@ -90,7 +106,10 @@ def temperature(step, t_init: float = 50.0, t_min: float = 0.5):
   """Annealed temperature ``max(t_min, t_init / sqrt(step + 1))``.
 
   ``step`` counts task-batch updates (one round over T tasks adds T), as in the authors' code.
+  Raises ``ValueError`` if a concrete ``t_init`` or ``t_min`` is not a finite number > 0.
   """
+  check_temperature(t_init, "t_init")
+  check_temperature(t_min, "t_min")
   return jnp.maximum(t_min, t_init / jnp.sqrt(jnp.asarray(step, jnp.float32) + 1.0))
 
 

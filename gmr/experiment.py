@@ -53,8 +53,21 @@ def append_line(f, obj) -> None:
   f.flush()
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+  return out
+
+
 class _TensorBoard:
-  """Scalars to TensorBoard event files when the optional ``tensorboardX`` is installed."""
+  """Event files in ``<workdir>/tb`` when the optional ``tensorboardX`` is installed: the config
+  as hyperparameters; per task the training loss, the penalty terms, test (and validation)
+  loss and accuracy; temperature and steps/s; from the allocation history, P(on) per (layer,
+  task) as histograms and each task's expected active fraction (TAPS: its layer scores)."""
 
   def __init__(self, workdir):
     self.w = None
@@ -66,6 +79,32 @@ class _TensorBoard:
       self.w = None
     else:
       self.w = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def hparams(self, config) -> None:
+    if self.w is None:
+      return
+    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    metrics = {"eval/test/loss/mean": 0.0, "eval/test/accuracy/mean": 0.0}
+    for summ in hparams(_flat(_config_json(config)), metrics):
+      self.w._get_file_writer().add_summary(summ)  # pylint: disable=protected-access
+
+  def allocation(self, step, record: dict, task_names) -> None:
+    """An ``alloc`` history record: P(on) per layer ``[tasks][C]`` (or TAPS's scores)."""
+    if self.w is None:
+      return
+    probs = record.get("probabilities") or {}
+    if probs:
+      mats = [np.asarray(probs[k], np.float64) for k in sorted(probs, key=lambda k: int(
+          k.rsplit("_", 1)[1]))]
+      total = sum(m.shape[1] for m in mats)
+      for t, name in enumerate(task_names):
+        for l, m in enumerate(mats):
+          self.w.add_histogram(f"alloc/p_on/layer_{l}/{name}", m[t], step)
+        self.w.add_scalar(f"alloc/expected_active/{name}", sum(m[t].sum() for m in mats) / total,
+                          step)
+    for layer, scores in (record.get("taps_scores") or {}).items():
+      for t, name in enumerate(task_names):
+        self.w.add_scalar(f"taps/score/{layer}/{name}", float(scores[t]), step)
 
   def scalars(self, step, prefix, values):
     if self.w is None:
@@ -89,6 +128,31 @@ def _progress(d, total, out):
   out.flush()
 
 
+class _ProgressLines:
+  """Progress a person reads (not kept in metrics.jsonl): compilation, evaluations per task
+  (a line at most every ``every_s`` seconds, once one has run that long), their results."""
+
+  def __init__(self, out, every_s: float = 10.0):
+    self.out, self.every_s, self.last = out, every_s, 0.0
+
+  def __call__(self, kind, d):
+    if kind == "compiled":
+      self.out.write(f"compiled the training step ({d['rounds']} rounds per call) in "
+                     f"{d['seconds']:.1f}s\n")
+    elif kind == "eval_task":
+      if d["task"] == 0:
+        self.last = 0.0
+      if d["elapsed_s"] - self.last >= self.every_s:
+        self.last = d["elapsed_s"]
+        self.out.write(f"  evaluating {d['split']}: task {d['task'] + 1}/{d['of']} "
+                       f"({d['name']}), {d['elapsed_s']:.0f}s\n")
+    elif kind == "eval_done":
+      nums = ", ".join(f"{m} {d[m]:.4f}" for m in ("loss", "accuracy") if m in d)
+      self.out.write(f"evaluated {d['split']} at round {d['round']} in {d['seconds']:.1f}s: "
+                     f"{nums}\n")
+    self.out.flush()
+
+
 class WorkdirError(Exception):
   """A workdir that cannot take this run: ``<workdir>: <problem>; <fix>``."""
 
@@ -105,11 +169,18 @@ ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",
                 "conv_dtype": "float32", "accept_noncanonical_data": False}
 
 
+# Fields that change how a run is computed or stored on this machine, never its numbers: they
+# may differ between the starts of one run (not part of its identity).
+MACHINE_FIELDS = ("compilation_cache_dir",)
+
+
 def _config_diff(a: dict, b: dict, prefix="") -> list:
   """Dotted keys where the stored config ``a`` and this run's ``b`` differ."""
   keys = sorted(set(a) | set(b))
   out = []
   for k in keys:
+    if not prefix and k in MACHINE_FIELDS:
+      continue
     if not prefix and k not in a and k in ADDED_FIELDS and b.get(k) == ADDED_FIELDS[k]:
       continue
     va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
@@ -304,10 +375,41 @@ def run_identity(config) -> str:
 def _identity(cfg: dict) -> str:
   cfg = dict(cfg)
   cfg.pop("num_rounds", None)
+  for k in MACHINE_FIELDS:
+    cfg.pop(k, None)
   for k, v in ADDED_FIELDS.items():
     if cfg.get(k) == v:
       cfg.pop(k)
   return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def use_compilation_cache(where: str) -> Optional[str]:
+  """Turn on JAX's persistent compilation cache (a second run of the same shapes reads its
+  compiled programs instead of compiling them; the programs, and so the numbers, are the same).
+
+  ``where``: ``"auto"`` (the folder JAX was already given, e.g. by ``JAX_COMPILATION_CACHE_DIR``,
+  else ``$XDG_CACHE_HOME/gmr/jax``, default ``~/.cache/gmr/jax``), a folder, or ``""`` (leave
+  JAX as it is). Returns the folder in use (``None``: none)."""
+  current = jax.config.jax_compilation_cache_dir
+  if not where:
+    return current
+  if where == "auto":
+    if current:
+      return current
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    where = os.path.join(base, "gmr", "jax")
+  where = os.path.abspath(os.path.expanduser(where))
+  if where != current:
+    jax.config.update("jax_compilation_cache_dir", where)
+    # every program (JAX's default skips those compiling in under a second: a run's small ones)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:  # a process that compiled before the folder was set starts using it now
+      from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+      compilation_cache.reset_cache()
+    except (ImportError, AttributeError):
+      pass
+  return where
 
 
 def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
@@ -315,6 +417,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
   lock: a second process on the same workdir is refused with :class:`WorkdirError`."""
   validate.validate(config)
+  use_compilation_cache(config.get("compilation_cache_dir", ""))  # before anything compiles
   train_lib.check_structure(config, *data_lib.describe(config))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
@@ -360,7 +463,16 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
     if not quiet:
       stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
     return done
+  if not quiet:
+    n_tasks = data_lib.describe(config)[0]
+    stream.write(f"gmr: {config.method} on {config.suite} ({n_tasks} tasks), "
+                 f"{config.num_rounds} rounds x batch {config.batch_size}, seed {config.seed}, "
+                 f"{jax.default_backend()} -> {workdir}\n")
+    stream.flush()
+  t_data = time.time()
   suite = data_lib.load_suite(config)
+  if not quiet and time.time() - t_data > 1.0:
+    stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
   state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
@@ -411,6 +523,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   if primary:
     _truncate_metrics(metrics_path, start, config)
   tb = _TensorBoard(workdir if primary else None)
+  tb.hparams(config)
   t0 = time.time()
   every = int(config.get("checkpoint_every", 0))
   stop = {"signal": None}
@@ -445,18 +558,22 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
       def on_event(ev):
         append_line(mf, {"kind": ev.kind, **ev.data})
         if ev.kind == "log":
-          tb.scalars(ev.data["step"], "train", {"loss": ev.data["train_loss"],
-                                                "temperature": ev.data["temperature"]})
+          tb.scalars(ev.data["step"], "train", {
+              "loss": ev.data["train_loss"], "temperature": ev.data["temperature"],
+              "steps_per_s": ev.data["steps_per_s"], "penalty": ev.data["penalty"]})
           if not quiet:
             _progress(ev.data, config.num_rounds, stream)
+        elif ev.kind == "alloc":
+          tb.allocation(ev.data["step"], ev.data, suite.task_names)
         else:
           tb.scalars(ev.data["step"], "eval", {k: v for k, v in ev.data.items()
                                                if k in ("test", "validation")})
 
       try:
-        setup, state, final, best = train_lib.train(config, suite, on_event, state=state,
-                                                    start_round=start, on_chunk=on_chunk,
-                                                    best=best, log_carry=log_carry)
+        setup, state, final, best = train_lib.train(
+            config, suite, on_event, state=state, start_round=start, on_chunk=on_chunk,
+            best=best, log_carry=log_carry,
+            on_progress=None if quiet else _ProgressLines(stream))
       except train_lib.NonFiniteError as e:
         where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
                  if good["round"] is not None else "no checkpoint had been written yet")

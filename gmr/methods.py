@@ -88,10 +88,21 @@ class Method:
     del alloc_params, key, sample, temperature
     return [m[task] for m in self._fixed]
 
-  def penalty(self, alloc_params, task):
-    """Auxiliary loss for one task batch (budget, entropy, ...)."""
+  def penalty_terms(self, alloc_params, task) -> Dict[str, jax.Array]:
+    """The auxiliary losses of one task batch by name (``{}``: none), float32 scalars; the
+    trainer logs them next to the loss (metrics.jsonl, TensorBoard)."""
     del alloc_params, task
-    return jnp.zeros((), jnp.float32)
+    return {}
+
+  def penalty(self, alloc_params, task):
+    """Auxiliary loss for one task batch: the sum of :meth:`penalty_terms` (in their order)."""
+    terms = list(self.penalty_terms(alloc_params, task).values())
+    if not terms:
+      return jnp.zeros((), jnp.float32)
+    out = terms[0]
+    for t in terms[1:]:
+      out = out + t
+    return out
 
   def probabilities(self, alloc_params) -> List[jax.Array]:
     """P(on) per layer, ``[tasks, C_l]`` (0/1 for fixed methods)."""
@@ -189,13 +200,16 @@ class GumbelMatrix(Method):
       return self.train_rows(jax.lax.stop_gradient(alloc_params), key, task, temperature)
     return [A.greedy(lg[task]) for lg in self._logits(alloc_params)]
 
-  def penalty(self, alloc_params, task):
+  def penalty_terms(self, alloc_params, task):
+    """``budget``: ``lambda * max(0, e_c - b)`` (section III-D); ``entropy`` when
+    ``entropy_penalty`` > 0: its weight times the mean entropy of the task's allocation."""
     logits = self._logits(alloc_params)
     c = self.config
-    out = A.budget_penalty(A.expected_active_fraction(logits, task), c.budget, c.budget_lambda)
+    out = {"budget": A.budget_penalty(A.expected_active_fraction(logits, task), c.budget,
+                                      c.budget_lambda)}
     if c.get("entropy_penalty", 0.0):
       total = sum(self.layer_sizes)
-      out = out + c.entropy_penalty * sum(A.entropy(lg[task]).sum() for lg in logits) / total
+      out["entropy"] = c.entropy_penalty * sum(A.entropy(lg[task]).sum() for lg in logits) / total
     return out
 
   def probabilities(self, alloc_params):
@@ -234,8 +248,10 @@ class TAPS(SharedBottom):
   def _tau(self):
     return float(self.config.get("taps_tau", taps_lib.TAU))
 
-  def penalty(self, alloc_params, task):
-    return taps_lib.penalty(alloc_params["taps"], task, float(self.config.get("taps_lambda", 1.0)))
+  def penalty_terms(self, alloc_params, task):
+    """``taps_l1``: the sparsity term ``lambda / L * sum |s|`` of the task's scores."""
+    return {"taps_l1": taps_lib.penalty(alloc_params["taps"], task,
+                                        float(self.config.get("taps_lambda", 1.0)))}
 
   def summary(self, alloc_params, task_names):
     return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}

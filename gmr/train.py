@@ -69,6 +69,9 @@ def make_keys(seed: int) -> Keys:
 # ----------------------------------------------------------------------------- losses
 def task_loss(kind: str, out, y):
   """Per-example loss and (for classification) correctness: ``[B]``, ``[B]``."""
+  if y.shape != out.shape[:-1]:  # at trace time: a [B, 1] target would broadcast to [B, B]
+    raise ValueError(f"targets of shape {y.shape} for outputs {out.shape}; give one target per "
+                     "example, shape [B]")
   if kind == "mse":
     pred = out[..., 0]
     return jnp.square(pred - y), jnp.zeros_like(pred)
@@ -215,14 +218,22 @@ def _select_task_rows(new, old, task, num_tasks):
   return jax.tree_util.tree_map_with_path(sel, new, old)
 
 
+def network_input(setup: Setup, x) -> jax.Array:
+  """The network's input from a batch as its suite stores it (uint8 images, float features):
+  float32 times the suite's ``x_scale`` (1/255 for images). Every path applies it exactly once,
+  here: the training steps (hand-written loops included) and the evaluator."""
+  return jnp.asarray(x).astype(jnp.float32) * setup.x_scale
+
+
 def task_objective(setup: Setup, params, x, y, task, key, temperature):
-  """``(objective, task_loss)`` of one task batch: the loss under a sampled allocation (and
-  the method's adapted weights) plus the method's penalty. ``key`` gives the Gumbel noise and
-  the dropout."""
+  """``(objective, task_loss)`` of one task batch ``x`` (as the suite stores it, see
+  :func:`network_input`): the loss under a sampled allocation (and the method's adapted
+  weights) plus the method's penalty. ``key`` gives the Gumbel noise and the dropout."""
   k_alloc, k_drop = jax.random.split(key)
   rows = setup.method.train_rows(params["alloc"], k_alloc, task, temperature)
   model = setup.method.adapt(params["model"], params["alloc"], task)
-  out = setup.net.apply({"params": model}, x, rows, task, train=True, rngs={"dropout": k_drop})
+  out = setup.net.apply({"params": model}, network_input(setup, x), rows, task, train=True,
+                        rngs={"dropout": k_drop})
   loss = task_loss(setup.loss, out, y)[0].mean()
   return loss + setup.method.penalty(params["alloc"], task), loss
 
@@ -233,7 +244,8 @@ def _apply_gradients(setup: Setup, state: TrainState, grads):
 
 
 def make_train_step(setup: Setup, config) -> Callable:
-  """``step(state, x, y, task, key) -> (state, task_loss)`` for one task batch (pure)."""
+  """``step(state, x, y, task, key) -> (state, task_loss)`` for one task batch (pure); ``x``
+  as the suite stores it (scaled by :func:`network_input`)."""
   t_init, t_min = float(config.t_init), float(config.t_min)
   sparse_heads = bool(config.sparse_head_updates)
 
@@ -317,7 +329,6 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   """
   joint = config.get("schedule", "round_robin") == "joint"
   step = make_joint_step(setup, config) if joint else make_train_step(setup, config)
-  scale = setup.x_scale
   augment, pad = config.get("augment", ""), int(config.get("augment_pad", 4))
   num_tasks = setup.num_tasks
 
@@ -332,7 +343,7 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   def batch(st, ix, step_key, x_pool, y_pool, x_index):
     """The (augmented, sharded) batch at slots ``ix`` ([B] or [T, B]) and the step's key."""
     rows = ix if x_index is None else x_index[ix]
-    x = x_pool[rows].astype(jnp.float32) * scale
+    x = x_pool[rows]  # as stored: the step scales it (zero padding commutes with the scale)
     key = jax.random.fold_in(step_key, st.step)
     if augment == "pad_crop":
       flat = x.reshape((-1,) + x.shape[ix.ndim:])
@@ -455,18 +466,26 @@ def eval_plan(split: Split, batch_size: int) -> EvalPlan:
   return EvalPlan(*(np.concatenate(a) for a in (tasks, batch, idx, mask)))
 
 
-def make_evaluator(setup: Setup, sample: bool) -> Callable:
+def make_evaluator(setup: Setup, sample: bool,
+                   on_task: Optional[Callable[[int], None]] = None) -> Callable:
   """Jitted ``evaluator(params, x_pool, y_pool, x_index, tasks, batch, idx, mask, key)
   -> (loss_sums [N], correct_sums [N])`` (float32): one device call for a whole
   :class:`EvalPlan`, a ``lax.scan`` over its batches gathering each from the split's pools on
-  the device. Greedy allocations unless ``sample`` (section III-C: sampled, key per batch)."""
+  the device. Greedy allocations unless ``sample`` (section III-C: sampled, key per batch).
+  ``on_task(task)`` (host) is called as each task's first batch is reached (progress of a long
+  evaluation; the numbers are the same with or without it)."""
+
+  def report(task, i):
+    if on_task is not None:
+      jax.lax.cond(i == 0, lambda t: jax.debug.callback(on_task, t), lambda t: None, task)
 
   @jax.jit
   def evaluator(params, x_pool, y_pool, x_index, tasks, batch, idx, mask, key):
     def body(_, inp):
       task, i, ix, m = inp
+      report(task, i)
       rows = ix if x_index is None else x_index[ix]
-      x = x_pool[rows].astype(jnp.float32) * setup.x_scale
+      x = network_input(setup, x_pool[rows])
       k = jax.random.fold_in(jax.random.fold_in(key, task), i)
       out_rows = setup.method.eval_rows(params["alloc"], task, k, sample)
       model = setup.method.adapt(params["model"], params["alloc"], task)
@@ -595,10 +614,12 @@ def better(a: float, b: Optional[float], path: str) -> bool:
 def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] = None,
           state: Optional[TrainState] = None, start_round: int = 0,
           on_chunk: Optional[Callable] = None, best: Optional[dict] = None,
-          log_carry: Optional[dict] = None):
+          log_carry: Optional[dict] = None,
+          on_progress: Optional[Callable[[str, dict], None]] = None):
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
-  Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds and
+  Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds (training loss per
+  task since the last one, temperature, the method's penalty terms per task at this round) and
   ``Event("eval", ...)`` every ``eval_every`` rounds and at the end: the test split, and the
   validation split (if the suite has one) at the end and, when ``select_by`` ranks by it, at
   every evaluation. Log events carry ``wall_s``: seconds since the previous log line spent in
@@ -614,9 +635,17 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   ``log_carry`` (``{"tasks": [...], "losses": [...]}``, JSON-able) holds the training losses
   since the last log line; a run resumed with the carry its checkpoint saved writes the same
   log lines as one that never stopped.
+  ``on_progress(kind, data)`` gets what a person watching wants and metrics.jsonl does not
+  keep: ``("compiled", {"seconds", "rounds"})`` when a new shape of the training call has been
+  compiled, ``("eval_task", {"split", "task", "of", "name", "elapsed_s"})`` as an evaluation
+  reaches each task, and ``("eval_done", {"split"..., "round", "seconds"})``. Log events'
+  ``steps_per_s`` is the steady-state rate (device time of the steps, compilation excluded)
+  and ``eta_s`` the remaining steps at that rate plus the remaining evaluations at the last
+  evaluation's duration.
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
   on_event = on_event or (lambda e: None)
+  on_progress = on_progress or (lambda kind, data: None)
   keys = make_keys(config.seed)
   setup = make_setup(config, suite)
   if state is None:
@@ -631,7 +660,14 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   run_steps = make_run_steps(setup, config, mesh)
   joint = config.get("schedule", "round_robin") == "joint"
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
-  evaluator = make_evaluator(setup, bool(config.eval_sample))
+  eval_now = {"split": "", "t0": 0.0}
+
+  def on_task(task):
+    t = int(task)
+    on_progress("eval_task", {"split": eval_now["split"], "task": t, "of": suite.num_tasks,
+                              "name": suite.task_names[t],
+                              "elapsed_s": time.time() - eval_now["t0"]})
+  evaluator = make_evaluator(setup, bool(config.eval_sample), on_task)
   put = (lambda a: replicate(a, mesh)) if mesh is not None else jax.device_put
   x_pool, y_pool = put(suite.train.x), put(suite.train.y)
   x_index = None if suite.train.index is None else put(suite.train.index)
@@ -652,8 +688,25 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
                  for k, v in eval_splits.items() if v is not None}
 
   def do_eval(r):
-    return {k: ev(state.params, keys.eval) for k, ev in eval_splits.items()
-            if k in evaluated_splits(config, r)}
+    out = {}
+    for k, ev in eval_splits.items():
+      if k in evaluated_splits(config, r):
+        eval_now.update(split=k, t0=time.time())
+        out[k] = ev(state.params, keys.eval)
+        on_progress("eval_done", {"split": k, "round": r, "seconds": time.time() - eval_now["t0"],
+                                  **{m: out[k][m]["mean"] for m in out[k]}})
+    return out
+
+  compiled = {}  # shapes of the training call -> its program, compiled apart (timed)
+
+  @jax.jit
+  def penalties(alloc):  # every task's auxiliary terms at the current parameters
+    return jax.vmap(lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(t_count))
+
+  def penalty_report():
+    terms = jax.device_get(penalties(state.params["alloc"])) if state.params["alloc"] else {}
+    return {k: dict({n: float(v[i]) for i, n in enumerate(names)}, mean=float(np.mean(v)))
+            for k, v in terms.items()}
 
   def chunk_batches(a, b):
     """Task and example indices of rounds ``a..b`` (host side; prepared while the device runs)."""
@@ -673,6 +726,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   # next chunk's batches meanwhile), the allocation history, evaluation, and on_chunk (checkpoints)
   wall = dict.fromkeys(("steps", "history", "eval", "checkpoint"), 0.0)
   t_start, t_log, r_log = time.time(), time.time(), r
+  steady = {"seconds": 0.0, "steps": 0, "eval_s": 0.0}  # device steps without compilation
   last_eval = None
   nxt = next((b for b in boundaries if b > r), total)
   ahead = chunk_batches(r, nxt) if r < total else None
@@ -680,7 +734,13 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     t0 = time.time()
     tasks, idx = ahead
     prev_step = int(state.step)
-    state, losses = run_steps(state, x_pool, y_pool, tasks, idx, keys.step, x_index)
+    args = (state, x_pool, y_pool, tasks, idx, keys.step, x_index)
+    if (tasks.shape, idx.shape) not in compiled:
+      t_c = time.time()
+      compiled[(tasks.shape, idx.shape)] = run_steps.lower(*args).compile()
+      on_progress("compiled", {"seconds": time.time() - t_c, "rounds": nxt - r})
+    t_run = time.time()
+    state, losses = compiled[(tasks.shape, idx.shape)](*args)
     # dispatch is asynchronous: build the next chunk's batches before waiting for this one
     after = next((b for b in boundaries if b > nxt), None)
     ahead = chunk_batches(nxt, after) if after is not None else None
@@ -692,19 +752,25 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
       raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])],
                            "parameter or optimizer state")
     pending.append((tasks, ls))
+    steady["seconds"] += time.time() - t_run
+    steady["steps"] += len(tasks)
     r, nxt = nxt, after
     wall["steps"] += time.time() - t0
     if (config.log_every and r % config.log_every == 0) or r == total:
       tk = np.concatenate([p[0] for p in pending])
       la = np.concatenate([p[1] for p in pending])
       now = time.time()
-      rate = (r - r_log) * t_count / max(now - t_log, 1e-9)
+      rate = steady["steps"] / max(steady["seconds"], 1e-9)
+      e = int(config.eval_every or 0)  # evaluations after r: the eval_every grid and the end
+      evals_left = (r < total) + (((total - 1) // e - r // e) if e else 0)
+      eta = (total - r) * t_count / max(rate, 1e-9) + evals_left * steady["eval_s"]
       per_task = {n: float(la[tk == i].mean()) for i, n in enumerate(names) if np.any(tk == i)}
       on_event(Event("log", {
           "round": r, "step": int(state.step), "train_loss": per_task,
           "train_loss_mean": float(np.mean(list(per_task.values()))),
           "temperature": float(A.temperature(int(state.step), config.t_init, config.t_min)),
-          "steps_per_s": rate, "eta_s": (total - r) * t_count / max(rate, 1e-9),
+          "penalty": penalty_report(),
+          "steps_per_s": rate, "eta_s": eta,
           "elapsed_s": now - t_start, "wall_s": {k: round(v, 3) for k, v in wall.items()}}))
       pending, t_log, r_log = [], now, r
       wall = dict.fromkeys(wall, 0.0)
@@ -720,6 +786,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
       last_eval = do_eval(r)
       evaluated = True
       dt = time.time() - t0
+      steady["eval_s"] = dt
       wall["eval"] += dt
       on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval,
                               "wall_s": round(dt, 3)}))

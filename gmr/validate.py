@@ -103,7 +103,7 @@ def validate(c) -> None:
   _bool(c, "download")
   _bool(c, "accept_noncanonical_data")
   _choice(c, "taps_score_optimizer", ("adam", "sgd"))
-  for f in ("data_dir", "tfds_dir"):
+  for f in ("data_dir", "tfds_dir", "compilation_cache_dir"):
     if not isinstance(c.get(f, ""), str):
       raise ConfigError(f, f"must be a path string, got {c.get(f)!r}", f"set --config.{f}=<dir>")
   sel = c.get("select_by", "")

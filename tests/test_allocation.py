@@ -90,3 +90,25 @@ def test_expected_active_fraction_is_component_weighted():
 def test_entropy():
   np.testing.assert_allclose(A.entropy(A.init_logits(0.5, 1, 1)), np.log(2), rtol=1e-6)
   assert float(A.entropy(A.init_logits(0.999, 1, 1))[0, 0]) < 0.01
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), np.float32(0.0),
+                                 jnp.asarray(-0.5)])
+def test_a_concrete_temperature_must_be_positive_and_finite(bad):
+  """0 gave NaN samples and a negative temperature silently flipped them; every concrete
+  temperature is checked where it enters (the samplers and the schedule's ends)."""
+  lg = A.init_logits(0.5, 2, 3)
+  for fn in (A.sample, A.sample_soft):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+      fn(jax.random.key(0), lg, bad)
+  with pytest.raises(ValueError, match="t_min must be a finite number > 0"):
+    A.temperature(3, 50.0, bad)
+  with pytest.raises(ValueError, match="t_init must be a finite number > 0"):
+    A.temperature(3, bad, 0.5)
+
+
+def test_a_traced_temperature_is_not_checked_and_samples_as_the_eager_call():
+  lg = A.init_logits(0.3, 2, 3)
+  eager = A.sample(jax.random.key(1), lg, 0.7)
+  traced = jax.jit(A.sample)(jax.random.key(1), lg, 0.7)
+  np.testing.assert_array_equal(eager, traced)

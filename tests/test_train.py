@@ -8,7 +8,7 @@ from experiments.configs import synthetic as synthetic_cfg
 from experiments.configs import transfer as transfer_cfg
 from gmr import data as data_lib
 from gmr import train as T
-from gmr.data.suite import Split
+from gmr.data.suite import Split, TaskSuite
 
 
 def tiny(cfg_module=synthetic_cfg, variant="gumbel_matrix", **kw):
@@ -165,3 +165,100 @@ def test_validation_is_evaluated_at_the_end_or_every_time_when_selected_by(tmp_p
     logs = [e.data for e in events if e.kind == "log"]
     assert set(logs[1]["wall_s"]) == {"steps", "history", "eval", "checkpoint"}
     assert logs[1]["wall_s"]["eval"] > 0  # round 2's evaluation, reported at the next line
+
+
+def _toy_suite(**over):
+  """Two tasks of uint8 features (x_scale 1/255): classification with 3 classes each."""
+  rng = np.random.default_rng(0)
+  xs = [rng.integers(0, 256, (20, 16), dtype=np.uint8) for _ in range(2)]
+  ys = [np.arange(20) % 3 for _ in range(2)]
+  kw = dict(name="toy", task_names=("a", "b"), loss="xent", head_dims=(3, 3),
+            train=Split.from_tasks(xs, ys), test=Split.from_tasks(xs, ys), x_scale=1 / 255)
+  kw.update(over)
+  return TaskSuite(**kw)
+
+
+def test_a_hand_written_step_scales_the_inputs_as_the_trainer_does():
+  """make_train_step on a batch as the suite stores it (uint8) equals the step on the
+  batch scaled by hand with x_scale 1: the suite's x_scale is applied inside the step, once."""
+  import dataclasses
+  c = tiny(arch="synthetic")
+  rng = np.random.default_rng(1)
+  xs = [rng.integers(0, 256, (20, 16), dtype=np.uint8) for _ in range(2)]
+  ys = [rng.normal(size=20).astype(np.float32) for _ in range(2)]
+  suite = TaskSuite("toy", ("a", "b"), "mse", (1, 1), Split.from_tasks(xs, ys),
+                    Split.from_tasks(xs, ys), x_scale=1 / 255)
+  setup = T.make_setup(c, suite)
+  unscaled = T.make_setup(c, dataclasses.replace(suite, x_scale=1.0))
+  state = T.init_state(setup, jax.random.key(0))
+  x, y = suite.train.task(1)
+  a, la = jax.jit(T.make_train_step(setup, c))(state, x, y, 1, jax.random.key(5))
+  b, lb = jax.jit(T.make_train_step(unscaled, c))(state, x.astype(np.float32) / 255, y, 1,
+                                                   jax.random.key(5))
+  assert np.isfinite(float(la))
+  np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+  for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-7)
+  raw = jax.jit(T.make_train_step(unscaled, c))(state, x, y, 1, jax.random.key(5))[1]
+  assert abs(float(raw) - float(la)) > 1e-3  # unscaled pixels are another problem
+
+
+def _bad_suite(kind):
+  rng = np.random.default_rng(0)
+  xs = [rng.normal(size=(8, 4)).astype(np.float32) for _ in range(2)]
+  ys = [rng.normal(size=8).astype(np.float32) for _ in range(2)]
+  reg = dict(name="toy", task_names=("a", "b"), loss="mse", head_dims=(1, 1),
+             train=Split.from_tasks(xs, ys), test=Split.from_tasks(xs, ys))
+  cls = dict(_toy_suite().__dict__)
+  cls.pop("info")
+  if kind == "y_2d":
+    sp = Split.from_tasks(xs, [y[:, None] for y in ys])
+    return dict(reg, train=sp), "split train: y has shape (16, 1), one target per example is [N]"
+  if kind == "heads":
+    return dict(reg, head_dims=(1,)), "2 task names but 1 head sizes"
+  if kind == "loss":
+    return dict(reg, loss="l1"), "loss 'l1'"
+  if kind == "x_scale":
+    return dict(reg, x_scale=0.0), "x_scale 0.0"
+  if kind == "offsets":
+    sp = Split(np.concatenate(xs), np.concatenate(ys), (0, 10), (8, 8))
+    return dict(reg, test=sp), "split test: task slots reach 18 but y holds 16"
+  if kind == "x_vs_y":
+    sp = Split(np.concatenate(xs)[:10], np.concatenate(ys), (0, 8), (8, 8))
+    return dict(reg, train=sp), "split train: x holds 10 examples and y 16"
+  if kind == "index":
+    sp = Split(np.concatenate(xs), np.concatenate(ys), (0, 8), (8, 8), index=np.arange(16) + 1)
+    return dict(reg, train=sp), "split train: index must give one row of x"
+  if kind == "shapes":
+    sp = Split.from_tasks([x[:, :3] for x in xs], ys)
+    return dict(reg, test=sp), "split test: examples of shape (3,), other splits (4,)"
+  if kind == "labels_range":
+    sp = Split.from_tasks([np.zeros((4, 16), np.uint8)] * 2, [np.array([0, 1, 2, 3])] * 2)
+    return dict(cls, train=sp), "task a has labels 0..3 for a head of 3 classes"
+  if kind == "labels_dtype":
+    sp = Split.from_tasks([np.zeros((4, 16), np.uint8)] * 2, [np.zeros(4, np.float32)] * 2)
+    return dict(cls, test=sp), "classification labels of dtype float32"
+  raise KeyError(kind)
+
+
+SUITE_FAULTS = ["y_2d", "heads", "loss", "x_scale", "offsets", "x_vs_y", "index", "shapes",
+                "labels_range", "labels_dtype"]
+
+
+@pytest.mark.parametrize("kind", SUITE_FAULTS)
+def test_a_suite_whose_parts_disagree_is_refused_with_one_line(kind):
+  """A regression target [N, 1] against [N] predictions broadcast silently (test loss 1699
+  instead of 0.126); every kind of inconsistency is refused when the suite is made."""
+  from gmr.data.suite import SuiteError
+  kw, expected = _bad_suite(kind)
+  with pytest.raises(SuiteError, match="^suite toy") as e:
+    TaskSuite(**kw)
+  assert expected in str(e.value) and "; " in str(e.value) and "\n" not in str(e.value)
+
+
+def test_task_loss_refuses_targets_that_would_broadcast():
+  out = np.zeros((5, 1), np.float32)
+  with pytest.raises(ValueError, match=r"targets of shape \(5, 1\) for outputs \(5, 1\)"):
+    T.task_loss("mse", out, np.zeros((5, 1), np.float32))
+  loss, _ = T.task_loss("mse", out, np.ones(5, np.float32))
+  assert loss.shape == (5,)

@@ -23,6 +23,10 @@ def base_config() -> config_dict.ConfigDict:
   c.eval_every = 0  # rounds; 0 = only at the end
   c.log_every = 100  # rounds
   c.rounds_per_call = 100  # rounds run in one device call (lax.scan)
+  # JAX's persistent compilation cache: "auto" = $XDG_CACHE_HOME/gmr/jax (~/.cache/gmr/jax), or
+  # the folder JAX was already given; a path; "" = off. A second run of the same shapes skips
+  # compiling. Changes no number (not part of a run's identity).
+  c.compilation_cache_dir = "auto"
   # round_robin (the paper: T sequential task-batch updates per round) | joint (one update on
   # all T task batches per round, vmapped over tasks; see gmr/train.py)
   c.schedule = "round_robin"

@@ -1,6 +1,6 @@
 """The papers' real-data task suites, built from the TFDS datasets of :mod:`gmr.data.tfds_builders`.
 
-Recipes as in ``REFERENCE_NOTES.md``:
+Recipes (as in the authors' code):
 
 - ``four_mnists``: MNIST, a copy, MNIST rotated by 90 degrees, a rotated copy. Copies share
   their images (the pool stores each image once); they differ only in example order, which
