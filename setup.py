@@ -23,6 +23,8 @@ setup(
         "pillow",
         # figures of experiments.report (the field's standard plotting library)
         "matplotlib",
+        # sweeps on Slurm (job arrays, requeue on preemption and time limits)
+        "submitit",
     ],
     extras_require={
         # the tour notebook runs in the tests (nbclient executes it in an ipykernel); the

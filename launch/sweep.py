@@ -1,11 +1,24 @@
-"""Sweep runner: methods x seeds x overrides, run locally with bounded parallelism or printed.
+"""Sweep runner: methods x seeds x overrides, run here with bounded parallelism, submitted to
+Slurm as one job array through submitit, or printed.
 
   python -m launch.sweep --config=experiments/configs/transfer.py \
       --methods=shared_bottom,no_sharing --seeds=0-4 --grid=rho=0,1 --root=runs/transfer
+  python -m launch.sweep --config=experiments/configs/four_mnists.py \
+      --methods=gumbel_matrix,shared_bottom,no_sharing,budget --seeds=0-4 --root=runs/four_mnists \
+      --launcher=submitit --slurm_partition=gpu --gpus_per_node=1 --timeout_min=120
 
 ``--methods`` takes method names or other variant tokens of the config file (``budget``),
-appended to the config's variant. Each run gets ``<root>/<method>[__key=value...]/seed_<s>``. Runs whose workdir already holds a
-``results.json`` are skipped. ``--print_only`` prints one command per run (for a scheduler).
+appended to the config's variant. Each run gets ``<root>/<method>[__key=value...]/seed_<s>``.
+Runs whose workdir already holds a ``results.json`` are skipped. ``--print_only`` prints one
+command per run (for another scheduler).
+
+``--launcher=submitit``: one job per run, submitted as one job array (``submitit.AutoExecutor``:
+Slurm where ``srun`` exists, local processes otherwise; at most ``--array_parallelism`` at
+once on Slurm). A job that is preempted or reaches its time limit gets submitit's signal, has
+its run write a checkpoint (SIGTERM to the run) and is requeued with the same command, which
+resumes from the workdir. ``--nodes`` / ``--tasks_per_node`` > 1 run one run over several
+processes (``jax.distributed``; process 0 writes the workdir). The local thread pool stays the
+launcher for this machine: submitit's local executor starts every job at once (no cap).
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import os
 import queue
 import shutil
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +47,115 @@ _PRINT = flags.DEFINE_bool("print_only", False, "Print the commands instead of r
 _PIN = flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU "
                          "core (taskset), among the cores this process may use. On small CPUs "
                          "N one-core runs beat one N-core run.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
+                              "local: a thread pool here; submitit: a job array (see above).")
+_PARTITION = flags.DEFINE_string("slurm_partition", "", "submitit: the Slurm partition.")
+_TIMEOUT = flags.DEFINE_integer("timeout_min", 240, "submitit: minutes per job (then it "
+                                "checkpoints and is requeued).")
+_GPUS = flags.DEFINE_integer("gpus_per_node", 0, "submitit: GPUs per node.")
+_CPUS = flags.DEFINE_integer("cpus_per_task", 1, "submitit: CPU cores per task.")
+_ARRAY = flags.DEFINE_integer("array_parallelism", 16, "submitit: jobs of the array at once.")
+_NODES = flags.DEFINE_integer("nodes", 1, "submitit: nodes per run (multi-host).")
+_TASKS = flags.DEFINE_integer("tasks_per_node", 1, "submitit: processes per node and run.")
+_WAIT = flags.DEFINE_bool("wait", False, "submitit: wait for every job and report them.")
+_CLUSTER = flags.DEFINE_string("cluster", "", "submitit: force 'slurm' or 'local' (default: "
+                               "Slurm where srun exists).")
 flags.mark_flags_as_required(["config", "root"])
+
+
+class RunJob:
+  """One run as a submitit job: ``experiments.main`` with its workdir, in a child process
+  (stdout and stderr appended to ``<workdir>/log.txt``).
+
+  Checkpointable the submitit way: on preemption or the time limit submitit calls
+  :meth:`checkpoint`, which sends SIGTERM to the run (gmr writes a checkpoint and exits) and
+  resubmits the same command, which resumes from the workdir. With several tasks per job
+  (``tasks_per_node`` x ``nodes``) every task runs the command with its process id; the
+  coordinator is ``localhost:<port>`` on one machine and found by JAX on Slurm (``auto``).
+  """
+
+  def __init__(self, argv, workdir: str, port: int = 0):
+    self.argv, self.workdir, self.port = list(argv), workdir, port
+    self._proc = None
+
+  def command(self):
+    import submitit  # pylint: disable=g-import-not-at-top
+    argv = list(self.argv)
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+      address = f"localhost:{self.port}" if env.cluster == "local" else "auto"
+      argv += [f"--coordinator_address={address}", f"--num_processes={env.num_tasks}",
+               f"--process_id={env.global_rank}"]
+    return argv
+
+  def __call__(self):
+    import submitit  # pylint: disable=g-import-not-at-top
+    usr = submitit.JobEnvironment._usr_sig()  # pylint: disable=protected-access
+    os.makedirs(self.workdir, exist_ok=True)
+    with open(os.path.join(self.workdir, "log.txt"), "a") as log:
+      # the run ignores the preemption signal (its default action is to die without a
+      # checkpoint); this job's handler turns it into SIGTERM, which gmr checkpoints on
+      self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=lambda: signal.signal(usr, signal.SIG_IGN))
+      rc = self._proc.wait()
+    if rc == 143:
+      raise RuntimeError(f"{self.workdir}: the run was stopped by SIGTERM after writing a "
+                         "checkpoint; it resumes when the job is requeued or the sweep rerun")
+    if rc != 0:
+      raise RuntimeError(f"{self.workdir}: the run exited with status {rc}; see its log.txt")
+    return os.path.join(self.workdir, "results.json")
+
+  def checkpoint(self, *args, **kwargs):
+    """Stop the run with a checkpoint, and resubmit the same command (it resumes)."""
+    del args, kwargs
+    import submitit  # pylint: disable=g-import-not-at-top
+    if self._proc is not None and self._proc.returncode is None:
+      pid = self._proc.pid
+      self._proc.send_signal(signal.SIGTERM)  # gmr: checkpoint, then exit 143
+      # wait for its exit without reaping it: this handler interrupted __call__'s wait(),
+      # which holds the Popen's lock (a Popen.wait here would block on it)
+      deadline = time.time() + 600
+      while time.time() < deadline:
+        try:
+          if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            break
+        except ChildProcessError:
+          break
+        time.sleep(0.1)
+      else:
+        os.kill(pid, signal.SIGKILL)
+    return submitit.helpers.DelayedSubmission(RunJob(self.argv, self.workdir, self.port))
+
+  def __getstate__(self):
+    return {"argv": self.argv, "workdir": self.workdir, "port": self.port, "_proc": None}
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    return sock.getsockname()[1]
+
+
+def submit(runs, folder: str, cluster: str = "", partition: str = "", timeout_min: int = 240,
+           gpus_per_node: int = 0, cpus_per_task: int = 1, array_parallelism: int = 16,
+           nodes: int = 1, tasks_per_node: int = 1):
+  """Submit ``runs`` (``[(workdir, argv)]``, see :func:`plan`) as one submitit job array; job
+  logs under ``folder``. Returns the submitit jobs (``job.result()`` waits for one)."""
+  import submitit  # pylint: disable=g-import-not-at-top
+  ex = submitit.AutoExecutor(folder=folder, cluster=cluster or None)
+  params = dict(timeout_min=timeout_min, nodes=nodes, tasks_per_node=tasks_per_node,
+                cpus_per_task=cpus_per_task, slurm_array_parallelism=array_parallelism)
+  if gpus_per_node:
+    params["gpus_per_node"] = gpus_per_node
+  if partition:
+    params["slurm_partition"] = partition
+  ex.update_parameters(**params)
+  jobs = []
+  with ex.batch():
+    for wd, argv in runs:
+      jobs.append(ex.submit(RunJob(argv, wd, _free_port() if nodes * tasks_per_node > 1 else 0)))
+  return jobs
 
 
 def parse_seeds(s: str):
@@ -78,6 +200,28 @@ def main(argv):
   # seed-major order: a sweep cut short still has every method at the first seeds
   todo.sort(key=lambda item: int(item[0].rsplit("seed_", 1)[1]))
   print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+  if _LAUNCHER.value == "submitit":
+    if not todo:
+      return
+    jobs = submit(todo, os.path.join(_ROOT.value, "_submitit"), _CLUSTER.value, _PARTITION.value,
+                  _TIMEOUT.value, _GPUS.value, _CPUS.value, _ARRAY.value, _NODES.value,
+                  _TASKS.value)
+    print(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}...): logs in "
+          f"{_ROOT.value}/_submitit and each run's log.txt", flush=True)
+    if _WAIT.value:
+      failed = 0
+      for (wd, _), job in zip(todo, jobs):
+        try:
+          job.result()
+          print(f"ok {wd}", flush=True)
+        except Exception as e:  # pylint: disable=broad-except  (a job's own failure)
+          failed += 1
+          print(f"FAILED {wd}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
+                flush=True)
+      if failed:
+        print(f"{failed} runs failed: see their log.txt", file=sys.stderr)
+        sys.exit(1)
+    return
 
   free = queue.Queue()
   cpus = sorted(os.sched_getaffinity(0))  # the cores this process may use (`taskset -c 1 ...`)
