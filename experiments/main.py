@@ -98,7 +98,11 @@ def parse_args(argv):
       rest.append(a)
     i += 1
   try:
-    remaining = flags.FLAGS(FLAGS(rest, known_only=True))  # ours, then absl's own
+    remaining = FLAGS(rest, known_only=True)  # ours, then what is left to absl's own flags
+    if len(remaining) > 1:
+      remaining = flags.FLAGS(remaining)
+    elif not flags.FLAGS.is_parsed():  # nothing for them: their defaults (and no validators
+      flags.FLAGS.mark_as_parsed()     # of other modules' flags imported in this process)
   except flags.Error as e:
     fail(_flag_error(e))
   for name in ("config", "workdir"):  # required: checked after every flag is known

@@ -419,6 +419,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   validate.validate(config)
   use_compilation_cache(config.get("compilation_cache_dir", ""))  # before anything compiles
   train_lib.check_structure(config, *data_lib.describe(config))
+  data_lib.check_data_available(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
   os.makedirs(workdir, exist_ok=True)

@@ -614,7 +614,7 @@ def test_change_optimizer_continues_from_the_checkpoint_and_refuses_every_other_
   assert json.load(open(os.path.join(wd, "config.json")))["learning_rate"] == 5e-3
   assert experiment.read_changes(wd)[0]["round"] == 20
   for field in sorted(set(_config_fields(a)) - set(experiment.optim_lib.OPTIMIZER_FIELDS)
-                      - {"num_rounds"}):
+                      - set(experiment.MACHINE_FIELDS) - {"num_rounds"}):
     c = small(num_rounds=60, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
     _perturb(c, field)
     with pytest.raises(experiment.WorkdirError, match=f"also differs in {field}"):

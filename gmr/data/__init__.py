@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 from gmr.data import real, synthetic
@@ -93,6 +95,41 @@ def describe(config):
   if name == "clusters40_offline":
     return alphabets + 20, (2,) * alphabets + (9,) * 20, 3
   raise ValueError(f"suite: no description of suite {name!r}")
+
+
+def datasets_needed(config) -> tuple:
+  """The prepared datasets (TFDS builder names) the suite of ``config`` reads (``()``: none)."""
+  name = config.suite
+  if name == "four_mnists":
+    return ("gmr_mnist",)
+  if name == "mnist_family":
+    tasks = [t.strip() for t in str(_data_options(config).get("tasks", "mnist")).split(",")]
+    return tuple(sorted({real.FAMILY[t][0] for t in tasks if t in real.FAMILY}))
+  if name == "omniglot20":
+    return ("gmr_omniglot",)
+  if name in ("clusters40", "clusters40_offline"):
+    first = "gmr_omniglot" if name.endswith("offline") else "gmr_cifar100"
+    return (first, "gmr_mnist", "gmr_fashion_mnist")
+  return ()
+
+
+def check_data_available(config) -> None:
+  """Before anything is printed or computed: the data directory is set and holds every raw
+  file the suite needs (unless ``download`` may fetch it). Raises
+  :class:`gmr.data.raw.DataError` naming the first missing one (or ``data_dir: not set``)."""
+  from gmr.data import raw, tfds_builders  # pylint: disable=g-import-not-at-top
+  needed = datasets_needed(config)
+  if not needed:
+    return
+  data_dir = raw.resolve_data_dir(_data_options(config).get("data_dir", ""))
+  if config.get("download", False):
+    return
+  for name in needed:
+    for rel in tfds_builders.BUILDERS[name].raw_files():
+      if not os.path.isfile(os.path.join(data_dir, rel)):
+        raise raw.DataError(os.path.join(data_dir, rel), "missing", "put the canonical file "
+                            f"there, or point data_dir / ${raw.DATA_DIR_ENV} at a folder that "
+                            "has it")
 
 
 def load_suite(config) -> TaskSuite:
