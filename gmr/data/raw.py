@@ -23,7 +23,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -263,21 +263,6 @@ def read_omniglot_zip(path: str, alphabets: Optional[List[str]] = None,
             raise DataError(path, f"member {n} is {img.shape}, expected (105, 105)")
           items.append((ci, os.path.basename(n)[:-4], (img < 128).astype(np.uint8)))
       out[alpha] = items
-  return out
-
-
-def omniglot(data_dir: str, alphabets: List[str], download: bool = False,
-             check_counts: bool = True) -> Dict[str, list]:
-  """The named alphabets from both Omniglot archives (see :func:`read_omniglot_zip`)."""
-  out = {}
-  for zname, na, nc, ni in OMNIGLOT_ZIPS.values():
-    path = os.path.join(data_dir, "omniglot", zname)
-    _check_or_fetch(path, f"omniglot/{zname}", URLS["omniglot"], download)
-    out.update(read_omniglot_zip(path, alphabets, (na, nc, ni) if check_counts else None))
-  missing = [a for a in alphabets if a not in out]
-  if missing:
-    raise DataError(os.path.join(data_dir, "omniglot"), f"alphabets {missing} not found",
-                    "use the full images_background.zip and images_evaluation.zip")
   return out
 
 

@@ -81,8 +81,8 @@ def mnist_family(cfg) -> TaskSuite:
 
 # ----------------------------------------------------------------------------- 4-MNISTs
 def four_mnists(cfg) -> TaskSuite:
-  """``cfg.rotate_k``: ``np.rot90`` k of the rotated tasks (-1 = 90 degrees clockwise, as
-  the issue states; the authors' ``tf.image.rot90(k=1)`` is counter-clockwise)."""
+  """``cfg.rotate_k``: ``np.rot90`` k of the rotated tasks (-1 = 90 degrees clockwise,
+  the benchmark's definition; the authors' ``tf.image.rot90(k=1)`` is counter-clockwise)."""
   k = int(cfg.get("rotate_k", -1))
   splits = {}
   for split in ("train", "test"):

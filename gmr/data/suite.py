@@ -31,10 +31,6 @@ class Split:
       return self.x[self.index[o:o + n]], self.y[o:o + n]
     return self.x[o:o + n], self.y[o:o + n]
 
-  def image_rows(self, slots: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` for slot indices."""
-    return slots if self.index is None else self.index[slots]
-
   @staticmethod
   def from_tasks(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> "Split":
     sizes = tuple(int(len(x)) for x in xs)
