@@ -126,10 +126,8 @@ def check_data_available(config) -> None:
     return
   for name in needed:
     for rel in tfds_builders.BUILDERS[name].raw_files():
-      if not os.path.isfile(os.path.join(data_dir, rel)):
-        raise raw.DataError(os.path.join(data_dir, rel), "missing", "put the canonical file "
-                            f"there, or point data_dir / ${raw.DATA_DIR_ENV} at a folder that "
-                            "has it")
+      raw._check_or_fetch(os.path.join(data_dir, rel), rel, raw.URLS[rel.split("/")[0]],  # pylint: disable=protected-access
+                          download=False)
 
 
 def load_suite(config) -> TaskSuite:
