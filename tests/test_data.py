@@ -376,3 +376,125 @@ def test_real_omniglot_and_mnist(tmp_path, monkeypatch):
   assert not (allrows[0] & allrows[1] or allrows[0] & allrows[2] or allrows[1] & allrows[2])
   assert sum(len(r) for r in allrows) == sum(per_alpha)  # no image twice
   assert s.train.x.shape[1:] == (105, 105, 1)
+
+
+# ----------------------------------------------------------------------------- suite snapshots
+def _config(dirs, name, variant):
+  import importlib
+  c = importlib.import_module(f"experiments.configs.{name}").get_config(variant)
+  c.data_dir, c.tfds_dir = dirs[0], dirs[1]
+  c.data.max_examples = 0
+  return c
+
+
+@pytest.mark.parametrize("name,variant,sources", [
+    ("four_mnists", "smoke", 0), ("omniglot", "smoke", 0), ("clusters40", "smoke,offline", 2),
+    ("clusters40", "smoke", 2), ("synthetic", "", 0)])
+def test_snapshot_round_trip_every_suite(dirs, tmp_path, name, variant, sources):
+  """Every suite comes back equal array for array; the clusters pools' resized MNIST and
+  Fashion rows are stored as their 28 x 28 originals (found in the pool) and rebuilt."""
+  from gmr import data
+  from gmr.data import snapshot
+  from launch import snapshot as snap_cli
+  c = _config(dirs, name, variant) if name != "synthetic" else \
+      __import__("experiments.configs.synthetic", fromlist=["x"]).get_config("")
+  suite = data.load_suite(c)
+  found = snap_cli.resized_sources(c, suite) if name != "synthetic" else []
+  assert len(found) == sources
+  path = str(tmp_path / "s.npz.xz")
+  sha = snapshot.save(suite, path, snap_cli.data_options(c), found)
+  assert sha == snapshot.digest(path) and not os.path.exists(path + ".tmp")
+  back, options = snapshot.load_with_options(path)
+  assert snapshot.equal(suite, back) is None
+  assert options == snap_cli.data_options(c)
+  if sources:  # the originals are smaller than their resized rows (and the grey channel is kept once)
+    plain = str(tmp_path / "plain.npz.xz")
+    snapshot.save(suite, plain, {})
+    assert os.path.getsize(path) < os.path.getsize(plain)
+    with pytest.raises(snapshot.SnapshotError, match="is not rows"):
+      snapshot.save(suite, plain, {}, [(0, found[0][1] + 1, found[0][2])])
+
+
+def test_snapshot_equal_names_each_difference(dirs):
+  import dataclasses
+  from gmr import data
+  from gmr.data import snapshot
+  s = data.load_suite(_config(dirs, "clusters40", "smoke,offline"))
+  x = s.train.x.copy()
+  x[3, 0, 0, 0] ^= 1
+  assert snapshot.equal(s, dataclasses.replace(s, train=dataclasses.replace(s.train, x=x))) == "train.x"
+  y = s.test.y.copy()
+  y[0] = (y[0] + 1) % 2
+  assert snapshot.equal(s, dataclasses.replace(s, test=dataclasses.replace(s.test, y=y))) == "test.y"
+  assert snapshot.equal(s, dataclasses.replace(s, x_scale=1.0)) == "x_scale"
+  assert snapshot.equal(s, dataclasses.replace(s, info={})) == "info"
+
+
+def test_snapshot_bad_files_are_refused(tmp_path):
+  from gmr.data import snapshot
+  with pytest.raises(snapshot.SnapshotError, match="does not exist"):
+    snapshot.load(str(tmp_path / "missing.npz.xz"))
+  bad = tmp_path / "bad.npz.xz"
+  bad.write_bytes(b"not a snapshot")
+  with pytest.raises(snapshot.SnapshotError, match="is not a gmr suite snapshot"):
+    snapshot.load(str(bad))
+
+
+def test_snapshot_run_equals_direct_run_and_refuses_other_options(dirs, tmp_path, monkeypatch):
+  """A run reading the snapshot gives the numbers of a run reading the prepared data, records
+  the file's sha256, and a config asking for other data options is refused before compute."""
+  import json
+  from gmr import data, experiment
+  from gmr.data import snapshot
+  from launch import snapshot as snap_cli
+  c = _config(dirs, "clusters40", "smoke,offline")
+  direct = experiment.run(c, str(tmp_path / "direct"), quiet=True)
+  path = str(tmp_path / "s.npz.xz")
+  suite = data.load_suite(c)
+  sha = snapshot.save(suite, path, snap_cli.data_options(c), snap_cli.resized_sources(c, suite))
+  for attr in ("load_suite", "check_data_available"):
+    monkeypatch.setattr(data, attr, getattr(data, attr))
+  monkeypatch.setattr(experiment, "run", experiment.run)
+  snap_cli.use(path)
+  c2 = _config(dirs, "clusters40", "smoke,offline")
+  c2.data_dir, c2.tfds_dir = str(tmp_path / "no_raw"), str(tmp_path / "no_tfds")
+  via = experiment.run(c2, str(tmp_path / "via"), quiet=True)
+  assert via["final"] == direct["final"]
+  rec = json.load(open(tmp_path / "via" / "data_snapshot.json"))
+  assert rec["sha256"] == sha
+  c2.data.validation_fraction = 0.3
+  with pytest.raises(snapshot.SnapshotError, match="was built from"):
+    experiment.run(c2, str(tmp_path / "other"), quiet=True)
+  assert not os.path.exists(tmp_path / "other" / "metrics.jsonl")
+
+
+def test_snapshot_cli_runs_without_tensorflow_datasets(dirs, tmp_path):
+  """``launch.snapshot save`` where the data is, ``run`` where TFDS cannot even be imported."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, GMR_DATA_DIR=dirs[0], GMR_TFDS_DIR=dirs[1])
+  cfg = ["--config=experiments/configs/four_mnists.py:smoke", "--config.data.max_examples=0"]
+  # the fixtures' digests are not the published ones: accept them knowingly
+  acc = ["--config.accept_noncanonical_data=true"]
+  p = subprocess.run([sys.executable, "-m", "launch.snapshot", "save", *cfg, *acc,
+                      f"--out={tmp_path / 's.npz.xz'}"], cwd=root, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "four_mnists, 4 tasks" in p.stdout
+  block = tmp_path / "block" / "tensorflow_datasets"
+  block.mkdir(parents=True)
+  (block / "__init__.py").write_text("raise ImportError('no TFDS on this machine')\n")
+  env2 = dict(os.environ, PYTHONPATH=f"{tmp_path / 'block'}{os.pathsep}{root}",
+              GMR_DATA_DIR=str(tmp_path / "none"))
+  p = subprocess.run([sys.executable, "-m", "launch.snapshot", "run",
+                      f"--snapshot={tmp_path / 's.npz.xz'}", "--", *cfg, *acc,
+                      f"--workdir={tmp_path / 'w'}", "--quiet"], cwd=root, env=env2,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert os.path.exists(tmp_path / "w" / "results.json")
+  p = subprocess.run([sys.executable, "-m", "launch.snapshot", "run",
+                      f"--snapshot={tmp_path / 's.npz.xz'}", "--", *cfg,
+                      "--config.data.max_examples=7", f"--workdir={tmp_path / 'w2'}"], cwd=root,
+                     env=env2, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: snapshot: ")
+  assert "Traceback" not in p.stderr

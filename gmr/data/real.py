@@ -22,7 +22,6 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from gmr.data import tfds_builders
 from gmr.data.suite import Split, TaskSuite
 
 OMNIGLOT20 = (
@@ -34,6 +33,8 @@ OMNIGLOT_SPLIT = (10, 4, 6)  # drawings per character: train / validation / test
 
 
 def _load(name, split, cfg):
+  # imported here: gmr (and a suite loaded from a snapshot) works without TFDS installed
+  from gmr.data import tfds_builders  # pylint: disable=g-import-not-at-top
   return tfds_builders.load_arrays(name, split, data_dir=cfg.get("data_dir", ""),
                                    tfds_dir=cfg.get("tfds_dir", ""),
                                    download=bool(cfg.get("download", False)),
