@@ -67,8 +67,10 @@ RECIPES = {
     "clusters40_paper": dict(
         title=("Section V-C at the paper's schedule, 40 tasks in 3 clusters (Omniglot alphabets, "
                "MNIST and Fashion leave-one-out): 20,000 rounds, batch 32, Adam 3e-4, logits 6e-3, "
-               "budget 0.5 with lambda 1, p_init 0.5; checkpoints every 100 rounds"),
-        config="experiments/configs/clusters40.py:offline,checkpoint_every=100,log_every=100",
+               "budget 0.5 with lambda 1, p_init 0.5; checkpoints every 1,000 rounds, evaluation "
+               "batches of 500"),
+        config=("experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,"
+                "eval_batch_size=500"),
         methods="gumbel_matrix,shared_bottom", grid=[], pin=True),
     "clusters40_budget": dict(
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with the "
