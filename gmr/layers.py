@@ -45,7 +45,7 @@ def weighted_sum_first(y, w):
   einsum). Backward by hand: ``dy = w[i] * g`` as one broadcast multiply and
   ``dw[i] = <y[i], g>``. Autodiff of the unrolled sum scatters each block's gradient into a
   zero-padded ``[n, ...]`` array and adds n of them; the hand-written rule made the 4-MNISTs
-  step ~1.3x faster on one CPU core (README, "Speed"). Same values either way (tested).
+  step ~1.3x faster on one CPU core (docs/speed.md). Same values either way (tested).
   """
   return _unrolled_sum(y, w)
 

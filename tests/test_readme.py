@@ -19,8 +19,8 @@ INSTALL = 'pip install -e ".[test]" && '
 TEST_COMMAND = "python -m pytest -q"
 
 
-def blocks():
-  with open(os.path.join(ROOT, "README.md")) as f:
+def blocks(name="README.md"):
+  with open(os.path.join(ROOT, name)) as f:
     text = f.read()
   return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text,
                                                         re.S | re.M)]
@@ -43,8 +43,9 @@ def test_every_block_has_a_known_kind():
 
 
 def test_text_blocks_name_files_that_exist():
-  paths = [line.split()[0] for kind, code in blocks() if kind == "text"
-           for line in code.splitlines() if line and not line.startswith(" ")]
+  """The module list of docs/architecture.md (and any text block of the README)."""
+  paths = [line.split()[0] for kind, code in blocks() + blocks("docs/architecture.md")
+           if kind == "text" for line in code.splitlines() if line and not line.startswith(" ")]
   assert len(paths) >= 10
   missing = [p for p in paths if not os.path.exists(os.path.join(ROOT, p))]
   assert not missing
@@ -83,3 +84,35 @@ def test_bibtex_blocks_cite_the_papers_of_citation_cff():
   titles = [t for kind, code in blocks() if kind == "bibtex"
             for t in re.findall(r"title\s*=\s*\{(.*?)\}", code)]
   assert len(titles) == 2 and all(f"title: {t}" in cff for t in titles)
+
+
+def test_readme_is_a_front_page():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    lines = f.read().splitlines()
+  assert len(lines) <= 260
+  assert lines[5].startswith("# gmr")  # the two commands, then the title
+
+
+def test_results_table_is_generated_from_results():
+  """The README's results table is what ``python -m launch.front`` makes of results/ (never
+  typed by hand), and it names every row's combination rule."""
+  from launch import front
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = f.read()
+  assert front.table() in text
+  assert front.main(["--check"]) == 0
+  assert "| combine |" in front.table()
+
+
+def test_docs_links_resolve():
+  """Relative links of the README, docs/ and results/README.md point at files that exist."""
+  bad = []
+  for name in ("README.md", "docs/architecture.md", "docs/running.md", "docs/speed.md",
+               "results/README.md"):
+    with open(os.path.join(ROOT, name)) as f:
+      text = f.read()
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+      if not target.startswith("http") and not os.path.exists(
+          os.path.join(ROOT, os.path.dirname(name), target)):
+        bad.append((name, target))
+  assert not bad

@@ -71,7 +71,7 @@ def base_config() -> config_dict.ConfigDict:
   c.taps_task_norm = False  # per-task GroupNorm scale/offset deltas
   c.taps_learning_rate = config_dict.placeholder(float)  # deltas; None = learning_rate
   # sgd (momentum adam_b1) | adam for the scores. SGD: with Adam the L1 term alone moves every
-  # score by ~lr per step while dW = 0, so all cross tau before a delta has learned (README)
+  # score by ~lr per step while dW = 0, so all cross tau before a delta has learned (docs/running.md, "TAPS in detail")
   c.taps_score_optimizer = "sgd"
   c.taps_score_learning_rate = config_dict.placeholder(float)  # None = the deltas' rate
   # --- fine-tuning
