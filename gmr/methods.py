@@ -50,9 +50,45 @@ def _layer_key(l: int) -> str:
 
 
 class Method:
-  """Base class: a fixed allocation given by :meth:`matrices` (no learned parameters)."""
+  """Base class: a fixed allocation given by :meth:`matrices` (no learned parameters).
+
+  Besides the allocation, a method owns what the rest of gmr needs to know about it:
+
+  * ``default_combine``: how a layer combines its active components under ``combine="auto"``
+    (the authors' code: "mean", or "sum" for the shared bottom);
+  * ``task_row_keys``: subtrees of ``params["alloc"]`` whose leaves have a leading task axis
+    (one row per task: only the trained task's row changes in its step, like the heads);
+  * :meth:`check_config`: its config fields, checked before anything is built;
+  * :meth:`learning_rate` and :meth:`param_labels`: its parameters' optimizer groups;
+  * :meth:`penalty_terms` (named, logged), :meth:`summary` and :meth:`history`.
+  """
   name = "?"
   learned = False
+  default_combine = "mean"
+  task_row_keys: Sequence[str] = ()
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """Raise :class:`ConfigError` for a wrong value of a field this method reads (called by
+    :func:`gmr.validate.validate`, before data or compute)."""
+    del config
+
+  @classmethod
+  def learning_rate(cls, config, num_tasks: int) -> float:
+    """The learning rate of ``params["alloc"]`` (the ``"alloc"`` optimizer group): absolute
+    ``alloc_learning_rate`` if set, else ``alloc_lr_multiplier`` (default: the number of tasks,
+    section V-B) x ``learning_rate``."""
+    if config.get("alloc_learning_rate", None) is not None:
+      return float(config.alloc_learning_rate)
+    mult = config.get("alloc_lr_multiplier", None)
+    return float(config.learning_rate) * (num_tasks if mult is None else float(mult))
+
+  @classmethod
+  def param_labels(cls, alloc_labels):
+    """The optimizer group of every leaf of ``params["alloc"]``, given the tree with every leaf
+    labelled ``"alloc"``; the groups are :func:`gmr.optim.make_optimizer`'s ("alloc" or
+    "scores")."""
+    return alloc_labels
 
   def __init__(self, config, num_tasks: int, layer_sizes: Sequence[int]):
     self.config, self.num_tasks, self.layer_sizes = config, num_tasks, tuple(layer_sizes)
@@ -122,7 +158,9 @@ class Method:
 
 @register("shared_bottom")
 class SharedBottom(Method):
-  """Every task uses every component."""
+  """Every task uses every component; under ``combine="auto"`` their outputs are summed, as in
+  the authors' code."""
+  default_combine = "sum"
 
   def matrices_fixed(self):
     return [np.ones((self.num_tasks, c), np.float32) for c in self.layer_sizes]
@@ -133,6 +171,23 @@ class NoSharing(Method):
   """Task i uses component i (needs #components == #tasks). With
   ``no_sharing_components_per_task = k`` task i uses components i, i + T, ..., i + (k-1) T,
   which needs #components == k * #tasks (the transfer experiment: 2 tasks, 4 components)."""
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """The components of every routed layer split evenly over the tasks (for the suites and
+    architectures whose sizes are known from the config alone; the others are checked when
+    the network is built)."""
+    c = config
+    sizes = {"four_mnists": 4, "transfer": 4,
+             "synthetic": c.get("arch_kwargs", {}).get("num_components", 4)}
+    tasks = {"four_mnists": 4, "transfer": 2,
+             "synthetic_pairs": 2 * c.get("synthetic", {}).get("num_pairs", 2)}
+    if c.arch in sizes and c.suite in tasks:
+      n, t, k = sizes[c.arch], tasks[c.suite], c.no_sharing_components_per_task
+      if n != k * t:
+        raise ConfigError("no_sharing_components_per_task", f"{t} tasks x {k} components != "
+                          f"{n} components per layer of {c.arch!r}",
+                          f"set it to {n // t}" if n % t == 0 else "use another method")
 
   def matrices_fixed(self):
     k = int(self.config.get("no_sharing_components_per_task", 1))
@@ -155,6 +210,12 @@ class NoSharing(Method):
 class Fixed(Method):
   """Any given binary matrix: ``config.fixed_allocation`` is one ``[tasks, C]`` nested list
   used for every layer, or a list of them, one per layer."""
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    if config.get("fixed_allocation") is None:
+      raise ConfigError("fixed_allocation", "is required by method 'fixed'",
+                        "give a [tasks x components] 0/1 matrix (or one per routed layer)")
 
   def matrices_fixed(self):
     raw = self.config.get("fixed_allocation", None)
@@ -226,6 +287,27 @@ class TAPS(SharedBottom):
   of adaptable kernels; empty = all), ``taps_task_norm`` (per-task GroupNorm parameters).
   With ``freeze_backbone`` (fine-tuning mode) only the deltas, scores and heads learn."""
   learned = True
+  task_row_keys = ("taps",)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    from gmr import validate  # pylint: disable=g-import-not-at-top
+    validate.check_taps_fields(config)
+
+  @classmethod
+  def learning_rate(cls, config, num_tasks: int) -> float:
+    """Deltas (and scores, unless ``taps_score_learning_rate``): ``taps_learning_rate``, or the
+    weights' ``learning_rate`` when unset, as in the authors' code (one optimizer)."""
+    del num_tasks
+    lr = config.get("taps_learning_rate", None)
+    return float(config.learning_rate if lr is None else lr)
+
+  @classmethod
+  def param_labels(cls, alloc_labels):
+    """The scores get their own optimizer group, ``"scores"`` (``taps_score_optimizer``)."""
+    taps = dict(alloc_labels["taps"])
+    taps["scores"] = jax.tree.map(lambda _: "scores", taps["scores"])
+    return dict(alloc_labels, taps=taps)
 
   def init(self, key, model_params=None):
     del key

@@ -19,19 +19,14 @@ from __future__ import annotations
 import jax
 import optax
 
+from gmr.methods import METHODS
+
 
 def alloc_learning_rate(config, num_tasks: int) -> float:
-  """The logits' learning rate: absolute if ``alloc_learning_rate`` is set, else multiplier x lr.
-
-  TAPS's deltas and scores (its ``alloc`` parameters) use ``taps_learning_rate``, or the
-  weights' ``learning_rate`` when unset, as in the authors' code (one optimizer)."""
-  if config.get("method", "") == "taps":
-    lr = config.get("taps_learning_rate", None)
-    return float(config.learning_rate if lr is None else lr)
-  if config.get("alloc_learning_rate", None) is not None:
-    return float(config.alloc_learning_rate)
-  mult = config.get("alloc_lr_multiplier", None)
-  return float(config.learning_rate) * (num_tasks if mult is None else float(mult))
+  """The learning rate of ``params["alloc"]``: the method's own
+  (:meth:`gmr.methods.Method.learning_rate`; the logits': absolute if ``alloc_learning_rate``
+  is set, else multiplier x lr)."""
+  return METHODS[config.method].learning_rate(config, num_tasks)
 
 
 def l2_mask(model_params):
@@ -79,10 +74,8 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
 
   def labels(params):
     out = {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
-    if isinstance(params.get("alloc"), dict) and "taps" in params["alloc"]:
-      taps = dict(out["alloc"]["taps"])
-      taps["scores"] = jax.tree.map(lambda _: "scores", taps["scores"])
-      out["alloc"] = dict(out["alloc"], taps=taps)
+    if out.get("alloc"):  # the method's own groups (TAPS: its scores)
+      out["alloc"] = METHODS[config.method].param_labels(out["alloc"])
     if freeze:  # fine-tuning: only heads (and alloc) learn
       out["model"] = jax.tree.map(lambda f: "frozen" if f else "model", frozen(params)["model"])
     return out

@@ -96,7 +96,7 @@ class Setup(NamedTuple):
 def resolve_combine(config) -> str:
   """``combine="auto"``: what the authors' code does, sum for shared bottom, mean otherwise."""
   if config.combine == "auto":
-    return "sum" if config.method in ("shared_bottom", "taps") else "mean"
+    return methods_lib.METHODS[config.method].default_combine
   return config.combine
 
 
@@ -203,14 +203,12 @@ def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
 
 
 # ----------------------------------------------------------------------------- step
-TASK_ROW_KEYS = ("heads", "taps")  # subtrees with a leading task axis, one row per task
-
-
-def _select_task_rows(new, old, task, num_tasks):
-  """Keep ``old`` except row ``task`` for leaves under ``heads`` (or TAPS's per-task deltas
-  and scores) with a leading task axis."""
+def _select_task_rows(new, old, task, num_tasks, row_keys=("heads",)):
+  """Keep ``old`` except row ``task`` for leaves under ``row_keys`` (the heads and the
+  method's ``task_row_keys``, e.g. TAPS's per-task deltas and scores) with a leading task
+  axis."""
   def sel(path, n, o):
-    if (any(getattr(p, "key", None) in TASK_ROW_KEYS for p in path) and n.ndim
+    if (any(getattr(p, "key", None) in row_keys for p in path) and n.ndim
         and n.shape[0] == num_tasks):
       mask = (jnp.arange(num_tasks) == task).reshape((-1,) + (1,) * (n.ndim - 1))
       return jnp.where(mask, n, o)
@@ -248,6 +246,7 @@ def make_train_step(setup: Setup, config) -> Callable:
   as the suite stores it (scaled by :func:`network_input`)."""
   t_init, t_min = float(config.t_init), float(config.t_min)
   sparse_heads = bool(config.sparse_head_updates)
+  row_keys = ("heads",) + tuple(setup.method.task_row_keys)
 
   def step(state: TrainState, x, y, task, key):
     temperature = A.temperature(state.step, t_init, t_min)
@@ -257,8 +256,8 @@ def make_train_step(setup: Setup, config) -> Callable:
     if sparse_heads:
       # Heads of other tasks get no gradient in the authors' code and so are not touched
       # (TF skips variables without a gradient); keep their weights and Adam moments.
-      params = _select_task_rows(params, state.params, task, setup.num_tasks)
-      opt_state = _select_task_rows(opt_state, state.opt_state, task, setup.num_tasks)
+      params = _select_task_rows(params, state.params, task, setup.num_tasks, row_keys)
+      opt_state = _select_task_rows(opt_state, state.opt_state, task, setup.num_tasks, row_keys)
     return TrainState(state.step + 1, params, opt_state), loss
 
   return step
@@ -704,7 +703,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
     return jax.vmap(lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(t_count))
 
   def penalty_report():
-    terms = jax.device_get(penalties(state.params["alloc"])) if state.params["alloc"] else {}
+    terms = jax.device_get(penalties(state.params["alloc"]))  # {} for a method without terms
     return {k: dict({n: float(v[i]) for i, n in enumerate(names)}, mean=float(np.mean(v)))
             for k, v in terms.items()}
 

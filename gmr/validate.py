@@ -127,13 +127,7 @@ def validate(c) -> None:
   if c.get("freeze_backbone", False) and not init_from:
     raise ConfigError("freeze_backbone", "is true but init_from is empty (a frozen random "
                       "backbone)", "set --config.init_from=<source run> or freeze_backbone=false")
-  if c.method == "taps":
-    _taps(c)
-  if c.method == "no_sharing":
-    _no_sharing_fits(c)
-  if c.method == "fixed" and c.get("fixed_allocation") is None:
-    raise ConfigError("fixed_allocation", "is required by method 'fixed'",
-                      "give a [tasks x components] 0/1 matrix (or one per routed layer)")
+  METHODS[c.method].check_config(c)  # the method's own fields
   if c.budget_lambda > 0 and c.budget >= 1.0:
     raise ConfigError("budget", "is 1.0 (no constraint) while budget_lambda > 0",
                       "give the allowed active fraction in (0, 1), e.g. --config.budget=0.75")
@@ -173,7 +167,8 @@ def validate(c) -> None:
                           f"{data.alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
 
 
-def _taps(c):
+def check_taps_fields(c):
+  """TAPS's fields (:meth:`gmr.methods.TAPS.check_config`)."""
   _num(c, "taps_tau", 0, fix="give the score threshold, >= 0, e.g. 0.1 (a negative one makes "
        "every layer task-specific)")
   _num(c, "taps_score_init", fix="give the initial score, e.g. 0.15 (above taps_tau: every "
@@ -201,13 +196,3 @@ def _bool(c, field):
                       f"set --config.{field}=true or false")
 
 
-def _no_sharing_fits(c):
-  """The components of every routed layer split evenly over the tasks."""
-  sizes = {"four_mnists": 4, "transfer": 4, "synthetic": c.get("arch_kwargs", {}).get("num_components", 4)}
-  tasks = {"four_mnists": 4, "transfer": 2, "synthetic_pairs": 2 * c.get("synthetic", {}).get("num_pairs", 2)}
-  if c.arch in sizes and c.suite in tasks:
-    n, t, k = sizes[c.arch], tasks[c.suite], c.no_sharing_components_per_task
-    if n != k * t:
-      raise ConfigError("no_sharing_components_per_task", f"{t} tasks x {k} components != "
-                        f"{n} components per layer of {c.arch!r}",
-                        f"set it to {n // t}" if n % t == 0 else "use another method")

@@ -136,3 +136,65 @@ def test_frozen_gradients_never_reach_the_applied_update(method, clip_norm):
     scale = min(1.0, clip_norm / np.linalg.norm(trainable))
     head = -np.asarray(u["model"]["heads"]["kernel"]) * 1e30  # -lr * g / eps
     np.testing.assert_allclose(head, 0.3 * scale, rtol=1e-5)
+
+
+def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
+  """Adding a method is one class: a toy method registered here, without editing gmr/, is
+  validated (its own check), trained with its combination rule, its learning rate, its
+  per-task rows and its named penalty term (logged with the loss), and reported."""
+  import json
+  from gmr import experiment, train, validate
+  from gmr.methods import ConfigError
+
+  @methods.register("toy_first_half")
+  class FirstHalf(methods.Method):
+    """Every task uses the first half of each layer's components, summed; learns nothing."""
+    default_combine = "sum"
+
+    @classmethod
+    def check_config(cls, config):
+      if config.p_init == 0.123:
+        raise ConfigError("p_init", "0.123 is refused by the toy method", "use another value")
+
+    def matrices_fixed(self):
+      return [np.concatenate([np.ones((self.num_tasks, c // 2)),
+                              np.zeros((self.num_tasks, c - c // 2))], 1).astype(np.float32)
+              for c in self.layer_sizes]
+
+    def penalty_terms(self, alloc_params, task):
+      return {"toy_zero": jnp.zeros(())}
+
+  try:
+    c = synthetic_cfg.get_config("smoke")
+    c.method, c.combine = "toy_first_half", "auto"
+    validate.validate(c)
+    assert train.resolve_combine(c) == "sum"
+    res = experiment.run(c, str(tmp_path / "w"), quiet=True)
+    for m in res["allocations"].values():
+      m = np.asarray(m)
+      half = m.shape[1] // 2
+      assert np.all(m[:, :half] == 1) and np.all(m[:, half:] == 0)
+    logs = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
+    assert any("toy_zero" in (l.get("penalty") or {}) for l in logs)
+    c.p_init = 0.123
+    with pytest.raises(ConfigError, match="p_init: 0.123 is refused by the toy method"):
+      validate.validate(c)
+  finally:
+    methods.METHODS.pop("toy_first_half")
+
+
+def test_no_method_name_is_compared_outside_its_class():
+  """gmr's modules ask the method's class (combine rule, rows, optimizer groups, checks)
+  instead of comparing ``config.method`` with a name."""
+  import os
+  import re
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gmr")
+  names = "|".join(re.escape(n) for n in methods.METHODS)
+  bad = []
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      if f.endswith(".py") and f != "methods.py":
+        text = open(os.path.join(dirpath, f)).read()
+        bad += [(f, m.group(0)) for m in re.finditer(
+            rf"method\s*(==|!=|in)\s*\(?\s*[\"']({names})[\"']", text)]
+  assert not bad
