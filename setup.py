@@ -15,6 +15,9 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py>=2.0",
         "numpy",
+        # gmr.analysis: Student-t quantiles (scipy.stats), average-linkage clustering
+        # (scipy.cluster.hierarchy); jax depends on scipy too
+        "scipy",
         # tfds' builders import importlib_resources when TensorFlow is absent; Pillow decodes
         # Omniglot's PNGs (the field's standard image library)
         "importlib_resources",

@@ -51,8 +51,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from gmr import embeddings  # noqa: E402
-from launch import aggregate  # noqa: E402
+from gmr.analysis import embeddings, stats, tables  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run or a sweep directory.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -118,7 +117,7 @@ def band(curves: np.ndarray):
   mean = curves.mean(0)
   if len(curves) < 2:
     return mean, np.zeros_like(mean)
-  half = np.array([aggregate.interval90(curves[:, i]) for i in range(curves.shape[1])])
+  half = np.array([stats.interval90(curves[:, i]) for i in range(curves.shape[1])])
   return mean, half
 
 
@@ -508,7 +507,7 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       plot_loss_curves(curves, name, out_dir, len([r for r in runs if r["log"]]))
       files.append("loss_curves.png")
     if finished:
-      table[name] = aggregate.summarize([r["results"] for r in finished])
+      table[name] = tables.summarize([r["results"] for r in finished])
       pick = [r for r in finished if seed < 0 or r["results"]["seed"] == seed]
       if not pick:
         raise ReportError(f"--seed: no finished seed {seed} in {name}; have "
@@ -536,8 +535,8 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
     if comp:
       written["comparison"] = [comp]
   if len(groups) > 1 and table:
-    md = aggregate.to_markdown(table, f"Summary of {workdir}",
-                               f"python -m experiments.report --workdir={workdir} --out={out}")
+    md = tables.to_markdown(table, f"Summary of {workdir}",
+                            f"python -m experiments.report --workdir={workdir} --out={out}")
     with open(os.path.join(out, "table.md"), "w") as f:
       f.write(md)
     with open(os.path.join(out, "table.json"), "w") as f:

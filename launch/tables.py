@@ -24,7 +24,7 @@ import sys
 
 import jax
 
-from launch import aggregate
+from gmr.analysis import tables
 
 RECIPES = {
     "synthetic": dict(
@@ -120,9 +120,9 @@ def main():
         subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
                                f"--workdir={wd}", "--quiet"])
     subprocess.check_call(argv)
-  table = {n: aggregate.summarize(runs) for n, runs in aggregate.collect(root).items()}
+  table = {n: tables.summarize(runs) for n, runs in tables.collect(root).items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
-  md = aggregate.to_markdown(table, r["title"], cmd)
+  md = tables.to_markdown(table, r["title"], cmd)
   md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items()) + ".\n")

@@ -1,9 +1,12 @@
-"""Task embeddings, similarities, identical groups, clustering and the adjusted Rand index."""
+"""gmr.analysis.embeddings: task embeddings, similarities, identical groups, clustering (against
+a brute-force average-linkage reference) and the adjusted Rand index."""
+
+import itertools
 
 import numpy as np
 import pytest
 
-from gmr import embeddings as E
+from gmr.analysis import embeddings as E
 
 
 def test_embeddings_concatenate_layers_in_order():
@@ -133,34 +136,158 @@ def test_taps_embeddings_are_the_task_specific_layers():
   assert emb.shape == (5, 2) and names == ["layer_0/0", "layer_0/1"]
 
 
-def test_aggregate_groups_use_the_run_embeddings():
-  """Table I's group columns: routed methods compare allocations, TAPS its task-specific layers
-  (its allocations are all ones, which would call every grouping 'shared')."""
-  from launch import aggregate
-  res = {"tasks": ["a", "a2", "b", "b2"], "task_groups": [[0, 1], [2, 3]],
-         "allocations": {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]]}}
-  assert aggregate.groups_recovered(res) and aggregate.groups_identical(res)
-  res["allocations"]["layer_0"][3] = [1, 1]
-  assert not aggregate.groups_recovered(res) and not aggregate.groups_identical(res)
-  layers = ["l0", "l1"]
-  res["taps"] = {"scores": {t: {l: 0.0 for l in layers} for t in res["tasks"]},
-                 "task_specific_layers": {"a": ["l0"], "a2": ["l0"], "b": ["l1"], "b2": ["l1"]}}
-  assert aggregate.groups_recovered(res)  # by the task-specific layers, not the allocations
-  res["taps"]["task_specific_layers"] = {t: [] for t in res["tasks"]}  # nothing adapted
-  assert aggregate.groups_identical(res) and not aggregate.groups_recovered(res)
+# ----------------------------------------------------------------------------- clustering
+# E.cluster is scipy's average linkage. Two references: the hand implementation gmr had before
+# (kept here; ties: the first pair in row-major order within 1e-12) and a brute force that
+# follows every tie and returns every k-way partition average linkage can reach.
+def _hand_cluster(emb, k):
+  """gmr's former hand-written average linkage (Lance-Williams updates, O(T) per merge)."""
+  emb = np.asarray(emb)
+  t = len(emb)
+  if not 1 <= k <= t:
+    raise ValueError(f"k must be in [1, {t}], got {k}")
+  d = 1.0 - E.cosine_similarity(emb)
+  clusters = [[i] for i in range(t)]
+  np.fill_diagonal(d, np.inf)
+  sizes = np.ones(t)
+  while len(clusters) > k:
+    upper = np.where(np.triu(np.ones_like(d, bool), 1), d, np.inf)
+    a, b = np.argwhere(upper <= upper.min() + 1e-12)[0]
+    merged = (sizes[a] * d[a] + sizes[b] * d[b]) / (sizes[a] + sizes[b])
+    d[a], d[:, a] = merged, merged
+    d[a, a] = np.inf
+    sizes[a] += sizes[b]
+    d = np.delete(np.delete(d, b, 0), b, 1)
+    sizes = np.delete(sizes, b)
+    clusters[a] = sorted(clusters[a] + clusters[b])
+    del clusters[b]
+  labels = np.empty(t, np.int64)
+  for i, members in enumerate(sorted(clusters, key=lambda c: c[0])):
+    labels[members] = i
+  return labels
 
 
-def test_cluster_table_columns_per_seed():
-  """launch.aggregate: a clusters sweep row lists ARI, nearest-task agreement and the
-  within-cluster disagreement per seed, seeds in order."""
-  from launch import aggregate
-  alloc = {"layer_0": [[1, 0, 0], [1, 1, 1], [0, 0, 1]]}
-  probs = {"layer_0": [[0.99, 0.02, 0.03], [0.95, 0.97, 0.55], [0.01, 0.4, 0.9]]}
-  run = lambda seed, a: {"seed": seed, "final": {"loss": {"mean": 1.0}}, "active_fraction": 0.5,
-                         "wall_time_s": 1.0, "steps": 1, "allocations": a, "probabilities": probs,
-                         "task_clusters": {"a": [0, 1], "b": [2]}}
-  same = {"layer_0": [[1, 0, 0], [1, 0, 0], [0, 0, 1]]}
-  s = aggregate.summarize([run(1, same), run(0, alloc)])
-  md = aggregate.to_markdown({"gm": s})
-  assert "within a cluster (of them decided by both)" in md
-  assert "| a 2.0 (1.0) b -; a 0.0 (0.0) b - |" in md
+def _partition(labels):
+  return tuple(sorted(tuple(np.flatnonzero(labels == c).tolist()) for c in np.unique(labels)))
+
+
+def _average_linkage_partitions(emb, k, tol=1e-9):
+  """Every k-way partition that average linkage reaches under some order of tied merges: from
+  singletons, repeatedly merge a pair of clusters whose mean pairwise cosine distance (computed
+  from scratch, no update formula) is within ``tol`` of the smallest."""
+  d = 1.0 - E.cosine_similarity(emb)
+  canon = lambda p: tuple(sorted(tuple(sorted(c)) for c in p))
+  found, seen, todo = set(), set(), [canon([[i] for i in range(len(d))])]
+  while todo:
+    p = todo.pop()
+    if p in seen:
+      continue
+    seen.add(p)
+    if len(p) == k:
+      found.add(p)
+      continue
+    pairs = {(a, b): d[np.ix_(p[a], p[b])].mean()
+             for a, b in itertools.combinations(range(len(p)), 2)}
+    low = min(pairs.values())
+    todo += [canon([c for i, c in enumerate(p) if i not in (a, b)] + [p[a] + p[b]])
+             for (a, b), v in pairs.items() if v <= low + tol]
+  return found
+
+
+def _check_labels(labels, t, k):
+  assert labels.dtype == np.int64 and labels.shape == (t,)
+  assert sorted(set(labels.tolist())) == list(range(k))  # exactly k clusters
+  _, first = np.unique(labels, return_index=True)
+  assert np.all(np.diff(first) > 0)  # numbered by first appearance
+
+
+def test_cluster_equals_the_reference_on_random_embeddings():
+  """Real-valued embeddings (no ties): scipy's average linkage = the hand implementation, label
+  for label, for every k; signed entries (cosine distances up to 2) and float32 included."""
+  rng = np.random.default_rng(0)
+  cases = 0
+  for _ in range(40):
+    t = int(rng.integers(2, 16))
+    emb = rng.normal(size=(t, int(rng.integers(2, 9))))
+    if rng.random() < 0.5:
+      emb = np.abs(emb).astype(np.float32)
+    for k in range(1, t + 1):
+      labels = E.cluster(emb, k)
+      _check_labels(labels, t, k)
+      np.testing.assert_array_equal(labels, _hand_cluster(emb, k))
+      cases += 1
+  assert cases > 200
+
+
+def test_cluster_is_an_average_linkage_clustering_when_distances_tie():
+  """Random 0/1 embeddings (the allocations' kind: many equal distances, identical rows,
+  all-zero rows): the clustering is one that average linkage reaches under some order of the
+  tied merges (brute force), and where the ties leave only one, it is that one (= the hand
+  implementation's)."""
+  rng = np.random.default_rng(1)
+  unique = ambiguous = 0
+  for _ in range(120):
+    t = int(rng.integers(2, 8))
+    emb = rng.integers(0, 2, (t, int(rng.integers(1, 6)))).astype(np.float32)
+    k = int(rng.integers(1, t + 1))
+    labels = E.cluster(emb, k)
+    _check_labels(labels, t, k)
+    allowed = _average_linkage_partitions(emb, k)
+    assert _partition(labels) in allowed, (emb, k, labels, allowed)
+    assert _partition(_hand_cluster(emb, k)) in allowed
+    if len(allowed) == 1:
+      unique += 1
+      np.testing.assert_array_equal(labels, _hand_cluster(emb, k))
+    else:
+      ambiguous += 1
+  assert unique > 30 and ambiguous > 10  # both kinds were exercised
+
+
+@pytest.mark.parametrize("t", [2, 3, 5, 7])
+def test_cluster_of_all_zero_embeddings(t):
+  """All-zero embeddings are at cosine distance 1 from each other (cosine_similarity 0, not
+  nan): every merge ties, and the clustering is the hand implementation's, the first tasks in
+  one cluster and the rest alone."""
+  emb = np.zeros((t, 4), np.float32)
+  for k in range(1, t + 1):
+    labels = E.cluster(emb, k)
+    np.testing.assert_array_equal(labels, _hand_cluster(emb, k))
+    np.testing.assert_array_equal(labels, [0] * (t - k + 1) + list(range(1, k)))
+  np.testing.assert_array_equal(E.cluster(np.zeros((4, 0)), 2), [0, 0, 0, 1])  # no columns
+
+
+def test_cluster_identical_and_zero_rows():
+  a, b, c, z = [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]
+  # identical rows: one cluster each, whatever the order of the tasks
+  emb = np.array([a, b, a, c, b, a, c], np.float32)
+  np.testing.assert_array_equal(E.cluster(emb, 3), [0, 1, 0, 2, 1, 0, 2])
+  # zero rows are 1 from everything, each other included: with a, a, b, b they are left alone
+  emb = np.array([z, a, b, a, z, b], np.float32)
+  for k in range(1, 7):
+    labels = E.cluster(emb, k)
+    assert _partition(labels) in _average_linkage_partitions(emb, k)
+  np.testing.assert_array_equal(E.cluster(emb, 4), [0, 1, 2, 1, 3, 2])
+  np.testing.assert_array_equal(E.cluster(emb, 4), _hand_cluster(emb, 4))
+  # a and c at distance 1/2, b at 1/2 from c and 1 from a: c joins a (row-major first tie)
+  # or b; the cut at k = 2 is one of those
+  emb = np.array([a, b, c], np.float32)
+  allowed = _average_linkage_partitions(emb, 2)
+  assert allowed == {((0, 2), (1,)), ((0,), (1, 2))}
+  assert _partition(E.cluster(emb, 2)) in allowed
+
+
+def test_cluster_edge_cases_and_errors():
+  np.testing.assert_array_equal(E.cluster([[1.0, 0.0]], 1), [0])  # one task
+  emb = np.eye(4)
+  np.testing.assert_array_equal(E.cluster(emb, 4), [0, 1, 2, 3])  # k = T: singletons
+  np.testing.assert_array_equal(E.cluster(emb, 1), [0, 0, 0, 0])
+  for k in (0, 5, -1):
+    with pytest.raises(ValueError, match="k must be in"):
+      E.cluster(emb, k)
+  with pytest.raises(ValueError, match=r"k must be in \[1, 0\]"):
+    E.cluster(np.zeros((0, 3)), 1)
+  bad = np.ones((3, 2))
+  bad[1, 0] = np.nan
+  with pytest.raises(ValueError, match="non-finite"):
+    E.cluster(bad, 2)
+

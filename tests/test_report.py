@@ -10,7 +10,7 @@ import pytest
 from experiments import report
 from experiments.configs import transfer
 from gmr import experiment
-from launch import aggregate
+from gmr.analysis import stats
 
 
 def test_smooth_and_band():
@@ -18,7 +18,7 @@ def test_smooth_and_band():
   np.testing.assert_allclose(report.smooth([1, 2, 3], 1), [1, 2, 3])
   m, h = report.band(np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]]))
   np.testing.assert_allclose(m, [3.0, 2.0])
-  np.testing.assert_allclose(h, [aggregate.interval90([1, 3, 5]), 0.0])
+  np.testing.assert_allclose(h, [stats.interval90([1, 3, 5]), 0.0])
 
 
 def _fake_run(d, seed, loss0, clusters=None):
@@ -65,7 +65,7 @@ def test_sweep_report_files_and_numbers(tmp_path):
   sm = np.array([report.smooth(x, 2) for x in seeds])
   np.testing.assert_allclose([float(r["mean"]) for r in rows], sm.mean(0), rtol=1e-5)
   np.testing.assert_allclose([float(r["ci90_half_width"]) for r in rows],
-                             [aggregate.interval90(sm[:, i]) for i in range(4)], rtol=1e-5)
+                             [stats.interval90(sm[:, i]) for i in range(4)], rtol=1e-5)
   # similarity: identical embeddings of a/b and of c/d; clusters recovered in every seed
   with open(os.path.join(out, "gm", "similarity.json")) as f:
     sim = json.load(f)
@@ -182,3 +182,22 @@ def test_progress_of_a_run_killed_and_resumed(tmp_path):
   assert r["overhead_fraction"] == pytest.approx(3.0 / 20.0)
   md = progress.to_markdown(rows, "t", "cmd", "abc")
   assert "| gm/seed_0 | 200 | 400 | no | 22.0 | 100 | 25.00 |" in md and "15.0%" in md
+
+
+def test_experiments_do_not_import_launch():
+  """experiments/ is below launch/ (the launchers run experiments, not the reverse): the
+  statistics and tables it needs are in gmr.analysis."""
+  import ast
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  bad = []
+  for d, _, files in os.walk(os.path.join(root, "experiments")):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(d, name)
+        with open(path) as f:
+          tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+          mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                  else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+          bad += [(path, m) for m in mods if m == "launch" or m.startswith("launch.")]
+  assert not bad

@@ -1,0 +1,96 @@
+"""gmr.analysis.tables: a sweep's runs -> summary rows and the Markdown table; and the
+``python -m launch.aggregate`` command line that writes them."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gmr.analysis import tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_aggregate_groups_use_the_run_embeddings():
+  """Table I's group columns: routed methods compare allocations, TAPS its task-specific layers
+  (its allocations are all ones, which would call every grouping 'shared')."""
+  res = {"tasks": ["a", "a2", "b", "b2"], "task_groups": [[0, 1], [2, 3]],
+         "allocations": {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]]}}
+  assert tables.groups_recovered(res) and tables.groups_identical(res)
+  res["allocations"]["layer_0"][3] = [1, 1]
+  assert not tables.groups_recovered(res) and not tables.groups_identical(res)
+  layers = ["l0", "l1"]
+  res["taps"] = {"scores": {t: {l: 0.0 for l in layers} for t in res["tasks"]},
+                 "task_specific_layers": {"a": ["l0"], "a2": ["l0"], "b": ["l1"], "b2": ["l1"]}}
+  assert tables.groups_recovered(res)  # by the task-specific layers, not the allocations
+  res["taps"]["task_specific_layers"] = {t: [] for t in res["tasks"]}  # nothing adapted
+  assert tables.groups_identical(res) and not tables.groups_recovered(res)
+
+
+def test_cluster_table_columns_per_seed():
+  """gmr.analysis.tables: a clusters sweep row lists ARI, nearest-task agreement and the
+  within-cluster disagreement per seed, seeds in order."""
+  alloc = {"layer_0": [[1, 0, 0], [1, 1, 1], [0, 0, 1]]}
+  probs = {"layer_0": [[0.99, 0.02, 0.03], [0.95, 0.97, 0.55], [0.01, 0.4, 0.9]]}
+  run = lambda seed, a: {"seed": seed, "final": {"loss": {"mean": 1.0}}, "active_fraction": 0.5,
+                         "wall_time_s": 1.0, "steps": 1, "allocations": a, "probabilities": probs,
+                         "task_clusters": {"a": [0, 1], "b": [2]}}
+  same = {"layer_0": [[1, 0, 0], [1, 0, 0], [0, 0, 1]]}
+  s = tables.summarize([run(1, same), run(0, alloc)])
+  md = tables.to_markdown({"gm": s})
+  assert "within a cluster (of them decided by both)" in md
+  assert "| a 2.0 (1.0) b -; a 0.0 (0.0) b - |" in md
+
+
+def _results(seed, loss, acc=None):
+  r = {"seed": seed, "final": {"loss": {"mean": loss}}, "active_fraction": 0.5,
+       "wall_time_s": 2.0, "steps": 10}
+  if acc is not None:
+    r["final"]["accuracy"] = {"mean": acc}
+  return r
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value")
+def test_summarize_numbers_and_the_t_interval():
+  runs = [_results(2, 1.0, 0.90), _results(0, 3.0, 0.80), _results(1, 5.0, 0.85)]
+  s = tables.summarize(runs)
+  assert s["seeds"] == [0, 1, 2] and s["n"] == 3 and s["loss_per_seed"] == [1.0, 3.0, 5.0]
+  assert s["loss_mean"] == 3.0 and s["loss_std"] == 2.0
+  assert s["loss_ci90"] == pytest.approx(2.919986 * 2 / math.sqrt(3), rel=1e-6)  # t(0.95, 2)
+  assert s["acc_mean"] == pytest.approx(85.0) and s["acc_std"] == pytest.approx(5.0)
+  assert s["acc_ci90"] == pytest.approx(2.919986 * 5 / math.sqrt(3), rel=1e-6)
+  one = tables.summarize([_results(0, 1.0)])
+  assert one["loss_std"] == 0.0 and math.isnan(one["loss_ci90"]) and "acc_mean" not in one
+  md = tables.to_markdown({"a": s, "b": one}, "T", "cmd")
+  assert md.startswith("### T\n") and md.endswith("Command: `cmd`\n")
+  assert "| a | 3 | 3.0000 +- 2.0000 | [-0.3717, 6.3717] | 85.00 +- 5.00 | 50.0% |" in md
+  with pytest.raises(IndexError):
+    tables.summarize([])
+
+
+def test_collect_and_the_aggregate_command_line(tmp_path):
+  for name, losses in (("x", (1.0, 3.0, 5.0)), ("y", (2.0,))):
+    for seed, loss in enumerate(losses):
+      d = tmp_path / "sweep" / name / f"seed_{seed}"
+      os.makedirs(d)
+      with open(d / "results.json", "w") as f:
+        json.dump(_results(seed, loss), f)
+  runs = tables.collect(str(tmp_path / "sweep"))
+  assert list(runs) == ["x", "y"] and [r["seed"] for r in runs["x"]] == [0, 1, 2]
+  assert tables.collect(str(tmp_path / "none")) == {}
+  out = tmp_path / "out" / "t"
+  p = subprocess.run([sys.executable, "-m", "launch.aggregate", f"--root={tmp_path / 'sweep'}",
+                      f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  with open(f"{out}.json") as f:
+    table = json.load(f)
+  assert table["x"]["loss_ci90"] == pytest.approx(tables.summarize(runs["x"])["loss_ci90"])
+  assert open(f"{out}.md").read() == tables.to_markdown(
+      {n: tables.summarize(r) for n, r in runs.items()})
+  p = subprocess.run([sys.executable, "-m", "launch.aggregate", f"--root={tmp_path / 'none'}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and "no results.json" in p.stderr
