@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr import checkpoint as checkpoint_lib
+from gmr import config as config_schema
 from gmr import data as data_lib
 from gmr import optim as optim_lib
 from gmr import train as train_lib
@@ -161,12 +162,10 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was written."""
 
 
-# Config fields added after runs already existed, with the value that reproduces what runs made
-# before the field existed. A workdir whose config.json lacks such a field, while this run has it
+# A workdir whose config.json lacks a field of :data:`gmr.config.UPGRADES`, while this run has it
 # at that value, holds the same run (it resumes or counts as finished); any other value differs.
 # ``layout`` only changes how the same function is computed (equal up to float rounding).
-ADDED_FIELDS = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",
-                "conv_dtype": "float32", "accept_noncanonical_data": False}
+ADDED_FIELDS = config_schema.UPGRADES
 
 
 # Fields that change how a run is computed or stored on this machine, never its numbers: they
@@ -417,7 +416,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
   lock: a second process on the same workdir is refused with :class:`WorkdirError`."""
   validate.validate(config)
-  use_compilation_cache(config.get("compilation_cache_dir", ""))  # before anything compiles
+  use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
   train_lib.check_structure(config, *data_lib.describe(config))
   data_lib.check_data_available(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -475,7 +474,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   if not quiet and time.time() - t_data > 1.0:
     stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.get("keep_checkpoints", 2)))
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
   state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
   found = None
   changes = read_changes(workdir)
@@ -526,7 +525,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   tb = _TensorBoard(workdir if primary else None)
   tb.hparams(config)
   t0 = time.time()
-  every = int(config.get("checkpoint_every", 0))
+  every = int(config.checkpoint_every)
   stop = {"signal": None}
   good = {"round": resumed_from}
 

@@ -78,9 +78,9 @@ class Method:
     """The learning rate of ``params["alloc"]`` (the ``"alloc"`` optimizer group): absolute
     ``alloc_learning_rate`` if set, else ``alloc_lr_multiplier`` (default: the number of tasks,
     section V-B) x ``learning_rate``."""
-    if config.get("alloc_learning_rate", None) is not None:
+    if config.alloc_learning_rate is not None:
       return float(config.alloc_learning_rate)
-    mult = config.get("alloc_lr_multiplier", None)
+    mult = config.alloc_lr_multiplier
     return float(config.learning_rate) * (num_tasks if mult is None else float(mult))
 
   @classmethod
@@ -179,7 +179,7 @@ class NoSharing(Method):
     the network is built)."""
     c = config
     sizes = {"four_mnists": 4, "transfer": 4,
-             "synthetic": c.get("arch_kwargs", {}).get("num_components", 4)}
+             "synthetic": c.arch_kwargs.get("num_components", 4)}
     tasks = {"four_mnists": 4, "transfer": 2,
              "synthetic_pairs": 2 * c.get("synthetic", {}).get("num_pairs", 2)}
     if c.arch in sizes and c.suite in tasks:
@@ -190,7 +190,7 @@ class NoSharing(Method):
                           f"set it to {n // t}" if n % t == 0 else "use another method")
 
   def matrices_fixed(self):
-    k = int(self.config.get("no_sharing_components_per_task", 1))
+    k = int(self.config.no_sharing_components_per_task)
     out = []
     for l, c in enumerate(self.layer_sizes):
       if c != k * self.num_tasks:
@@ -213,12 +213,12 @@ class Fixed(Method):
 
   @classmethod
   def check_config(cls, config) -> None:
-    if config.get("fixed_allocation") is None:
+    if config.fixed_allocation is None:
       raise ConfigError("fixed_allocation", "is required by method 'fixed'",
                         "give a [tasks x components] 0/1 matrix (or one per routed layer)")
 
   def matrices_fixed(self):
-    raw = self.config.get("fixed_allocation", None)
+    raw = self.config.fixed_allocation
     if raw is None:
       raise ConfigError("fixed_allocation", "is not set for method 'fixed'",
                         "give a [tasks x components] 0/1 nested list (or one per layer)")
@@ -268,7 +268,7 @@ class GumbelMatrix(Method):
     c = self.config
     out = {"budget": A.budget_penalty(A.expected_active_fraction(logits, task), c.budget,
                                       c.budget_lambda)}
-    if c.get("entropy_penalty", 0.0):
+    if c.entropy_penalty:
       total = sum(self.layer_sizes)
       out["entropy"] = c.entropy_penalty * sum(A.entropy(lg[task]).sum() for lg in logits) / total
     return out
@@ -299,7 +299,7 @@ class TAPS(SharedBottom):
     """Deltas (and scores, unless ``taps_score_learning_rate``): ``taps_learning_rate``, or the
     weights' ``learning_rate`` when unset, as in the authors' code (one optimizer)."""
     del num_tasks
-    lr = config.get("taps_learning_rate", None)
+    lr = config.taps_learning_rate
     return float(config.learning_rate if lr is None else lr)
 
   @classmethod
@@ -314,12 +314,12 @@ class TAPS(SharedBottom):
     if model_params is None:
       raise ValueError("taps needs the network's parameters to build its deltas")
     c = self.config
-    params = taps_lib.init(model_params, self.num_tasks, tuple(c.get("taps_layers", ()) or ()),
-                           float(c.get("taps_score_init", taps_lib.SCORE_INIT)),
-                           bool(c.get("taps_task_norm", False)))
-    if not taps_lib.adaptable_paths(model_params, tuple(c.get("taps_layers", ()) or ())):
+    params = taps_lib.init(model_params, self.num_tasks, tuple(c.taps_layers or ()),
+                           float(c.taps_score_init),
+                           bool(c.taps_task_norm))
+    if not taps_lib.adaptable_paths(model_params, tuple(c.taps_layers or ())):
       raise ConfigError("taps_layers", f"matches no kernel of the network (patterns "
-                        f"{list(c.get('taps_layers', ()))})",
+                        f"{list(c.taps_layers)})",
                         "use fnmatch patterns like 'layer_1/*' or leave it empty for all")
     return {"taps": params}
 
@@ -328,12 +328,12 @@ class TAPS(SharedBottom):
 
   @property
   def _tau(self):
-    return float(self.config.get("taps_tau", taps_lib.TAU))
+    return float(self.config.taps_tau)
 
   def penalty_terms(self, alloc_params, task):
     """``taps_l1``: the sparsity term ``lambda / L * sum |s|`` of the task's scores."""
     return {"taps_l1": taps_lib.penalty(alloc_params["taps"], task,
-                                        float(self.config.get("taps_lambda", 1.0)))}
+                                        float(self.config.taps_lambda))}
 
   def summary(self, alloc_params, task_names):
     return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}

@@ -43,9 +43,9 @@ def l2_mask(model_params):
 def score_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
   """TAPS scores: ``taps_score_optimizer`` ("adam" or "sgd", momentum ``adam_b1``) at
   ``taps_score_learning_rate`` (None: the deltas' learning rate)."""
-  lr = config.get("taps_score_learning_rate", None)
+  lr = config.taps_score_learning_rate
   lr = alloc_learning_rate(config, num_tasks) if lr is None else float(lr)
-  if config.get("taps_score_optimizer", "adam") == "sgd":
+  if config.taps_score_optimizer == "sgd":
     return optax.sgd(lr, momentum=config.adam_b1 or None)
   return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
@@ -63,7 +63,7 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
     model_tx.insert(0, optax.add_decayed_weights(config.l2, mask=l2_mask))
   alloc_tx = optax.adam(alloc_learning_rate(config, num_tasks), b1=config.adam_b1,
                         b2=config.adam_b2, eps=config.adam_eps)
-  freeze = bool(config.get("freeze_backbone", False))
+  freeze = bool(config.freeze_backbone)
 
   def frozen(params):
     """True for the leaves that never change (the backbone when ``freeze_backbone``)."""

@@ -111,14 +111,14 @@ def build_setup(config, num_tasks: int, head_dims, input_dim: int, loss: str = "
   """:func:`make_setup` from the suite's shape alone (no data)."""
   kwargs = dict(num_tasks=num_tasks, head_dims=tuple(head_dims), dropout=config.dropout,
                 input_dim=int(input_dim))
-  kwargs.update(config.get("arch_kwargs", {}))
+  kwargs.update(config.arch_kwargs)
   arch = models.build(config.arch, **kwargs)
   if arch.head_dims is not None and len(arch.head_dims) != num_tasks:
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {num_tasks} tasks", "match the suite's tasks")
   method = methods_lib.build(config.method, config, num_tasks, arch.layer_sizes)
   net = models.MultiTaskNet(arch, resolve_combine(config), config.fused, config.conv_impl,
-                            config.get("layout", "auto"), config.get("conv_dtype", "float32"))
+                            config.layout, config.conv_dtype)
   tx = make_optimizer(config, num_tasks)
   return Setup(net, arch, method, tx, loss, float(x_scale), num_tasks)
 
@@ -137,7 +137,7 @@ def check_structure(config, num_tasks: int, head_dims, input_dim: int) -> None:
   except methods_lib.ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (any failure of the user's structure)
-    kw = dict(config.get("arch_kwargs", {}) or {})
+    kw = dict(config.arch_kwargs)
     msg = (str(e).splitlines() or [""])[0][:200]
     raise methods_lib.ConfigError(
         "arch_kwargs" if kw else "arch",
@@ -287,7 +287,7 @@ def make_joint_step(setup: Setup, config) -> Callable:
 
 def num_data_devices(config) -> int:
   """Devices each batch is split over: ``config.data_parallel`` (0 = all devices)."""
-  n = int(config.get("data_parallel", 1))
+  n = int(config.data_parallel)
   return n or jax.device_count()
 
 
@@ -326,9 +326,9 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   S / T rounds in task order (``tasks`` = 0..T-1 repeated); each round is one update.
   With ``mesh`` (see :func:`make_mesh`) the batch axis is split over its devices.
   """
-  joint = config.get("schedule", "round_robin") == "joint"
+  joint = config.schedule == "joint"
   step = make_joint_step(setup, config) if joint else make_train_step(setup, config)
-  augment, pad = config.get("augment", ""), int(config.get("augment_pad", 4))
+  augment, pad = config.augment, int(config.augment_pad)
   num_tasks = setup.num_tasks
 
   def shard_batch(a, batch_axis):
@@ -590,7 +590,7 @@ def evaluated_splits(config, r: int) -> tuple:
   if r == int(config.num_rounds):
     return ("test", "validation")
   if on_eval_grid(config, r):
-    sel = (config.get("select_by", "") or "").split(".", 1)[0]
+    sel = (config.select_by or "").split(".", 1)[0]
     return ("test", "validation") if sel == "validation" else ("test",)
   return ()
 
@@ -649,7 +649,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   setup = make_setup(config, suite)
   if state is None:
     state = init_state(setup, keys.init)
-    if config.get("init_from", ""):
+    if config.init_from:
       state = init_from(setup, state, config.init_from)
   mesh = make_mesh(config)
   if mesh is not None and config.batch_size % mesh.size:
@@ -657,7 +657,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
                      f"{mesh.size} devices; use a multiple of {mesh.size}")
   state = replicate(state, mesh)
   run_steps = make_run_steps(setup, config, mesh)
-  joint = config.get("schedule", "round_robin") == "joint"
+  joint = config.schedule == "joint"
   sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
   eval_now = {"split": "", "t0": 0.0}
 
@@ -674,13 +674,13 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   total = int(config.num_rounds)
   chunk = max(1, int(config.rounds_per_call))
   boundaries = {total}
-  history_every = int(config.get("alloc_history_every", 0))
-  for every in (config.log_every, config.eval_every, config.get("checkpoint_every", 0), chunk,
+  history_every = int(config.alloc_history_every)
+  for every in (config.log_every, config.eval_every, config.checkpoint_every, chunk,
                 history_every):
     if every:
       boundaries.update(range(every, total, every))
   boundaries = sorted(boundaries)
-  select_by = config.get("select_by", "") or ""
+  select_by = config.select_by or ""
 
   eval_splits = {"test": suite.test, "validation": suite.validation}
   eval_splits = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size, names, put)

@@ -10,7 +10,7 @@ from gmr.methods import METHODS, ConfigError
 
 def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, fix="",
          name=None):
-  v = c.get(field)
+  v = c[field]
   field = name or field
   ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
   if isinstance(v, bool) or not ok_type:
@@ -75,16 +75,16 @@ def validate(c) -> None:
     raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean', 'sum' or 'auto'")
   if c.conv_impl not in ("auto", "xla", "patches"):
     raise ConfigError("conv_impl", f"unknown {c.conv_impl!r}", "use 'auto', 'xla' or 'patches'")
-  if c.get("layout", "auto") not in ("auto",) + comp.LAYOUTS:
+  if c.layout not in ("auto",) + comp.LAYOUTS:
     raise ConfigError("layout", f"unknown {c.layout!r}", "use 'auto', 'nhwc' or 'cnhw'")
-  if c.get("conv_dtype", "float32") not in comp.CONV_DTYPES:
+  if c.conv_dtype not in comp.CONV_DTYPES:
     raise ConfigError("conv_dtype", f"unknown {c.conv_dtype!r}",
                       "use " + " or ".join(repr(d) for d in comp.CONV_DTYPES))
   _num(c, "no_sharing_components_per_task", 1, integer=True)
   _choice(c, "schedule", ("round_robin", "joint"))
   _num(c, "data_parallel", 0, integer=True, fix="give a device count, or 0 for all devices")
   import jax  # the device count (global across hosts once jax.distributed is initialised)
-  if c.get("data_parallel", 1) > jax.device_count():
+  if c.data_parallel > jax.device_count():
     raise ConfigError("data_parallel", f"{c.data_parallel} devices asked, {jax.device_count()} "
                       "visible", "use --config.data_parallel=0 for all of them, or fewer")
   from gmr.train import num_data_devices  # 0 = all devices
@@ -104,18 +104,18 @@ def validate(c) -> None:
   _bool(c, "accept_noncanonical_data")
   _choice(c, "taps_score_optimizer", ("adam", "sgd"))
   for f in ("data_dir", "tfds_dir", "compilation_cache_dir"):
-    if not isinstance(c.get(f, ""), str):
-      raise ConfigError(f, f"must be a path string, got {c.get(f)!r}", f"set --config.{f}=<dir>")
-  sel = c.get("select_by", "")
+    if not isinstance(c[f], str):
+      raise ConfigError(f, f"must be a path string, got {c[f]!r}", f"set --config.{f}=<dir>")
+  sel = c.select_by
   if sel:
     parts = sel.split(".")
     if len(parts) != 3 or parts[0] not in ("validation", "test") or parts[1] not in ("loss", "accuracy"):
       raise ConfigError("select_by", f"{sel!r} is not <split>.<metric>.<task or mean>",
                         "e.g. --config.select_by=validation.accuracy.mean, or '' for the last")
-  if c.get("data_seed") is not None:
+  if c.data_seed is not None:
     _num(c, "data_seed", 0, integer=True)
   _bool(c, "freeze_backbone")
-  init_from = c.get("init_from", "")
+  init_from = c.init_from
   if not isinstance(init_from, str):
     raise ConfigError("init_from", f"must be a workdir path, got {init_from!r}",
                       "set --config.init_from=<workdir of a finished run> or ''")
@@ -124,7 +124,7 @@ def validate(c) -> None:
     if not os.path.exists(os.path.join(init_from, "results.json")):
       raise ConfigError("init_from", f"{init_from} has no results.json (not a finished run)",
                         "finish the source run first, or fix the path")
-  if c.get("freeze_backbone", False) and not init_from:
+  if c.freeze_backbone and not init_from:
     raise ConfigError("freeze_backbone", "is true but init_from is empty (a frozen random "
                       "backbone)", "set --config.init_from=<source run> or freeze_backbone=false")
   METHODS[c.method].check_config(c)  # the method's own fields
@@ -174,25 +174,25 @@ def check_taps_fields(c):
   _num(c, "taps_score_init", fix="give the initial score, e.g. 0.15 (above taps_tau: every "
        "layer starts task-specific)")
   _num(c, "taps_lambda", 0, fix="give the sparsity weight, >= 0")
-  if c.get("taps_learning_rate") is not None:
+  if c.taps_learning_rate is not None:
     _num(c, "taps_learning_rate", 0, lo_open=True)
   _bool(c, "taps_task_norm")
-  if c.get("taps_score_learning_rate") is not None:
+  if c.taps_score_learning_rate is not None:
     _num(c, "taps_score_learning_rate", 0, lo_open=True)
-  layers = c.get("taps_layers", ())
+  layers = c.taps_layers
   if not isinstance(layers, (list, tuple)) or not all(isinstance(p, str) for p in layers):
     raise ConfigError("taps_layers", f"must be a list of fnmatch patterns, got {layers!r}",
                       "e.g. ['layer_1/*', 'layer_2/*'], or [] for every kernel")
 
 
 def _choice(c, field, options):
-  if c.get(field) not in options:
-    raise ConfigError(field, f"unknown value {c.get(field)!r}", f"choose one of {list(options)}")
+  if c[field] not in options:
+    raise ConfigError(field, f"unknown value {c[field]!r}", f"choose one of {list(options)}")
 
 
 def _bool(c, field):
-  if not isinstance(c.get(field), bool):
-    raise ConfigError(field, f"must be true or false, got {c.get(field)!r}",
+  if not isinstance(c[field], bool):
+    raise ConfigError(field, f"must be true or false, got {c[field]!r}",
                       f"set --config.{field}=true or false")
 
 

@@ -35,8 +35,7 @@ def _pairs(config, key):
 
 def _data_options(config) -> dict:
   """The fields real-data suites read: data_dir, tfds_dir, download and ``config.data.*``."""
-  opts = {k: config.get(k, d) for k, d in (("data_dir", ""), ("tfds_dir", ""), ("download", False),
-                                           ("accept_noncanonical_data", False))}
+  opts = {k: config[k] for k in ("data_dir", "tfds_dir", "download", "accept_noncanonical_data")}
   opts.update(dict(config.get("data", {}) or {}))
   return opts
 
@@ -122,7 +121,7 @@ def check_data_available(config) -> None:
   if not needed:
     return
   data_dir = raw.resolve_data_dir(_data_options(config).get("data_dir", ""))
-  if config.get("download", False):
+  if config.download:
     return
   for name in needed:
     for rel in tfds_builders.BUILDERS[name].raw_files():
@@ -135,7 +134,7 @@ def load_suite(config) -> TaskSuite:
   (or ``config.seed`` when unset)."""
   if config.suite not in SUITES:
     raise ValueError(f"suite: unknown suite {config.suite!r}; choose one of {sorted(SUITES)}")
-  seed = config.get("data_seed", None)
+  seed = config.data_seed
   key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), 7)
   return SUITES[config.suite](config, key)
 
