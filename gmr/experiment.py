@@ -478,9 +478,9 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   state, start, best, resumed_from, wall_before, log_carry = None, 0, None, None, 0.0, None
   found = None
   changes = read_changes(workdir)
+  setup = train_lib.make_setup(config, suite)  # built once: restore template and training
   if ckpt.latest_round() is not None:
-    setup0 = train_lib.make_setup(config, suite)
-    like = train_lib.init_state(setup0, train_lib.make_keys(config.seed).init)
+    like = train_lib.init_state(setup, train_lib.make_keys(config.seed).init)
     identity = run_identity(config)
     earlier = _earlier_configs(config, changes)  # identity -> config, before each change
 
@@ -573,7 +573,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
         setup, state, final, best = train_lib.train(
             config, suite, on_event, state=state, start_round=start, on_chunk=on_chunk,
             best=best, log_carry=log_carry,
-            on_progress=None if quiet else _ProgressLines(stream))
+            on_progress=None if quiet else _ProgressLines(stream), setup=setup)
       except train_lib.NonFiniteError as e:
         where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
                  if good["round"] is not None else "no checkpoint had been written yet")

@@ -18,7 +18,7 @@ into one image pool, so the jitted step gathers its batches on device.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
