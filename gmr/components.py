@@ -36,11 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gmr.ops import (CONV_DTYPES, GN_EPS, LAYOUTS, PATCHES_MAX_DEPTH, channel_axis, conv2d,
+from gmr.ops import (CONV_DTYPES, Compute, GN_EPS, LAYOUTS, PATCHES_MAX_DEPTH, channel_axis, conv2d,
                      extract_patches, extract_patches_cnhw, glorot, group_norm, per_channel,
                      pool2d, resolve_layout)
 
-__all__ = ["CONV_DTYPES", "GN_EPS", "LAYOUTS", "PATCHES_MAX_DEPTH", "channel_axis", "conv2d",
+__all__ = ["CONV_DTYPES", "Compute", "GN_EPS", "LAYOUTS", "PATCHES_MAX_DEPTH", "channel_axis", "conv2d",
            "extract_patches", "extract_patches_cnhw", "glorot", "group_norm", "pool2d",
            "resolve_layout", "MLP", "ConvStack", "Pool", "Identity", "mlp", "conv", "conv_pair",
            "conv_1xk_kx1", "max_pool", "avg_pool", "identity", "MLPGroup", "ConvStackGroup",
@@ -122,7 +122,7 @@ class MLPGroup(nn.Module):
   """``n`` dense stacks over the same input: ``[..., D] -> [..., n, out]``."""
   spec: MLP
   n: int
-  fused: bool = True
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x):
@@ -134,7 +134,7 @@ class MLPGroup(nn.Module):
       biases.append(self.param(f"bias_{i}", nn.initializers.zeros, (self.n, w)))
       din = w
     acts = [True] * len(self.spec.hidden) + [self.spec.out_activation]
-    if self.fused:
+    if self.compute.fused:
       k0 = kernels[0]
       h = (x @ k0.transpose(1, 0, 2).reshape(k0.shape[1], -1)).reshape(
           x.shape[:-1] + (self.n, widths[0])) + biases[0]
@@ -163,14 +163,11 @@ class ConvStackGroup(nn.Module):
   """
   spec: ConvStack
   n: int
-  fused: bool = True
-  conv_impl: str = "auto"
-  layout: str = "nhwc"
-  conv_dtype: str = "float32"
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x):
-    s, n, f, lay = self.spec, self.n, self.spec.features, self.layout
+    s, n, f, lay = self.spec, self.n, self.spec.features, self.compute.layout
     last = len(s.kernels) - 1
     cin = x.shape[channel_axis(lay)]
     params = []
@@ -188,7 +185,7 @@ class ConvStackGroup(nn.Module):
       for i, ((k, b, gn), stride) in enumerate(
           zip(params, [1] * last + [s.stride])):
         h = conv2d(h, k_slice(k), stride, s.padding, groups if i > 0 else 1,
-                   self.conv_impl, lay, self.conv_dtype)
+                   self.compute.conv_impl, lay, self.compute.conv_dtype)
         h = h + per_channel(b_slice(b), h, lay)
         if gn is not None:
           h = group_norm(h, s.norm_groups * groups, b_slice(gn[0]), b_slice(gn[1]), layout=lay)
@@ -196,7 +193,7 @@ class ConvStackGroup(nn.Module):
           h = nn.relu(h)
       return h
 
-    if self.fused:
+    if self.compute.fused:
       y = run(x, lambda k: k, lambda v: v, n)
       if lay == "cnhw":
         return y.reshape((n, f) + y.shape[1:])
@@ -219,47 +216,41 @@ class PoolGroup(nn.Module):
   """``n`` identical pooling components: ``[B, H, W, C] -> [B, H', W', n, C]`` (computed once)."""
   spec: Pool
   n: int
-  fused: bool = True
-  layout: str = "nhwc"
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x):
     y = pool2d(x, self.spec.kind, self.spec.window, self.spec.stride, self.spec.padding,
-               self.layout)
-    return _copies(y, self.n, self.layout)
+               self.compute.layout)
+    return _copies(y, self.n, self.compute.layout)
 
 
 class IdentityGroup(nn.Module):
   """Identity, or a strided 1x1 convolution (no norm, no activation) when ``stride > 1``."""
   spec: Identity
   n: int
-  fused: bool = True
-  conv_impl: str = "auto"
-  layout: str = "nhwc"
-  conv_dtype: str = "float32"
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x):
     if self.spec.stride == 1:
-      return _copies(x, self.n, self.layout)
-    features = self.spec.features or x.shape[channel_axis(self.layout)]
+      return _copies(x, self.n, self.compute.layout)
+    features = self.spec.features or x.shape[channel_axis(self.compute.layout)]
     as_conv = ConvStack(((1, 1),), features, self.spec.stride, "SAME", 0, False)
-    return ConvStackGroup(as_conv, self.n, self.fused, self.conv_impl, self.layout,
-                          self.conv_dtype, name="conv")(x)
+    return ConvStackGroup(as_conv, self.n, self.compute, name="conv")(x)
 
 
-def group_module(spec, n: int, fused: bool, conv_impl: str, name: str,
-                 layout: str = "nhwc", conv_dtype: str = "float32") -> nn.Module:
-  """The group module that runs ``n`` components of ``spec`` (images in ``layout``,
-  convolutions computed in ``conv_dtype``)."""
+def group_module(spec, n: int, compute: Compute, name: str) -> nn.Module:
+  """The group module that runs ``n`` components of ``spec`` as ``compute`` says (images in
+  its resolved layout)."""
   if isinstance(spec, MLP):
-    return MLPGroup(spec, n, fused, name=name)
+    return MLPGroup(spec, n, compute, name=name)
   if isinstance(spec, ConvStack):
-    return ConvStackGroup(spec, n, fused, conv_impl, layout, conv_dtype, name=name)
+    return ConvStackGroup(spec, n, compute, name=name)
   if isinstance(spec, Pool):
-    return PoolGroup(spec, n, fused, layout, name=name)
+    return PoolGroup(spec, n, compute, name=name)
   if isinstance(spec, Identity):
-    return IdentityGroup(spec, n, fused, conv_impl, layout, conv_dtype, name=name)
+    return IdentityGroup(spec, n, compute, name=name)
   raise TypeError(f"unknown component spec {spec!r}")
 
 

@@ -87,17 +87,12 @@ class ModularLayer(nn.Module):
   Attributes:
     specs: the component specs, in component order (the order of allocation columns).
     combine_mode: "mean" or "sum".
-    fused: run each group as one wide op (True) or each component alone (False).
-    conv_impl: "auto", "xla" or "patches" (see :func:`gmr.components.conv2d`).
-    layout: "nhwc" or "cnhw" (images; see :mod:`gmr.components`).
-    conv_dtype: compute dtype of the convolutions ("float32" or "bfloat16").
+    compute: how the components compute (:class:`gmr.ops.Compute`, its layout resolved:
+      "nhwc" or "cnhw").
   """
   specs: Tuple
   combine_mode: str = "mean"
-  fused: bool = True
-  conv_impl: str = "auto"
-  layout: str = "nhwc"
-  conv_dtype: str = "float32"
+  compute: comp.Compute = comp.Compute()
 
   @property
   def num_components(self) -> int:
@@ -107,10 +102,9 @@ class ModularLayer(nn.Module):
   def __call__(self, x, weights):
     """``x``: the layer input; ``weights``: ``[C]``. Returns the combined output."""
     out, shape = 0.0, None
-    first = self.layout == "cnhw"  # component axis first ([n, F, B, H, W]) or second to last
+    first = self.compute.layout == "cnhw"  # component axis first ([n, F, B, H, W]) or second to last
     for g, (spec, idx) in enumerate(group_specs(self.specs)):
-      y = comp.group_module(spec, len(idx), self.fused, self.conv_impl, f"group_{g}",
-                            self.layout, self.conv_dtype)(x)
+      y = comp.group_module(spec, len(idx), self.compute, f"group_{g}")(x)
       y_shape = y.shape[1:] if first else y.shape[:-2] + y.shape[-1:]
       if shape is not None and y_shape != shape:
         raise ValueError(

@@ -53,9 +53,10 @@ class Architecture:
     return None if self.head_dims is None else len(self.head_dims)
 
 
-def _apply_shared(op, h, conv_impl, layout, name, conv_dtype="float32"):
+def _apply_shared(op, h, compute: comp.Compute, name):
+  layout = compute.layout
   if isinstance(op, comp.ConvStack):
-    y = comp.ConvStackGroup(op, 1, True, conv_impl, layout, conv_dtype, name=name)(h)
+    y = comp.ConvStackGroup(op, 1, dataclasses.replace(compute, fused=True), name=name)(h)
     return y[0] if layout == "cnhw" else y[..., 0, :]
   if isinstance(op, comp.Pool):
     return comp.pool2d(h, op.kind, op.window, op.stride, op.padding, layout)
@@ -114,31 +115,28 @@ class MultiTaskNet(nn.Module):
     train: enables dropout (needs the ``"dropout"`` RNG).
   Returns ``[B, head_dim]`` (``[B, features]`` without heads).
 
+  ``compute`` (:class:`gmr.ops.Compute`) says how, never what, the network computes: its
   ``layout`` ("auto", "nhwc" or "cnhw") is how image tensors are laid out inside the network
-  (see :mod:`gmr.components`); inputs and outputs are the same in every layout, and so are
-  the parameters. ``conv_dtype`` ("float32" or "bfloat16") is the compute dtype of every
-  convolution (float32 accumulation and output; parameters stay float32).
+  (inputs, outputs and parameters are the same in every layout), resolved here once and
+  passed down with the rest; ``conv_dtype`` is the compute dtype of every convolution.
   """
   arch: Architecture
   combine_mode: str = "mean"
-  fused: bool = True
-  conv_impl: str = "auto"
-  layout: str = "auto"
-  conv_dtype: str = "float32"
+  compute: comp.Compute = comp.Compute(layout="auto")
 
   @nn.compact
   def __call__(self, x, alloc: Sequence, task, train: bool = False):
     a = self.arch
     image = len(a.input_shape) == 3
-    lay = comp.resolve_layout(self.layout) if image else "nhwc"
+    lay = comp.resolve_layout(self.compute.layout) if image else "nhwc"
+    compute = dataclasses.replace(self.compute, layout=lay)  # resolved once, passed down
     h = x.transpose(3, 0, 1, 2) if lay == "cnhw" else x
     for i, op in enumerate(a.stem):
-      h = self._shared(op, h, lay, f"stem_{i}")
+      h = self._shared(op, h, compute, f"stem_{i}")
     for l, specs in enumerate(a.layers):
-      h = ModularLayer(specs, self.combine_mode, self.fused, self.conv_impl, lay,
-                       self.conv_dtype, name=f"layer_{l}")(h, alloc[l])
+      h = ModularLayer(specs, self.combine_mode, compute, name=f"layer_{l}")(h, alloc[l])
       for j, op in enumerate(a.between[l] if a.between else ()):
-        h = self._shared(op, h, lay, f"between_{l}_{j}")
+        h = self._shared(op, h, compute, f"between_{l}_{j}")
     if lay == "cnhw":  # flatten in NHWC order: the heads see the same features in any layout
       h = h.transpose(1, 2, 3, 0)
     h = h.reshape(h.shape[0], -1)
@@ -148,10 +146,10 @@ class MultiTaskNet(nn.Module):
       h = nn.Dropout(a.dropout, deterministic=not train)(h)
     return Heads(a.head_dims, name="heads")(h, task)
 
-  def _shared(self, op, h, layout, name):
+  def _shared(self, op, h, compute, name):
     if isinstance(op, GroupNormReLU):
-      return _SharedGN(op.groups, layout, name=name)(h)
-    return _apply_shared(op, h, self.conv_impl, layout, name, self.conv_dtype)
+      return _SharedGN(op.groups, compute.layout, name=name)(h)
+    return _apply_shared(op, h, compute, name)
 
 
 # ----------------------------------------------------------------------------- builders

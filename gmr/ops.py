@@ -14,6 +14,8 @@ compute the same function.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -203,3 +205,24 @@ def pool2d(x, kind: str, window: int, stride: int, padding="SAME", layout="nhwc"
   if kind == "avg":
     return nn.avg_pool(x, w, s, padding, count_include_pad=False)
   raise ValueError(f"unknown pool kind {kind!r}; use 'max' or 'avg'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+  """How a network computes, never what: one frozen value handed from the config to every
+  module that needs part of it (equal functions in every setting, up to float rounding).
+
+  Attributes:
+    fused: run the components of one group as one wide op (True) or each alone (False).
+    conv_impl: "auto" (patches on CPU when a patch is small, XLA's elsewhere), "xla" or
+      "patches" (:func:`conv2d`).
+    layout: image tensors inside the network: "auto" (cnhw on CPU, nhwc elsewhere), "nhwc"
+      or "cnhw"; a network resolves "auto" once (:func:`resolve_layout`) and passes the
+      resolved value down.
+    conv_dtype: the convolutions' multiplies, "float32" or "bfloat16" (float32 accumulation,
+      outputs and parameters).
+  """
+  fused: bool = True
+  conv_impl: str = "auto"
+  layout: str = "nhwc"
+  conv_dtype: str = "float32"

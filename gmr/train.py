@@ -20,6 +20,7 @@ from gmr import allocation as A
 from gmr import checkpoint as checkpoint_lib
 from gmr import methods as methods_lib
 from gmr import models
+from gmr import ops
 from gmr.data.suite import TaskSuite
 from gmr.optim import make_optimizer
 from gmr.evaluate import (EvalPlan, SplitEvaluation, allocation_summary, eval_plan, evaluate,
@@ -63,8 +64,8 @@ def build_setup(config, num_tasks: int, head_dims, input_dim: int, loss: str = "
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {num_tasks} tasks", "match the suite's tasks")
   method = methods_lib.build(config.method, config, num_tasks, arch.layer_sizes)
-  net = models.MultiTaskNet(arch, resolve_combine(config), config.fused, config.conv_impl,
-                            config.layout, config.conv_dtype)
+  net = models.MultiTaskNet(arch, resolve_combine(config), ops.Compute(
+      config.fused, config.conv_impl, config.layout, config.conv_dtype))
   tx = make_optimizer(config, num_tasks)
   return Setup(net, arch, method, tx, loss, float(x_scale), num_tasks)
 

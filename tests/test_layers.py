@@ -42,7 +42,8 @@ def test_omniglot_layer_fused_equals_unfused():
   specs = models.omniglot(filters=8, gn_groups=2).layers[0]  # stride-2 layer, all 7 kinds
   x = jax.random.normal(jax.random.key(0), (2, 15, 15, 8))
   w = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
-  f, u = ModularLayer(specs, fused=True), ModularLayer(specs, fused=False)
+  f = ModularLayer(specs, compute=comp.Compute(fused=True))
+  u = ModularLayer(specs, compute=comp.Compute(fused=False))
   v = f.init(jax.random.key(1), x, w)
   yf, yu = f.apply(v, x, w), u.apply(v, x, w)
   assert yf.shape == (2, 8, 8, 8)
@@ -121,7 +122,7 @@ def well_conditioned_case(arch, kw, monkeypatch):
   a = models.build(arch, dropout=0.0, **kw)
   rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
           for l, c in enumerate(a.layer_sizes)]
-  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  ref = models.MultiTaskNet(a, compute=comp.Compute(fused=False, conv_impl="xla", layout="nhwc"))
   for seed in range(20):
     x = jax.random.normal(jax.random.key(seed), (2,) + a.input_shape)
     params = ref.init(jax.random.key(1), x, rows, 0)["params"]
@@ -135,7 +136,8 @@ def well_conditioned_case(arch, kw, monkeypatch):
                                      ("clusters", dict(per_kind=2, num_layers=2))])
 def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw, monkeypatch):
   a, x, rows, params = well_conditioned_case(arch, kw, monkeypatch)
-  fused, plain = models.MultiTaskNet(a, fused=True), models.MultiTaskNet(a, fused=False)
+  fused = models.MultiTaskNet(a, compute=comp.Compute(layout="auto", fused=True))
+  plain = models.MultiTaskNet(a, compute=comp.Compute(layout="auto", fused=False))
 
   def loss(net, p, r):
     return jnp.sum(jnp.sin(net.apply({"params": p}, x, r, 1)))
@@ -154,12 +156,13 @@ def test_fused_and_unfused_give_equal_outputs_and_gradients(arch, kw, monkeypatc
 def test_layouts_give_equal_outputs_and_gradients(arch, kw, monkeypatch):
   """The same parameters give the same function in NHWC and channels-first, fused or not."""
   a, x, rows, params = well_conditioned_case(arch, kw, monkeypatch)
-  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  ref = models.MultiTaskNet(a, compute=comp.Compute(fused=False, conv_impl="xla", layout="nhwc"))
   loss = lambda net, p: jnp.sum(jnp.sin(net.apply({"params": p}, x, rows, 1)))
   g_ref = jax.grad(loss, argnums=1)(ref, params)
   for fused in (True, False):
     for impl in ("xla", "patches"):
-      net = models.MultiTaskNet(a, fused=fused, conv_impl=impl, layout="cnhw")
+      net = models.MultiTaskNet(a, compute=comp.Compute(fused=fused, conv_impl=impl,
+                                                        layout="cnhw"))
       assert jax.tree.structure(net.init(jax.random.key(1), x, rows, 0)["params"]) == \
           jax.tree.structure(params)
       np.testing.assert_allclose(net.apply({"params": params}, x, rows, 1),
@@ -176,7 +179,7 @@ def test_kink_margin_flags_the_input_that_failed_on_one_core(monkeypatch):
   a = models.build("omniglot", dropout=0.0, strides=(2, 1), filters=8, image_size=13)
   rows = [jax.random.bernoulli(jax.random.key(l), 0.6, (c,)).astype(jnp.float32)
           for l, c in enumerate(a.layer_sizes)]
-  ref = models.MultiTaskNet(a, fused=False, conv_impl="xla", layout="nhwc")
+  ref = models.MultiTaskNet(a, compute=comp.Compute(fused=False, conv_impl="xla", layout="nhwc"))
   x = jax.random.normal(jax.random.key(0), (2,) + a.input_shape)
   params = ref.init(jax.random.key(1), x, rows, 0)["params"]
   assert kink_margin(ref, params, x, rows, 1, monkeypatch) < 1e-6
@@ -257,8 +260,9 @@ def test_bfloat16_network_keeps_float32_parameters_and_gradients():
   a = models.build("four_mnists", dropout=0.0)
   x = jax.random.normal(jax.random.key(0), (4,) + a.input_shape)
   rows = [jnp.array([1.0, 0.0, 1.0, 1.0])] * 3
-  f32 = models.MultiTaskNet(a, conv_impl="patches", layout="cnhw")
-  bf16 = models.MultiTaskNet(a, conv_impl="patches", layout="cnhw", conv_dtype="bfloat16")
+  f32 = models.MultiTaskNet(a, compute=comp.Compute(conv_impl="patches", layout="cnhw"))
+  bf16 = models.MultiTaskNet(a, compute=comp.Compute(conv_impl="patches", layout="cnhw",
+                                                     conv_dtype="bfloat16"))
   params = f32.init(jax.random.key(1), x, rows, 0)["params"]
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(
       bf16.init(jax.random.key(1), x, rows, 0)["params"]))
