@@ -39,13 +39,8 @@ ROWS = (
 
 def _combine(table: str, row: str) -> str:
   """The combination rule the row's runs used, from its recipe's config."""
-  from gmr import cli, train  # pylint: disable=g-import-not-at-top
-  from launch.tables import RECIPES  # pylint: disable=g-import-not-at-top
-  method = row.split("__")[0]
-  config = cli.load_config(f"{RECIPES[table]['config'].split(':')[0]}:{method}"
-                           if ":" not in RECIPES[table]["config"] else
-                           f"{RECIPES[table]['config']},{method}")
-  return train.resolve_combine(config)
+  from launch.tables import RECIPES, row_combine  # pylint: disable=g-import-not-at-top
+  return row_combine(RECIPES[table]["config"], row)
 
 
 def _cell(r: dict) -> str:

@@ -35,9 +35,12 @@ RECIPES = {
         config="experiments/configs/transfer.py", methods="shared_bottom,no_sharing",
         grid=["rho=0.0,1.0"]),
     "four_mnists": dict(
-        title="Table I, 4-MNISTs: mean test accuracy over the 4 tasks",
+        title=("Table I, 4-MNISTs: mean test accuracy over the 4 tasks (combine: how a layer "
+               "combines its active components; shared_bottom_mean is the shared bottom with "
+               "Gumbel-Matrix's rule)"),
         config="experiments/configs/four_mnists.py",
-        methods="no_sharing,shared_bottom,gumbel_matrix,budget,taps", grid=[], pin=True),
+        methods="no_sharing,shared_bottom,shared_bottom_mean,gumbel_matrix,budget,taps", grid=[],
+        pin=True),
     "four_mnists_taps_lambda": dict(
         title=("TAPS lambda sweep on 4-MNISTs (joint TAPS): accuracy vs. task-specific layers "
                "(lambda 1 is the TAPS row of results/four_mnists.md)"),
@@ -102,6 +105,29 @@ def machine() -> str:
           f"jax {jax.__version__} on {jax.default_backend()}").replace("  ", " ")
 
 
+def row_combine(config_spec: str, row: str) -> str:
+  """How the layers of the runs of table row ``row`` (``<method>[__<key>=<value>...]``, as
+  launch.sweep names them) combine their active components, from the recipe's config: "mean"
+  or "sum" (``combine="auto"`` resolved by the method)."""
+  from gmr import cli, train  # pylint: disable=g-import-not-at-top
+  tokens = [t for part in row.split("__") for t in part.split(",") if t]
+  config = cli.load_config(config_spec + ("," if ":" in config_spec else ":") + ",".join(tokens))
+  return train.resolve_combine(config)
+
+
+def code_commit() -> str:
+  """The commit of the code that aggregates (and, without --no_run, runs) the table, marked
+  when the tree has uncommitted changes to tracked files."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown (not a git checkout)"
+  return head + (" with uncommitted changes" if dirty else "")
+
+
 def main():
   if len(sys.argv) < 2 or sys.argv[1] not in RECIPES:
     raise SystemExit(f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2]")
@@ -120,12 +146,15 @@ def main():
         subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
                                f"--workdir={wd}", "--quiet"])
     subprocess.check_call(argv)
-  table = {n: tables.summarize(runs) for n, runs in tables.collect(root).items()}
+  table = {n: dict(tables.summarize(runs), combine=row_combine(r["config"], n))
+           for n, runs in tables.collect(root).items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
   md = tables.to_markdown(table, r["title"], cmd)
   md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
-         + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items()) + ".\n")
+         + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
+         + f". Code: gmr commit {code_commit()} (this command's; a run it found finished was "
+         "made by the code of its time).\n")
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)

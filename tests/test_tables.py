@@ -94,3 +94,20 @@ def test_collect_and_the_aggregate_command_line(tmp_path):
   p = subprocess.run([sys.executable, "-m", "launch.aggregate", f"--root={tmp_path / 'none'}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and "no results.json" in p.stderr
+
+
+def test_every_table_row_names_its_combination_rule():
+  """Table I's comparison must not mix rules silently: each row's rule comes from its recipe's
+  config, and the Markdown table shows it."""
+  from gmr.analysis import tables as T
+  from launch.tables import RECIPES, row_combine
+  spec = RECIPES["four_mnists"]["config"]
+  rules = {row: row_combine(spec, row) for row in RECIPES["four_mnists"]["methods"].split(",")}
+  assert rules == {"no_sharing": "mean", "shared_bottom": "sum", "shared_bottom_mean": "mean",
+                   "gumbel_matrix": "mean", "budget": "mean", "taps": "sum"}
+  assert row_combine("experiments/configs/transfer.py", "shared_bottom__rho=0.0") == "mean"
+  row = {"n": 2, "loss_mean": 0.1, "loss_std": 0.01, "loss_ci90": 0.02, "active_fraction": 1.0}
+  md = T.to_markdown({"shared_bottom": dict(row, combine="sum"),
+                      "shared_bottom_mean": dict(row, combine="mean")})
+  assert "| run | seeds | combine |" in md
+  assert "| shared_bottom | 2 | sum |" in md and "| shared_bottom_mean | 2 | mean |" in md

@@ -4,7 +4,8 @@ Appendix B network (3 routed conv layers of 4 components, 4 filters each), Adam 
 weights and logits, batch 16, 37,500 rounds (10 epochs per task), no L2, dropout 0.5,
 p_init 0.5. Shared bottom sums its components' outputs, as the authors' code does
 (``combine="auto"``). Variants: no_sharing, shared_bottom, gumbel_matrix, budget (Gumbel-Matrix
-with budget 0.75, lambda 1), smoke (a few seconds on 2,000 examples).
+with budget 0.75, lambda 1), shared_bottom_mean (the control: shared bottom averaging its
+components' outputs, Gumbel-Matrix's rule), smoke (a few seconds on 2,000 examples).
 
   python -m experiments.main --config=experiments/configs/four_mnists.py:gumbel_matrix \
       --config.data_dir=../shared/datasets --workdir=runs/four_mnists/gm/seed_0
@@ -30,6 +31,15 @@ def budget(c):
   c.budget_lambda = 1.0
 
 
+def shared_bottom_mean(c):
+  """Table I's control: the shared bottom with Gumbel-Matrix's combination rule (the mean of
+  the active components' outputs) instead of the authors' sum, so that a comparison with
+  Gumbel-Matrix changes the allocation alone. (No sharing needs no such row: with one active
+  component per layer the mean is the sum.)"""
+  c.method = "shared_bottom"
+  c.combine = "mean"
+
+
 def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "four_mnists"
@@ -49,4 +59,4 @@ def get_config(variant: str = ""):
   c.rounds_per_call = 500
   c.eval_batch_size = 1000
   c.no_sharing_components_per_task = 1
-  return common.apply_variant(c, variant, METHODS, smoke, named={"budget": budget})
+  return common.apply_variant(c, variant, METHODS, smoke, named={"budget": budget, "shared_bottom_mean": shared_bottom_mean})

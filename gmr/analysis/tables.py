@@ -131,8 +131,9 @@ def summarize(runs: List[dict]) -> dict:
 def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> str:
   """The Markdown table of ``{name: summarize(...) row}``, one line per name in dict order.
 
-  Columns: run, seeds, test loss (mean +- std), its 90% CI ``[mean - h, mean + h]``, then only
-  where some row has them: accuracy, active connections, group columns, TAPS columns and the
+  Columns: run, seeds, then where some row has one its ``combine`` rule (how a layer combines
+  its active components: "mean" or "sum"), test loss (mean +- std), its 90% CI
+  ``[mean - h, mean + h]``, then only where some row has them: accuracy, active connections, group columns, TAPS columns and the
   per-seed cluster columns (a row without a column's numbers leaves it empty). ``title`` adds a
   ``### title`` heading, ``command`` a ``Command: `...` `` line. Returns the text, ending in a
   newline. Raises ``KeyError`` for a row without ``n``, ``loss_mean``, ``loss_std``,
@@ -141,7 +142,9 @@ def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> s
   has_groups = any("groups_recovered" in s for s in table.values())
   has_taps = any("taps_specific_pct" in s for s in table.values())
   has_clusters = any("cluster_ari" in s for s in table.values())
-  head = ["run", "seeds", "test loss (mean +- std)", "90% CI"]
+  has_combine = any("combine" in s for s in table.values())
+  head = ["run", "seeds"] + (["combine"] if has_combine else []) + [
+      "test loss (mean +- std)", "90% CI"]
   if has_acc:
     head += ["accuracy % (mean +- std)"]
   head += ["active connections"]
@@ -159,7 +162,8 @@ def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> s
     lines += [f"### {title}", ""]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, s in table.items():
-    row = [name, str(s["n"]), f"{s['loss_mean']:.4f} +- {s['loss_std']:.4f}",
+    row = [name, str(s["n"])] + ([s.get("combine", "")] if has_combine else []) + [
+           f"{s['loss_mean']:.4f} +- {s['loss_std']:.4f}",
            f"[{s['loss_mean'] - s['loss_ci90']:.4f}, {s['loss_mean'] + s['loss_ci90']:.4f}]"]
     if has_acc:
       row.append(f"{s['acc_mean']:.2f} +- {s['acc_std']:.2f}" if "acc_mean" in s else "")
