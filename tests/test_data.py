@@ -498,3 +498,31 @@ def test_snapshot_cli_runs_without_tensorflow_datasets(dirs, tmp_path):
                      env=env2, capture_output=True, text=True, timeout=300)
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: snapshot: ")
   assert "Traceback" not in p.stderr
+
+
+def test_runs_side_by_side_prepare_a_dataset_once(dirs, tmp_path):
+  """A sweep's runs start together on a fresh TFDS folder: each gets the data, none fails on
+  the other's half-finished preparation (they take turns under a lock), and none rebuilds
+  the other's finished data for want of its record."""
+  import threading
+  tfds_dir = str(tmp_path / "fresh_tfds")
+  warnings, out, errors = [], [None] * 3, []
+  gate = threading.Barrier(3)
+
+  def run(i):
+    try:
+      gate.wait()
+      out[i] = tfds_builders.load_arrays("gmr_mnist", "train", dirs[0], tfds_dir,
+                                         warn=warnings.append)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  for o in out[1:]:
+    np.testing.assert_array_equal(o["image"], out[0]["image"])
+  assert not [w for w in warnings if "rebuilding" in w]

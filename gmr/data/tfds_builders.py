@@ -18,6 +18,7 @@ whose raw files are gone is refused, naming the missing file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -168,7 +169,21 @@ def prepare(name: str, data_dir: str = "", tfds_dir: str = "", download: bool = 
 
   Raises :class:`gmr.data.raw.DataError` naming the file for a missing raw file, and for a
   non-canonical one unless ``accept_noncanonical`` (also when the prepared data was built
-  from such a file: the same knowing acceptance is needed to use it)."""
+  from such a file: the same knowing acceptance is needed to use it).
+
+  Processes preparing the same dataset at once (runs of a sweep side by side on a fresh
+  ``tfds_dir``) take turns under a file lock (``<tfds_dir>/.<name>.lock``): one prepares, the
+  others then find it prepared and recorded."""
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+  root = resolve_tfds_dir(tfds_dir)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return _prepare_locked(name, data_dir, tfds_dir, download, accept_noncanonical, warn)
+
+
+def _prepare_locked(name, data_dir, tfds_dir, download, accept_noncanonical, warn):
   b = builder(name, data_dir, tfds_dir, download)
   rels = b.raw_files()
   for rel in rels:  # fetched (and checked) first when missing and download is allowed
