@@ -38,7 +38,16 @@ def _finite_everywhere(c, prefix="") -> None:
 
 
 def validate(c) -> None:
-  """Raise :class:`ConfigError` for the first wrong field of ``c``."""
+  """Raise :class:`ConfigError` for the first wrong field of ``c`` (the checks run in this
+  order: names and the run's counts, optimizer and allocation, computation and devices,
+  bookkeeping, fine-tuning, the method's own fields and relations, the suite's groups)."""
+  for check in (_names_and_run, _optimizer_and_allocation, _compute, _bookkeeping, _fine_tuning,
+                _relations, _suite_groups):
+    check(c)
+
+
+def _names_and_run(c) -> None:
+  """Names (method, suite, architecture) and the run's counts."""
   from gmr import data, models  # lazy: keep this module light
   _finite_everywhere(c)
   if c.method not in METHODS:
@@ -53,6 +62,10 @@ def validate(c) -> None:
     _num(c, f, 1, integer=True)
   for f in ("eval_every", "log_every"):
     _num(c, f, 0, integer=True)
+
+
+def _optimizer_and_allocation(c) -> None:
+  """The optimizer's and the allocation's numbers."""
   _num(c, "learning_rate", 0, lo_open=True)
   if c.alloc_learning_rate is not None:
     _num(c, "alloc_learning_rate", 0, lo_open=True)
@@ -71,6 +84,10 @@ def validate(c) -> None:
   for f in ("adam_b1", "adam_b2"):
     _num(c, f, 0, 1, hi_open=True)
   _num(c, "adam_eps", 0, lo_open=True)
+
+
+def _compute(c) -> None:
+  """How the network computes, and on how many devices."""
   if c.combine not in ("mean", "sum", "auto"):
     raise ConfigError("combine", f"unknown mode {c.combine!r}", "use 'mean', 'sum' or 'auto'")
   if c.conv_impl not in ("auto", "xla", "patches"):
@@ -92,6 +109,10 @@ def validate(c) -> None:
   if devices > 1 and c.batch_size % devices:
     raise ConfigError("batch_size", f"{c.batch_size} does not split over data_parallel="
                       f"{c.data_parallel} ({devices} devices)", f"use a multiple of {devices}")
+
+
+def _bookkeeping(c) -> None:
+  """Augmentation, checkpoints, history, switches, paths and selection."""
   _choice(c, "augment", ("", "pad_crop"))
   _num(c, "augment_pad", 0, integer=True)
   _num(c, "checkpoint_every", 0, integer=True, fix="use 0 to checkpoint only at the end")
@@ -114,6 +135,10 @@ def validate(c) -> None:
                         "e.g. --config.select_by=validation.accuracy.mean, or '' for the last")
   if c.data_seed is not None:
     _num(c, "data_seed", 0, integer=True)
+
+
+def _fine_tuning(c) -> None:
+  """Fine-tuning from another run."""
   _bool(c, "freeze_backbone")
   init_from = c.init_from
   if not isinstance(init_from, str):
@@ -127,6 +152,10 @@ def validate(c) -> None:
   if c.freeze_backbone and not init_from:
     raise ConfigError("freeze_backbone", "is true but init_from is empty (a frozen random "
                       "backbone)", "set --config.init_from=<source run> or freeze_backbone=false")
+
+
+def _relations(c) -> None:
+  """The method's own fields, and fields that constrain each other."""
   METHODS[c.method].check_config(c)  # the method's own fields
   if c.budget_lambda > 0 and c.budget >= 1.0:
     raise ConfigError("budget", "is 1.0 (no constraint) while budget_lambda > 0",
@@ -134,6 +163,10 @@ def validate(c) -> None:
   if c.t_min > c.t_init:
     raise ConfigError("t_min", f"{c.t_min} exceeds t_init={c.t_init}",
                       "the temperature anneals from t_init down to t_min")
+
+
+def _suite_groups(c) -> None:
+  """The suite's own groups: ``synthetic.*`` and ``data.*``."""
   syn = c.get("synthetic", None)
   if syn is not None:  # appendix A1's generator
     for f in ("d", "m", "num_train", "num_test", "num_pairs"):
