@@ -23,6 +23,7 @@ import numpy as np
 from gmr import checkpoint as checkpoint_lib
 from gmr import config as config_schema
 from gmr import data as data_lib
+from gmr import logs
 from gmr import optim as optim_lib
 from gmr import train as train_lib
 from gmr import validate
@@ -52,106 +53,6 @@ def append_line(f, obj) -> None:
   """One JSON line to the open file ``f``, flushed (a kill cuts at most this line)."""
   f.write(json.dumps(_jsonable(obj)) + "\n")
   f.flush()
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-  return out
-
-
-class _TensorBoard:
-  """Event files in ``<workdir>/tb`` when the optional ``tensorboardX`` is installed: the config
-  as hyperparameters; per task the training loss, the penalty terms, test (and validation)
-  loss and accuracy; temperature and steps/s; from the allocation history, P(on) per (layer,
-  task) as histograms and each task's expected active fraction (TAPS: its layer scores)."""
-
-  def __init__(self, workdir):
-    self.w = None
-    if workdir is None:  # not the primary process of a multi-host run
-      return
-    try:
-      from tensorboardX import SummaryWriter  # optional extra: pip install -e ".[tensorboard]"
-    except ImportError:
-      self.w = None
-    else:
-      self.w = SummaryWriter(os.path.join(workdir, "tb"))
-
-  def hparams(self, config) -> None:
-    if self.w is None:
-      return
-    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
-    metrics = {"eval/test/loss/mean": 0.0, "eval/test/accuracy/mean": 0.0}
-    for summ in hparams(_flat(_config_json(config)), metrics):
-      self.w._get_file_writer().add_summary(summ)  # pylint: disable=protected-access
-
-  def allocation(self, step, record: dict, task_names) -> None:
-    """An ``alloc`` history record: P(on) per layer ``[tasks][C]`` (or TAPS's scores)."""
-    if self.w is None:
-      return
-    probs = record.get("probabilities") or {}
-    if probs:
-      mats = [np.asarray(probs[k], np.float64) for k in sorted(probs, key=lambda k: int(
-          k.rsplit("_", 1)[1]))]
-      total = sum(m.shape[1] for m in mats)
-      for t, name in enumerate(task_names):
-        for l, m in enumerate(mats):
-          self.w.add_histogram(f"alloc/p_on/layer_{l}/{name}", m[t], step)
-        self.w.add_scalar(f"alloc/expected_active/{name}", sum(m[t].sum() for m in mats) / total,
-                          step)
-    for layer, scores in (record.get("taps_scores") or {}).items():
-      for t, name in enumerate(task_names):
-        self.w.add_scalar(f"taps/score/{layer}/{name}", float(scores[t]), step)
-
-  def scalars(self, step, prefix, values):
-    if self.w is None:
-      return
-    for k, v in values.items():
-      if isinstance(v, dict):
-        self.scalars(step, f"{prefix}/{k}", v)
-      elif isinstance(v, (int, float)):
-        self.w.add_scalar(f"{prefix}/{k}", v, step)
-
-  def close(self):
-    if self.w is not None:
-      self.w.close()
-
-
-def _progress(d, total, out):
-  eta = d["eta_s"]
-  out.write(f"round {d['round']}/{total}  step {d['step']}  loss {d['train_loss_mean']:.4f}  "
-            f"temp {d['temperature']:.2f}  {d['steps_per_s']:.0f} steps/s  "
-            f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s\n")
-  out.flush()
-
-
-class _ProgressLines:
-  """Progress a person reads (not kept in metrics.jsonl): compilation, evaluations per task
-  (a line at most every ``every_s`` seconds, once one has run that long), their results."""
-
-  def __init__(self, out, every_s: float = 10.0):
-    self.out, self.every_s, self.last = out, every_s, 0.0
-
-  def __call__(self, kind, d):
-    if kind == "compiled":
-      self.out.write(f"compiled the training step ({d['rounds']} rounds per call) in "
-                     f"{d['seconds']:.1f}s\n")
-    elif kind == "eval_task":
-      if d["task"] == 0:
-        self.last = 0.0
-      if d["elapsed_s"] - self.last >= self.every_s:
-        self.last = d["elapsed_s"]
-        self.out.write(f"  evaluating {d['split']}: task {d['task'] + 1}/{d['of']} "
-                       f"({d['name']}), {d['elapsed_s']:.0f}s\n")
-    elif kind == "eval_done":
-      nums = ", ".join(f"{m} {d[m]:.4f}" for m in ("loss", "accuracy") if m in d)
-      self.out.write(f"evaluated {d['split']} at round {d['round']} in {d['seconds']:.1f}s: "
-                     f"{nums}\n")
-    self.out.flush()
 
 
 class WorkdirError(Exception):
@@ -522,8 +423,8 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   ckpt.keep_best_only((best or {}).get("round"))
   if primary:
     _truncate_metrics(metrics_path, start, config)
-  tb = _TensorBoard(workdir if primary else None)
-  tb.hparams(config)
+  tb = logs.TensorBoard(workdir if primary else None)
+  tb.hparams(_config_json(config))
   t0 = time.time()
   every = int(config.checkpoint_every)
   stop = {"signal": None}
@@ -562,7 +463,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
               "loss": ev.data["train_loss"], "temperature": ev.data["temperature"],
               "steps_per_s": ev.data["steps_per_s"], "penalty": ev.data["penalty"]})
           if not quiet:
-            _progress(ev.data, config.num_rounds, stream)
+            logs.progress_line(ev.data, config.num_rounds, stream)
         elif ev.kind == "alloc":
           tb.allocation(ev.data["step"], ev.data, suite.task_names)
         else:
@@ -573,7 +474,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
         setup, state, final, best = train_lib.train(
             config, suite, on_event, state=state, start_round=start, on_chunk=on_chunk,
             best=best, log_carry=log_carry,
-            on_progress=None if quiet else _ProgressLines(stream), setup=setup)
+            on_progress=None if quiet else logs.ProgressLines(stream), setup=setup)
       except train_lib.NonFiniteError as e:
         where = (f"the last good checkpoint ({ckpt.last_dir}/{good['round']}) is kept"
                  if good["round"] is not None else "no checkpoint had been written yet")
