@@ -8,16 +8,23 @@ Layout under a workdir::
 Every save is atomic (orbax writes a temporary folder and renames it), so a run killed while
 saving keeps its previous checkpoint. The metadata (JSON) holds what resuming needs beyond
 the arrays: the round, the best value so far and the evaluation it came from.
+
+A finished run's checkpoint also starts another run (``init_from``: fine-tuning its backbone).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from gmr.step import Setup, TrainState
 
 
 def _manager(path: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -129,3 +136,52 @@ def load(workdir: str, like, best: bool = False, round_: Optional[int] = None):
     return ck.restore(like, round_, best)
   finally:
     ck.close()
+
+
+# ----------------------------------------------------------------------------- init_from
+class InitFromError(ValueError):
+  """``init_from`` names a run whose checkpoint cannot start this one."""
+
+
+def source_checkpoint(workdir: str) -> str:
+  """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``)."""
+  res = os.path.join(workdir, "results.json")
+  if not os.path.exists(res):
+    raise InitFromError(f"init_from: {workdir} has no results.json (not a finished gmr run); "
+                        "finish the source run first or point init_from at its workdir")
+  with open(res) as f:
+    path = json.load(f).get("checkpoint", "")
+  if not path or not os.path.isdir(path):
+    raise InitFromError(f"init_from: the checkpoint {path!r} named by {res} is missing; "
+                        "rerun the source run with --fresh")
+  return path
+
+
+def source_model_params(workdir: str) -> dict:
+  """The network parameters (numpy) of the checkpoint a finished run's numbers come from."""
+  return read_state(source_checkpoint(workdir))["params"]["model"]
+
+
+def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
+  """Start from the backbone of another run (fine-tuning): every model parameter but the task
+  heads is copied from the checkpoint its results come from; the heads stay freshly
+  initialised (new tasks), the method's own parameters too; the optimizer starts afresh.
+
+  Raises :class:`InitFromError` when the source is not a finished run, its checkpoint is
+  missing, or a parameter is missing or shaped otherwise there (another architecture)."""
+  src = traverse_util.flatten_dict(source_model_params(workdir))
+  ours = traverse_util.flatten_dict(state.params["model"])
+  new = {}
+  for p, v in ours.items():
+    if "heads" in p:
+      new[p] = v
+      continue
+    if p not in src:
+      raise InitFromError(f"init_from: {workdir} has no parameter {'/'.join(p)}; the source run "
+                          "must use the same architecture (arch and arch_kwargs)")
+    if tuple(src[p].shape) != tuple(v.shape):
+      raise InitFromError(f"init_from: {'/'.join(p)} is {tuple(src[p].shape)} in {workdir} but "
+                          f"{tuple(v.shape)} here; use the same architecture as the source run")
+    new[p] = jnp.asarray(src[p], v.dtype)
+  params = dict(state.params, model=traverse_util.unflatten_dict(new))
+  return TrainState(state.step, params, setup.tx.init(params))

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr import allocation as A
+from gmr import data
+from gmr import models
 from gmr import taps as taps_lib
 
 METHODS: Dict[str, type] = {}
@@ -174,20 +176,21 @@ class NoSharing(Method):
 
   @classmethod
   def check_config(cls, config) -> None:
-    """The components of every routed layer split evenly over the tasks (for the suites and
-    architectures whose sizes are known from the config alone; the others are checked when
-    the network is built)."""
-    c = config
-    sizes = {"four_mnists": 4, "transfer": 4,
-             "synthetic": c.arch_kwargs.get("num_components", 4)}
-    tasks = {"four_mnists": 4, "transfer": 2,
-             "synthetic_pairs": 2 * c.get("synthetic", {}).get("num_pairs", 2)}
-    if c.arch in sizes and c.suite in tasks:
-      n, t, k = sizes[c.arch], tasks[c.suite], c.no_sharing_components_per_task
+    """Every routed layer has ``no_sharing_components_per_task`` x #tasks components (the
+    layer sizes of the network ``config`` builds, from the suite's shape alone; a network
+    that cannot be built at all is reported by :func:`gmr.train.check_structure`)."""
+    try:
+      t, head_dims, input_dim = data.describe(config)
+      sizes = models.from_config(config, t, head_dims, input_dim).layer_sizes
+    except Exception:  # pylint: disable=broad-except  (reported with the structure's checks)
+      return
+    k = config.no_sharing_components_per_task
+    for n in sizes:
       if n != k * t:
         raise ConfigError("no_sharing_components_per_task", f"{t} tasks x {k} components != "
-                          f"{n} components per layer of {c.arch!r}",
-                          f"set it to {n // t}" if n % t == 0 else "use another method")
+                          f"{n} components per layer of {config.arch!r}",
+                          f"set it to {n // t}" if n % t == 0 and n // t else
+                          "use another method or architecture")
 
   def matrices_fixed(self):
     k = int(self.config.no_sharing_components_per_task)

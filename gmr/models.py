@@ -170,6 +170,17 @@ def build(name: str, **kwargs) -> Architecture:
   return ARCHITECTURES[name](**kwargs)
 
 
+def from_config(config, num_tasks: int, head_dims, input_dim: int) -> Architecture:
+  """The architecture ``config.arch`` (with ``config.arch_kwargs`` and ``config.dropout``) for
+  a suite of ``num_tasks`` tasks with heads of ``head_dims`` outputs on examples of
+  ``input_dim`` features or channels. Raises ``ValueError`` for an unknown name; what a
+  builder raises for arguments it cannot take propagates."""
+  kwargs = dict(num_tasks=num_tasks, head_dims=tuple(head_dims), dropout=config.dropout,
+                input_dim=int(input_dim))
+  kwargs.update(config.arch_kwargs)
+  return build(config.arch, **kwargs)
+
+
 @register("transfer")
 def transfer(num_tasks=2, input_dim=128, width=4, **_) -> Architecture:
   """Appendix A2: 4 parallel dense components (two 1-layer, two 2-layer with 4 hidden units),

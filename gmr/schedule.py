@@ -13,6 +13,10 @@ the device from the suite's pools (and ``pad_crop`` augmentation). ``data_parall
 every batch over N local devices (``jax.sharding``: parameters replicated, the batch axis
 sharded, XLA inserts the gradient all-reduce); per-example math is unchanged, so results equal
 one device's up to float summation order.
+
+When things happen is a function of the round alone (:func:`call_boundaries`,
+:func:`evaluated_splits`, :func:`history_at`), so a resumed run makes the same device calls,
+evaluations and records as one that never stopped.
 """
 
 from __future__ import annotations
@@ -176,3 +180,45 @@ class BatchSampler:
     per_task = np.stack([self.task_indices(i, rounds) for i in range(t)])  # [T, K, B]
     idx = per_task[orders, np.arange(k)[:, None]]  # [K, T, B]
     return orders.reshape(-1).astype(np.int32), idx.reshape(k * t, -1)
+
+
+# ----------------------------------------------------------------------------- when
+def call_boundaries(config) -> list:
+  """The rounds (ascending, ending at ``num_rounds``) after which a device call ends: the
+  multiples of ``log_every``, ``eval_every``, ``checkpoint_every``, ``rounds_per_call`` and
+  ``alloc_history_every`` (0: none) and the last round. The same whatever round a run starts
+  from, so a resumed run replays the same device calls."""
+  total = int(config.num_rounds)
+  boundaries = {total}
+  for every in (config.log_every, config.eval_every, config.checkpoint_every,
+                max(1, int(config.rounds_per_call)), int(config.alloc_history_every)):
+    if every:
+      boundaries.update(range(every, total, every))
+  return sorted(boundaries)
+
+
+def on_eval_grid(config, r: int) -> bool:
+  """Round ``r`` is a multiple of ``eval_every``: evaluated in a run of any length."""
+  return bool(config.eval_every) and r % config.eval_every == 0
+
+
+def history_at(config, r: int) -> bool:
+  """The allocation history is recorded after round ``r``: at multiples of
+  ``alloc_history_every`` (0: off) and after the last round."""
+  every = int(config.alloc_history_every)
+  return bool(every) and (r % every == 0 or r == int(config.num_rounds))
+
+
+def evaluated_splits(config, r: int) -> tuple:
+  """The splits evaluated after round ``r`` (``()``: none), a function of the schedule alone.
+
+  At multiples of ``eval_every``: the test split, and validation when ``select_by`` ranks by
+  it; after the last round: every split. Only rounds on the ``eval_every`` grid compete for
+  ``select_by`` beyond their own run's end, so a run continued with ``--extend`` selects as
+  one run of its final length does. Splits a suite lacks are skipped by the caller."""
+  if r == int(config.num_rounds):
+    return ("test", "validation")
+  if on_eval_grid(config, r):
+    sel = (config.select_by or "").split(".", 1)[0]
+    return ("test", "validation") if sel == "validation" else ("test",)
+  return ()

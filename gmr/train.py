@@ -1,43 +1,44 @@
-"""Training a run: its setup (network, method, optimizer), its initial state (or one taken
-from another run's backbone), and the loop that runs the schedule (:mod:`gmr.schedule`) of
-steps (:mod:`gmr.step`), evaluates (:mod:`gmr.evaluate`), records the allocation history and
-reports events. The names of those modules are re-exported here.
+"""Training a run: its setup (network, method, optimizer), its initial state (fresh, or the
+backbone of another run: :func:`gmr.checkpoint.init_from`), and the loop that runs the schedule
+(:mod:`gmr.schedule`) of steps (:mod:`gmr.step`), evaluates (:mod:`gmr.evaluate`), records the
+allocation history and reports events. The names of those modules are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Callable, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from gmr import allocation as A
 from gmr import checkpoint as checkpoint_lib
 from gmr import methods as methods_lib
 from gmr import models
 from gmr import ops
+from gmr.checkpoint import InitFromError, init_from, source_checkpoint, source_model_params
 from gmr.data.suite import TaskSuite
 from gmr.optim import make_optimizer
-from gmr.evaluate import (EvalPlan, SplitEvaluation, allocation_summary, eval_plan, evaluate,
-                          make_evaluator)
-from gmr.schedule import (BatchSampler, make_mesh, make_run_steps, num_data_devices, pad_crop,
+from gmr.evaluate import (EvalPlan, SplitEvaluation, allocation_summary, better, eval_plan,
+                          evaluate, make_evaluator, metric_value, update_best)
+from gmr.schedule import (BatchSampler, call_boundaries, evaluated_splits, history_at,
+                          make_mesh, make_run_steps, num_data_devices, on_eval_grid, pad_crop,
                           replicate, round_orders)
 from gmr.step import (Keys, Setup, TrainState, make_joint_step, make_keys, make_train_step,
                       network_input, task_loss, task_objective)
 
 __all__ = [  # this module's own, and those of the modules it is made of
-    "Event", "InitFromError", "NonFiniteError", "build_setup", "check_structure", "init_from",
-    "init_state", "make_setup", "resolve_combine", "source_checkpoint", "source_model_params",
-    "train", "better", "metric_value", "on_eval_grid", "history_at", "evaluated_splits",
-    "EvalPlan", "SplitEvaluation", "allocation_summary", "eval_plan", "evaluate",
-    "make_evaluator", "BatchSampler", "make_mesh", "make_run_steps", "num_data_devices",
-    "pad_crop", "replicate", "round_orders", "Keys", "Setup", "TrainState", "make_joint_step",
-    "make_keys", "make_train_step", "network_input", "task_loss", "task_objective"]
+    "Event", "NonFiniteError", "build_setup", "check_structure", "init_state", "make_setup",
+    "resolve_combine", "train",
+    "InitFromError", "init_from", "source_checkpoint", "source_model_params",
+    "better", "metric_value", "update_best", "call_boundaries", "on_eval_grid", "history_at",
+    "evaluated_splits", "EvalPlan", "SplitEvaluation", "allocation_summary", "eval_plan",
+    "evaluate", "make_evaluator", "BatchSampler", "make_mesh", "make_run_steps",
+    "num_data_devices", "pad_crop", "replicate", "round_orders", "Keys", "Setup", "TrainState",
+    "make_joint_step", "make_keys", "make_train_step", "network_input", "task_loss",
+    "task_objective"]
 
 
 def resolve_combine(config) -> str:
@@ -56,10 +57,7 @@ def make_setup(config, suite: TaskSuite) -> Setup:
 def build_setup(config, num_tasks: int, head_dims, input_dim: int, loss: str = "xent",
                 x_scale: float = 1.0) -> Setup:
   """:func:`make_setup` from the suite's shape alone (no data)."""
-  kwargs = dict(num_tasks=num_tasks, head_dims=tuple(head_dims), dropout=config.dropout,
-                input_dim=int(input_dim))
-  kwargs.update(config.arch_kwargs)
-  arch = models.build(config.arch, **kwargs)
+  arch = models.from_config(config, num_tasks, head_dims, input_dim)
   if arch.head_dims is not None and len(arch.head_dims) != num_tasks:
     raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {num_tasks} tasks", "match the suite's tasks")
@@ -104,51 +102,6 @@ def init_state(setup: Setup, key) -> TrainState:
   return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
 
 
-class InitFromError(ValueError):
-  """``init_from`` names a run whose checkpoint cannot start this one."""
-
-
-def source_checkpoint(workdir: str) -> str:
-  """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``)."""
-  res = os.path.join(workdir, "results.json")
-  if not os.path.exists(res):
-    raise InitFromError(f"init_from: {workdir} has no results.json (not a finished gmr run); "
-                        "finish the source run first or point init_from at its workdir")
-  with open(res) as f:
-    path = json.load(f).get("checkpoint", "")
-  if not path or not os.path.isdir(path):
-    raise InitFromError(f"init_from: the checkpoint {path!r} named by {res} is missing; "
-                        "rerun the source run with --fresh")
-  return path
-
-
-def source_model_params(workdir: str) -> dict:
-  """The network parameters (numpy) of the checkpoint a finished run's numbers come from."""
-  return checkpoint_lib.read_state(source_checkpoint(workdir))["params"]["model"]
-
-
-def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
-  """Start from the backbone of another run (fine-tuning): every model parameter but the task
-  heads is copied from the checkpoint its results come from; the heads stay freshly
-  initialised (new tasks), the method's own parameters too; the optimizer starts afresh."""
-  src = traverse_util.flatten_dict(source_model_params(workdir))
-  ours = traverse_util.flatten_dict(state.params["model"])
-  new = {}
-  for p, v in ours.items():
-    if "heads" in p:
-      new[p] = v
-      continue
-    if p not in src:
-      raise InitFromError(f"init_from: {workdir} has no parameter {'/'.join(p)}; the source run "
-                          "must use the same architecture (arch and arch_kwargs)")
-    if tuple(src[p].shape) != tuple(v.shape):
-      raise InitFromError(f"init_from: {'/'.join(p)} is {tuple(src[p].shape)} in {workdir} but "
-                          f"{tuple(v.shape)} here; use the same architecture as the source run")
-    new[p] = jnp.asarray(src[p], v.dtype)
-  params = dict(state.params, model=traverse_util.unflatten_dict(new))
-  return TrainState(state.step, params, setup.tx.init(params))
-
-
 # ----------------------------------------------------------------------------- loop
 class Event(NamedTuple):
   kind: str  # "log", "eval" or "alloc" (method.history(): P(on), TAPS scores; alloc_history_every)
@@ -171,46 +124,167 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves))
 
 
-def on_eval_grid(config, r: int) -> bool:
-  """Round ``r`` is a multiple of ``eval_every``: evaluated in a run of any length."""
-  return bool(config.eval_every) and r % config.eval_every == 0
 
+class _Loop:
+  """What one call of :func:`train` holds fixed (keys, device pools, the compiled calls, the
+  evaluators) and the loop's jobs, one method each; ``pending``, ``wall`` and ``steady`` are
+  its running records between log lines."""
 
-def history_at(config, r: int) -> bool:
-  """The allocation history is recorded after round ``r``: at multiples of
-  ``alloc_history_every`` (0: off) and after the last round."""
-  every = int(config.alloc_history_every)
-  return bool(every) and (r % every == 0 or r == int(config.num_rounds))
+  def __init__(self, config, suite: TaskSuite, setup: Setup, on_event, on_progress,
+               log_carry: Optional[dict]):
+    self.config, self.suite, self.setup = config, suite, setup
+    self.on_event, self.on_progress = on_event, on_progress
+    self.keys = make_keys(config.seed)
+    self.names, self.num_tasks, self.total = suite.task_names, suite.num_tasks, int(config.num_rounds)
+    self.mesh = make_mesh(config)
+    if self.mesh is not None and config.batch_size % self.mesh.size:
+      raise ValueError(f"batch_size={config.batch_size} does not split over data_parallel="
+                       f"{self.mesh.size} devices; use a multiple of {self.mesh.size}")
+    self.run_steps = make_run_steps(setup, config, self.mesh)
+    self.sampler = BatchSampler(self.keys.batch, suite.train, config.batch_size)
+    self.boundaries = call_boundaries(config)
+    self.eval_now = {"split": "", "t0": 0.0}
+    evaluator = make_evaluator(setup, bool(config.eval_sample), self._on_eval_task)
+    put = (lambda a: replicate(a, self.mesh)) if self.mesh is not None else jax.device_put
+    self.pools = (put(suite.train.x), put(suite.train.y),
+                  None if suite.train.index is None else put(suite.train.index))
+    splits = {"test": suite.test, "validation": suite.validation}
+    self.evaluations = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size,
+                                           self.names, put)
+                        for k, v in splits.items() if v is not None}
+    self.compiled = {}  # shapes of the training call -> its program, compiled apart (timed)
+    self.penalties = jax.jit(lambda alloc: jax.vmap(
+        lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(self.num_tasks)))
+    self.pending: List = []  # (tasks, losses) host arrays since the last log
+    if log_carry and log_carry.get("tasks"):
+      self.pending.append((np.asarray(log_carry["tasks"], np.int32),
+                           np.asarray(log_carry["losses"], np.float32)))
+    # wall seconds since the last log line, by job: the device steps (with the host preparing
+    # the next chunk's batches meanwhile), the allocation history, evaluation, on_chunk
+    self.wall = dict.fromkeys(("steps", "history", "eval", "checkpoint"), 0.0)
+    self.steady = {"seconds": 0.0, "steps": 0, "eval_s": 0.0}  # device steps, no compilation
+    self.t_start = time.time()
 
+  def initial_state(self, state: Optional[TrainState]) -> TrainState:
+    if state is None:
+      state = init_state(self.setup, self.keys.init)
+      if self.config.init_from:
+        state = checkpoint_lib.init_from(self.setup, state, self.config.init_from)
+    return replicate(state, self.mesh)
 
-def evaluated_splits(config, r: int) -> tuple:
-  """The splits evaluated after round ``r`` (``()``: none), a function of the schedule alone.
+  def next_boundary(self, r: int) -> Optional[int]:
+    return next((b for b in self.boundaries if b > r), None)
 
-  At multiples of ``eval_every``: the test split, and validation when ``select_by`` ranks by
-  it; after the last round: every split. Only rounds on the ``eval_every`` grid compete for
-  ``select_by`` beyond their own run's end, so a run continued with ``--extend`` selects as
-  one run of its final length does. Splits a suite lacks are skipped by the caller."""
-  if r == int(config.num_rounds):
-    return ("test", "validation")
-  if on_eval_grid(config, r):
-    sel = (config.select_by or "").split(".", 1)[0]
-    return ("test", "validation") if sel == "validation" else ("test",)
-  return ()
+  def batches(self, a: int, b: Optional[int]):
+    """Task and example indices of rounds ``a..b`` (host side; prepared while the device
+    runs); ``None`` past the end."""
+    if b is None:
+      return None
+    if self.config.schedule == "joint":  # every task every round, in task order
+      orders = np.tile(np.arange(self.num_tasks, dtype=np.int32), (b - a, 1))
+    else:
+      orders = round_orders(self.keys.order, a, b - a, self.num_tasks)
+    return self.sampler.round_robin(orders, a)
 
+  def run_chunk(self, state: TrainState, r: int, nxt: int, ahead):
+    """Rounds ``r..nxt`` as one device call; returns ``(state, the next chunk's batches)``.
+    Raises :class:`NonFiniteError` at the first non-finite loss, parameter or moment."""
+    tasks, idx = ahead
+    prev_step = int(state.step)
+    x_pool, y_pool, x_index = self.pools
+    args = (state, x_pool, y_pool, tasks, idx, self.keys.step, x_index)
+    shapes = (tasks.shape, idx.shape)
+    if shapes not in self.compiled:
+      t_c = time.time()
+      self.compiled[shapes] = self.run_steps.lower(*args).compile()
+      self.on_progress("compiled", {"seconds": time.time() - t_c, "rounds": nxt - r})
+    t_run = time.time()
+    state, losses = self.compiled[shapes](*args)
+    # dispatch is asynchronous: build the next chunk's batches before waiting for this one
+    ahead = self.batches(nxt, self.next_boundary(nxt))
+    ls = np.asarray(losses)
+    if not np.all(np.isfinite(ls)):
+      bad = int(np.argmax(~np.isfinite(ls)))
+      raise NonFiniteError(prev_step + bad, self.names[int(tasks[bad])], "loss")
+    if not bool(_all_finite((state.params, state.opt_state))):  # all a checkpoint keeps
+      raise NonFiniteError(int(state.step) - 1, self.names[int(tasks[-1])],
+                           "parameter or optimizer state")
+    self.pending.append((tasks, ls))
+    self.steady["seconds"] += time.time() - t_run
+    self.steady["steps"] += len(tasks)
+    return state, ahead
 
-def metric_value(evaluation: dict, path: str) -> float:
-  """``metric_value(ev, "validation.accuracy.mean")``: a number inside an evaluation."""
-  v = evaluation
-  for p in path.split("."):
-    v = v[p]
-  return float(v)
+  def penalty_report(self, state: TrainState) -> dict:
+    """Every task's auxiliary terms at the current parameters (``{}`` for a method without)."""
+    terms = jax.device_get(self.penalties(state.params["alloc"]))
+    return {k: dict({n: float(v[i]) for i, n in enumerate(self.names)}, mean=float(np.mean(v)))
+            for k, v in terms.items()}
 
+  def log(self, state: TrainState, r: int) -> None:
+    """The log event of round ``r``: training losses since the last one, rate, ETA."""
+    tk = np.concatenate([p[0] for p in self.pending])
+    la = np.concatenate([p[1] for p in self.pending])
+    now = time.time()
+    rate = self.steady["steps"] / max(self.steady["seconds"], 1e-9)
+    e = int(self.config.eval_every or 0)  # evaluations after r: the eval_every grid and the end
+    evals_left = (r < self.total) + (((self.total - 1) // e - r // e) if e else 0)
+    eta = ((self.total - r) * self.num_tasks / max(rate, 1e-9)
+           + evals_left * self.steady["eval_s"])
+    per_task = {n: float(la[tk == i].mean()) for i, n in enumerate(self.names) if np.any(tk == i)}
+    self.on_event(Event("log", {
+        "round": r, "step": int(state.step), "train_loss": per_task,
+        "train_loss_mean": float(np.mean(list(per_task.values()))),
+        "temperature": float(A.temperature(int(state.step), self.config.t_init,
+                                           self.config.t_min)),
+        "penalty": self.penalty_report(state),
+        "steps_per_s": rate, "eta_s": eta,
+        "elapsed_s": now - self.t_start,
+        "wall_s": {k: round(v, 3) for k, v in self.wall.items()}}))
+    self.pending = []
+    self.wall = dict.fromkeys(self.wall, 0.0)
 
-def better(a: float, b: Optional[float], path: str) -> bool:
-  """Is ``a`` better than ``b`` for metric ``path`` (losses: lower; others: higher)?"""
-  if b is None:
-    return True
-  return a < b if ".loss." in f".{path}." else a > b
+  def record_history(self, state: TrainState, r: int) -> None:
+    t0 = time.time()
+    record = self.setup.method.history(state.params["alloc"])
+    if any(record.values()):
+      self.on_event(Event("alloc", {"round": r, "step": int(state.step), **record}))
+    self.wall["history"] += time.time() - t0
+
+  def _on_eval_task(self, task) -> None:
+    t = int(task)
+    self.on_progress("eval_task", {"split": self.eval_now["split"], "task": t,
+                                   "of": self.num_tasks, "name": self.names[t],
+                                   "elapsed_s": time.time() - self.eval_now["t0"]})
+
+  def evaluate_splits(self, state: TrainState, r: int) -> dict:
+    """The evaluation of round ``r``: ``{split: {metric: {task..., "mean"}}}``."""
+    out = {}
+    for k, ev in self.evaluations.items():
+      if k in evaluated_splits(self.config, r):
+        self.eval_now.update(split=k, t0=time.time())
+        out[k] = ev(state.params, self.keys.eval)
+        self.on_progress("eval_done", {"split": k, "round": r,
+                                       "seconds": time.time() - self.eval_now["t0"],
+                                       **{m: out[k][m]["mean"] for m in out[k]}})
+    return out
+
+  def evaluate(self, state: TrainState, r: int) -> dict:
+    """:meth:`evaluate_splits`, timed and reported as an eval event."""
+    t0 = time.time()
+    evaluation = self.evaluate_splits(state, r)
+    dt = time.time() - t0
+    self.steady["eval_s"] = dt
+    self.wall["eval"] += dt
+    self.on_event(Event("eval", {"round": r, "step": int(state.step), **evaluation,
+                                 "wall_s": round(dt, 3)}))
+    return evaluation
+
+  def checkpoint(self, on_chunk: Callable, r: int, state: TrainState, best, evaluated: bool):
+    t0 = time.time()
+    carry = {"tasks": [int(t) for p in self.pending for t in p[0]],
+             "losses": [float(v) for p in self.pending for v in p[1]]}
+    on_chunk(r, state, best, evaluated, carry)
+    self.wall["checkpoint"] += time.time() - t0
 
 
 def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] = None,
@@ -230,11 +304,12 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   After every device call, checks that the losses and parameters are finite (raising
   :class:`NonFiniteError` naming the step and task) and calls
   ``on_chunk(round, state, best, evaluated, log_carry)``; rounds where it is called are the same
-  whatever ``start_round`` is (multiples of log_every, eval_every, checkpoint_every and
-  rounds_per_call), so a resumed run replays exactly the same device calls.
+  whatever ``start_round`` is (:func:`gmr.schedule.call_boundaries`), so a resumed run replays
+  exactly the same device calls.
 
   With ``config.select_by`` (e.g. ``"validation.accuracy.mean"``), ``best`` tracks the
-  evaluation with the best value: ``{"value", "round", "evaluation"}``.
+  evaluation with the best value: ``{"value", "round", "evaluation"}``
+  (:func:`gmr.evaluate.update_best`).
   ``log_carry`` (``{"tasks": [...], "losses": [...]}``, JSON-able) holds the training losses
   since the last log line; a run resumed with the carry its checkpoint saved writes the same
   log lines as one that never stopped.
@@ -246,175 +321,33 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   and ``eta_s`` the remaining steps at that rate plus the remaining evaluations at the last
   evaluation's duration.
   ``setup``: :func:`make_setup` of ``config`` and ``suite`` when the caller has built it
-  already (the run builds it once).
+  already (the run builds it once); ``state``: the state to continue (default: a fresh one,
+  or ``init_from``'s backbone).
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
-  on_event = on_event or (lambda e: None)
-  on_progress = on_progress or (lambda kind, data: None)
-  keys = make_keys(config.seed)
-  setup = setup or make_setup(config, suite)
-  if state is None:
-    state = init_state(setup, keys.init)
-    if config.init_from:
-      state = init_from(setup, state, config.init_from)
-  mesh = make_mesh(config)
-  if mesh is not None and config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} does not split over data_parallel="
-                     f"{mesh.size} devices; use a multiple of {mesh.size}")
-  state = replicate(state, mesh)
-  run_steps = make_run_steps(setup, config, mesh)
-  joint = config.schedule == "joint"
-  sampler = BatchSampler(keys.batch, suite.train, config.batch_size)
-  eval_now = {"split": "", "t0": 0.0}
-
-  def on_task(task):
-    t = int(task)
-    on_progress("eval_task", {"split": eval_now["split"], "task": t, "of": suite.num_tasks,
-                              "name": suite.task_names[t],
-                              "elapsed_s": time.time() - eval_now["t0"]})
-  evaluator = make_evaluator(setup, bool(config.eval_sample), on_task)
-  put = (lambda a: replicate(a, mesh)) if mesh is not None else jax.device_put
-  x_pool, y_pool = put(suite.train.x), put(suite.train.y)
-  x_index = None if suite.train.index is None else put(suite.train.index)
-  t_count, names = suite.num_tasks, suite.task_names
-  total = int(config.num_rounds)
-  chunk = max(1, int(config.rounds_per_call))
-  boundaries = {total}
-  history_every = int(config.alloc_history_every)
-  for every in (config.log_every, config.eval_every, config.checkpoint_every, chunk,
-                history_every):
-    if every:
-      boundaries.update(range(every, total, every))
-  boundaries = sorted(boundaries)
-  select_by = config.select_by or ""
-
-  eval_splits = {"test": suite.test, "validation": suite.validation}
-  eval_splits = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size, names, put)
-                 for k, v in eval_splits.items() if v is not None}
-
-  def do_eval(r):
-    out = {}
-    for k, ev in eval_splits.items():
-      if k in evaluated_splits(config, r):
-        eval_now.update(split=k, t0=time.time())
-        out[k] = ev(state.params, keys.eval)
-        on_progress("eval_done", {"split": k, "round": r, "seconds": time.time() - eval_now["t0"],
-                                  **{m: out[k][m]["mean"] for m in out[k]}})
-    return out
-
-  compiled = {}  # shapes of the training call -> its program, compiled apart (timed)
-
-  @jax.jit
-  def penalties(alloc):  # every task's auxiliary terms at the current parameters
-    return jax.vmap(lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(t_count))
-
-  def penalty_report():
-    terms = jax.device_get(penalties(state.params["alloc"]))  # {} for a method without terms
-    return {k: dict({n: float(v[i]) for i, n in enumerate(names)}, mean=float(np.mean(v)))
-            for k, v in terms.items()}
-
-  def chunk_batches(a, b):
-    """Task and example indices of rounds ``a..b`` (host side; prepared while the device runs)."""
-    if joint:  # every task every round, in task order
-      orders = np.tile(np.arange(t_count, dtype=np.int32), (b - a, 1))
-    else:
-      orders = round_orders(keys.order, a, b - a, t_count)
-    return sampler.round_robin(orders, a)
-
-  r = start_round
-  final_best = None  # the end-of-run evaluation when it is off the eval grid and the best
-  pending: List = []  # (tasks, losses) host arrays since the last log
-  if log_carry and log_carry.get("tasks"):
-    pending.append((np.asarray(log_carry["tasks"], np.int32),
-                    np.asarray(log_carry["losses"], np.float32)))
-  # wall seconds since the last log line, by job: the device steps (with the host preparing the
-  # next chunk's batches meanwhile), the allocation history, evaluation, and on_chunk (checkpoints)
-  wall = dict.fromkeys(("steps", "history", "eval", "checkpoint"), 0.0)
-  t_start = time.time()
-  steady = {"seconds": 0.0, "steps": 0, "eval_s": 0.0}  # device steps without compilation
-  last_eval = None
-  nxt = next((b for b in boundaries if b > r), total)
-  ahead = chunk_batches(r, nxt) if r < total else None
+  loop = _Loop(config, suite, setup or make_setup(config, suite),
+               on_event or (lambda e: None), on_progress or (lambda kind, data: None), log_carry)
+  state = loop.initial_state(state)
+  r, total = start_round, loop.total
+  final_best, last_eval = None, None  # final_best: the end of a run off the eval grid
+  nxt = loop.next_boundary(r) or total
+  ahead = loop.batches(r, nxt) if r < total else None
   while r < total:
     t0 = time.time()
-    tasks, idx = ahead
-    prev_step = int(state.step)
-    args = (state, x_pool, y_pool, tasks, idx, keys.step, x_index)
-    if (tasks.shape, idx.shape) not in compiled:
-      t_c = time.time()
-      compiled[(tasks.shape, idx.shape)] = run_steps.lower(*args).compile()
-      on_progress("compiled", {"seconds": time.time() - t_c, "rounds": nxt - r})
-    t_run = time.time()
-    state, losses = compiled[(tasks.shape, idx.shape)](*args)
-    # dispatch is asynchronous: build the next chunk's batches before waiting for this one
-    after = next((b for b in boundaries if b > nxt), None)
-    ahead = chunk_batches(nxt, after) if after is not None else None
-    ls = np.asarray(losses)
-    if not np.all(np.isfinite(ls)):
-      bad = int(np.argmax(~np.isfinite(ls)))
-      raise NonFiniteError(prev_step + bad, names[int(tasks[bad])], "loss")
-    if not bool(_all_finite((state.params, state.opt_state))):  # all a checkpoint keeps
-      raise NonFiniteError(int(state.step) - 1, names[int(tasks[-1])],
-                           "parameter or optimizer state")
-    pending.append((tasks, ls))
-    steady["seconds"] += time.time() - t_run
-    steady["steps"] += len(tasks)
-    r, nxt = nxt, after
-    wall["steps"] += time.time() - t0
+    state, ahead = loop.run_chunk(state, r, nxt, ahead)
+    r, nxt = nxt, loop.next_boundary(nxt)
+    loop.wall["steps"] += time.time() - t0
     if (config.log_every and r % config.log_every == 0) or r == total:
-      tk = np.concatenate([p[0] for p in pending])
-      la = np.concatenate([p[1] for p in pending])
-      now = time.time()
-      rate = steady["steps"] / max(steady["seconds"], 1e-9)
-      e = int(config.eval_every or 0)  # evaluations after r: the eval_every grid and the end
-      evals_left = (r < total) + (((total - 1) // e - r // e) if e else 0)
-      eta = (total - r) * t_count / max(rate, 1e-9) + evals_left * steady["eval_s"]
-      per_task = {n: float(la[tk == i].mean()) for i, n in enumerate(names) if np.any(tk == i)}
-      on_event(Event("log", {
-          "round": r, "step": int(state.step), "train_loss": per_task,
-          "train_loss_mean": float(np.mean(list(per_task.values()))),
-          "temperature": float(A.temperature(int(state.step), config.t_init, config.t_min)),
-          "penalty": penalty_report(),
-          "steps_per_s": rate, "eta_s": eta,
-          "elapsed_s": now - t_start, "wall_s": {k: round(v, 3) for k, v in wall.items()}}))
-      pending = []
-      wall = dict.fromkeys(wall, 0.0)
+      loop.log(state, r)
     if history_at(config, r) and state.params["alloc"]:
-      t0 = time.time()
-      record = setup.method.history(state.params["alloc"])
-      if any(record.values()):
-        on_event(Event("alloc", {"round": r, "step": int(state.step), **record}))
-      wall["history"] += time.time() - t0
-    evaluated = False
-    if evaluated_splits(config, r):
-      t0 = time.time()
-      last_eval = do_eval(r)
-      evaluated = True
-      dt = time.time() - t0
-      steady["eval_s"] = dt
-      wall["eval"] += dt
-      on_event(Event("eval", {"round": r, "step": int(state.step), **last_eval,
-                              "wall_s": round(dt, 3)}))
-      if select_by:
-        try:
-          v = metric_value(last_eval, select_by)
-        except KeyError:
-          raise ValueError(f"select_by: {select_by!r} is not in the evaluation "
-                           f"(keys {sorted(last_eval)}); e.g. 'validation.accuracy.mean'") from None
-        if not on_eval_grid(config, r):  # the end of this schedule, not of a longer one
-          if better(v, (best or {}).get("value"), select_by):
-            final_best = {"value": v, "round": r, "evaluation": last_eval, "new": False}
-          best = dict(best, new=False) if best else None
-        elif better(v, (best or {}).get("value"), select_by):
-          best = {"value": v, "round": r, "evaluation": last_eval, "new": True}
-        else:
-          best = dict(best, new=False)
+      loop.record_history(state, r)
+    evaluated = bool(evaluated_splits(config, r))
+    if evaluated:
+      last_eval = loop.evaluate(state, r)
+      if config.select_by:
+        best, final_best = update_best(config, r, last_eval, best, final_best)
     if on_chunk is not None:
-      t0 = time.time()
-      carry = {"tasks": [int(t) for p in pending for t in p[0]],
-               "losses": [float(v) for p in pending for v in p[1]]}
-      on_chunk(r, state, best, evaluated, carry)
-      wall["checkpoint"] += time.time() - t0
+      loop.checkpoint(on_chunk, r, state, best, evaluated)
   if last_eval is None:
-    last_eval = do_eval(r)
-  return setup, state, last_eval, final_best or best
+    last_eval = loop.evaluate_splits(state, r)
+  return loop.setup, state, last_eval, final_best or best

@@ -36,6 +36,32 @@ def test_no_sharing_needs_one_component_per_task():
   np.testing.assert_array_equal(two.matrices({})[0], [[1, 0, 1, 0], [0, 1, 0, 1]])
 
 
+SHIPPED = {"synthetic": "", "transfer": "", "four_mnists": "", "omniglot": "",
+           "clusters40": "offline", "finetune": "source"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_no_sharing_fits_are_checked_from_the_built_networks_sizes(name):
+  """For every shipped config's network and components per task k = 1..4, validation refuses
+  no_sharing exactly when some routed layer does not have k x #tasks components (its sizes as
+  the network is built, not a table), and a config it accepts builds."""
+  import importlib
+  from gmr import data, train, validate
+  base = importlib.import_module(f"experiments.configs.{name}").get_config(SHIPPED[name])
+  t = data.describe(base)[0]
+  sizes = train.build_setup(base, *data.describe(base)).arch.layer_sizes
+  for k in (1, 2, 3, 4):
+    c = base.copy_and_resolve_references()
+    c.method, c.no_sharing_components_per_task = "no_sharing", k
+    if all(n == k * t for n in sizes):
+      validate.validate(c)
+      train.check_structure(c, *data.describe(c))
+    else:
+      with pytest.raises(methods.ConfigError, match=rf"^no_sharing_components_per_task: {t} "
+                         rf"tasks x {k} components != \d+ components per layer of"):
+        validate.validate(c)
+
+
 def test_fixed_matrix_and_its_errors():
   m = [[1, 0, 1], [0, 1, 1]]
   f = methods.build("fixed", cfg(fixed_allocation=m), 2, (3, 3))

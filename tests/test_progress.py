@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import synthetic as synthetic_cfg
-from gmr import data as data_lib, experiment, train as T
+from gmr import data as data_lib, experiment, train as T, workdir as workdir_lib
 
 
 def small(**kw):
@@ -105,7 +105,7 @@ def test_the_cache_folder_is_not_part_of_a_run(tmp_path, restore_cache_config):
   done = experiment.run(small(), wd, quiet=True)
   assert experiment.run(small(compilation_cache_dir=str(tmp_path / "elsewhere")), wd,
                         quiet=True) == done
-  assert experiment.run_identity(small()) == experiment.run_identity(
+  assert workdir_lib.run_identity(small()) == workdir_lib.run_identity(
       small(compilation_cache_dir="auto"))
 
 

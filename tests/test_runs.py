@@ -14,7 +14,8 @@ import pytest
 from ml_collections import config_dict
 
 from experiments.configs import synthetic as synthetic_cfg
-from gmr import checkpoint, experiment, train as T, validate
+from gmr import checkpoint, experiment, optim, train as T, validate
+from gmr import workdir as workdir_lib
 from gmr import data as data_lib
 from gmr.methods import ConfigError
 
@@ -164,9 +165,9 @@ def test_workdir_from_before_a_field_existed_resumes(tmp_path, capsys):
   first = experiment.run(small(), wd, quiet=True)
   path = os.path.join(wd, "config.json")
   cfg = json.load(open(path))
-  assert cfg["schedule"] == experiment.ADDED_FIELDS["schedule"]
-  assert cfg["data_parallel"] == experiment.ADDED_FIELDS["data_parallel"]
-  for k in experiment.ADDED_FIELDS:
+  assert cfg["schedule"] == workdir_lib.ADDED_FIELDS["schedule"]
+  assert cfg["data_parallel"] == workdir_lib.ADDED_FIELDS["data_parallel"]
+  for k in workdir_lib.ADDED_FIELDS:
     del cfg[k]
   json.dump(cfg, open(path, "w"))
   assert experiment.run(small(), wd) == first
@@ -375,9 +376,9 @@ def _run_counting_writes(c, wd, kill_after=None, **run_kw):
     return wrapped
 
   mp = pytest.MonkeyPatch()
-  mp.setattr(experiment, "write_json_atomic", count(experiment.write_json_atomic))
-  mp.setattr(experiment, "append_line", count(experiment.append_line))
-  mp.setattr(experiment, "_write_changes", count(experiment._write_changes))
+  mp.setattr(workdir_lib, "write_json_atomic", count(workdir_lib.write_json_atomic))
+  mp.setattr(workdir_lib, "append_line", count(workdir_lib.append_line))
+  mp.setattr(workdir_lib, "write_changes", count(workdir_lib.write_changes))
   mp.setattr(checkpoint.Checkpoints, "save", count(checkpoint.Checkpoints.save))
   try:
     experiment.run(c, wd, quiet=True, **run_kw)
@@ -612,13 +613,13 @@ def test_change_optimizer_continues_from_the_checkpoint_and_refuses_every_other_
   # recorded: reruns with or without the flag find it finished; its config is the new one
   assert experiment.run(b, wd, quiet=True) == got
   assert json.load(open(os.path.join(wd, "config.json")))["learning_rate"] == 5e-3
-  assert experiment.read_changes(wd)[0]["round"] == 20
-  for field in sorted(set(_config_fields(a)) - set(experiment.optim_lib.OPTIMIZER_FIELDS)
-                      - set(experiment.MACHINE_FIELDS) - {"num_rounds"}):
+  assert workdir_lib.read_changes(wd)[0]["round"] == 20
+  for field in sorted(set(_config_fields(a)) - set(optim.OPTIMIZER_FIELDS)
+                      - set(workdir_lib.MACHINE_FIELDS) - {"num_rounds"}):
     c = small(num_rounds=60, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
     _perturb(c, field)
     with pytest.raises(experiment.WorkdirError, match=f"also differs in {field}"):
-      experiment._prepare_workdir(c, wd, fresh=False, extend=True, change_optimizer=True)
+      workdir_lib.prepare(c, wd, fresh=False, extend=True, change_optimizer=True)
   assert experiment.run(b, wd, quiet=True) == got  # nothing was changed by the refusals
 
 

@@ -1,0 +1,274 @@
+"""A run's workdir: what it holds and whether this run may use it.
+
+``config.json`` (the run's config), ``metrics.jsonl`` (one JSON line per event),
+``results.json`` (the finished run), ``optimizer_changes.jsonl`` (continuations under other
+optimizer settings), checkpoints (:mod:`gmr.checkpoint`), ``tb/`` (:mod:`gmr.logs`). A run's
+identity is a hash of its config; :func:`prepare` refuses a workdir of another run, and the
+writes here are atomic (a temporary file renamed) or one flushed line, so a kill at any moment
+leaves a workdir a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from gmr import config as config_schema
+from gmr import optim as optim_lib
+from gmr import schedule
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return x
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """``obj`` as indented JSON (sorted keys) at ``path``, written to ``<path>.tmp`` and renamed:
+  a kill leaves the old file or the new one, never a part."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def append_line(f, obj) -> None:
+  """One JSON line to the open file ``f``, flushed (a kill cuts at most this line)."""
+  f.write(json.dumps(_jsonable(obj)) + "\n")
+  f.flush()
+
+
+class WorkdirError(Exception):
+  """A workdir that cannot take this run: ``<workdir>: <problem>; <fix>``."""
+
+
+# A workdir whose config.json lacks a field of :data:`gmr.config.UPGRADES`, while this run has it
+# at that value, holds the same run (it resumes or counts as finished); any other value differs.
+# ``layout`` only changes how the same function is computed (equal up to float rounding).
+ADDED_FIELDS = config_schema.UPGRADES
+
+
+# Fields that change how a run is computed or stored on this machine, never its numbers: they
+# may differ between the starts of one run (not part of its identity).
+MACHINE_FIELDS = ("compilation_cache_dir",)
+
+
+def config_diff(a: dict, b: dict, prefix="") -> list:
+  """Dotted keys where the stored config ``a`` and this run's ``b`` differ."""
+  keys = sorted(set(a) | set(b))
+  out = []
+  for k in keys:
+    if not prefix and k in MACHINE_FIELDS:
+      continue
+    if not prefix and k not in a and k in ADDED_FIELDS and b.get(k) == ADDED_FIELDS[k]:
+      continue
+    va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += config_diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def config_json(config) -> dict:
+  """The config as ``config.json`` stores it (JSON types, sorted keys)."""
+  return json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
+
+
+CHANGES_FILE = "optimizer_changes.jsonl"
+_RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best",
+              "tb", CHANGES_FILE)
+
+
+def read_changes(workdir: str) -> list:
+  """The optimizer changes recorded in ``workdir`` (``--change_optimizer``), oldest first: dicts
+  ``{"round": <the checkpoint's round it continued from, None until then>, "changed":
+  {field: [old, new]}, "from_identity": ..., "to_identity": ...}``."""
+  path = os.path.join(workdir, CHANGES_FILE)
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill: its change was not made yet (config.json comes after)
+  return out
+
+
+def write_changes(workdir: str, changes: list) -> None:
+  path = os.path.join(workdir, CHANGES_FILE)
+  with open(path + ".tmp", "w") as f:
+    for c in changes:
+      f.write(json.dumps(c, sort_keys=True) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bool) -> None:
+  """Record a continuation under other optimizer settings, or refuse any other change."""
+  other = [k for k in diff if k not in optim_lib.OPTIMIZER_FIELDS and k != "num_rounds"]
+  if other or ("num_rounds" in diff and not extend):
+    shown = ", ".join((other or ["num_rounds"])[:5])
+    raise WorkdirError(
+        f"{workdir}: --change_optimizer continues a run under other optimizer settings only "
+        f"({', '.join(optim_lib.OPTIMIZER_FIELDS)}); this config also differs in {shown}; "
+        + ("add --extend to also continue it to more rounds" if not other else
+           "use another --workdir, or --fresh to start again"))
+  n_old, n_new = int(old.get("num_rounds", 0)), int(cfg["num_rounds"])
+  done = os.path.join(workdir, "results.json")
+  if n_new < n_old or (os.path.exists(done) and n_new == n_old):
+    raise WorkdirError(f"{workdir}: the run is finished at num_rounds={n_old}; a changed "
+                       "optimizer continues an unfinished run, or a finished one to more "
+                       "rounds with --extend and a larger --config.num_rounds")
+  if os.path.exists(done):
+    os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
+  rec = {"round": None, "changed": {k: [old.get(k), cfg.get(k)] for k in diff
+                                    if k != "num_rounds"},
+         "from_identity": identity_of(old), "to_identity": identity_of(cfg)}
+  changes = read_changes(workdir)
+  if not changes or {k: v for k, v in changes[-1].items() if k != "round"} != {
+      k: v for k, v in rec.items() if k != "round"}:  # not already recorded by a killed start
+    write_changes(workdir, changes + [rec])
+  write_json_atomic(os.path.join(workdir, "config.json"), cfg)
+
+
+def prepare(config, workdir: str, fresh: bool, extend: bool = False,
+                     change_optimizer: bool = False):
+  """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
+  return the finished results if this very run is already done. ``extend``: a run whose
+  config differs only in a smaller ``num_rounds`` is continued to this ``num_rounds`` (its
+  results file is kept as ``results_round_<n>.json``). ``change_optimizer``: a run whose
+  config differs in :data:`gmr.optim.OPTIMIZER_FIELDS` (and, with ``extend``, a larger
+  ``num_rounds``) is continued under the new settings; the change is recorded in
+  ``optimizer_changes.jsonl``."""
+  os.makedirs(workdir, exist_ok=True)
+  cfg = config_json(config)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      old = {"<unreadable config.json>": True}
+    diff = config_diff(old, cfg)
+    if change_optimizer and diff and not fresh and diff != ["num_rounds"]:
+      _change_optimizer(workdir, old, cfg, diff, extend)
+      return None
+    if diff == ["num_rounds"] and not fresh:
+      n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
+      if not extend or n_new < n_old:
+        how = ("pass --extend to continue it to this num_rounds" if n_new > n_old else
+               "a run can be extended, never shortened")
+        raise WorkdirError(f"{workdir}: holds a run of num_rounds={n_old} (this one: {n_new}); "
+                           f"{how}, or use another --workdir, or --fresh to start again")
+      done = os.path.join(workdir, "results.json")
+      if os.path.exists(done):  # kept: the shorter run's numbers stay readable
+        os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
+      write_json_atomic(path, cfg)
+      return None
+    if diff and not fresh:
+      shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
+      raise WorkdirError(f"{workdir}: holds a run with a different config (differs in {shown}); "
+                         "use another --workdir, or pass --fresh to move that run to "
+                         f"{workdir}/previous_<n>/ and start again")
+    if diff or fresh:
+      n = 0
+      while os.path.exists(os.path.join(workdir, f"previous_{n}")):
+        n += 1
+      dest = os.path.join(workdir, f"previous_{n}")
+      os.makedirs(dest)
+      for name in _RUN_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+          os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+    elif os.path.exists(os.path.join(workdir, "results.json")):
+      with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+  write_json_atomic(path, cfg)
+  return None
+
+
+def finished_results(config, workdir: str):
+  """The results of ``workdir`` if it holds this very config, finished (else ``None``)."""
+  cfg = config_json(config)
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      same = not config_diff(json.load(f), cfg)
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f) if same else None
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def truncate_metrics(path: str, last_round: int, config):
+  """Drop metric lines after ``last_round`` (written after the checkpoint we resume from), and
+  make an evaluation line at ``last_round`` what this schedule evaluates there (a shorter run
+  continued with ``--extend`` evaluated every split at its end)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  splits = schedule.evaluated_splits(config, last_round)
+  with open(path) as f:
+    for line in f:
+      try:
+        d = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      if d.get("round", 0) > last_round:
+        continue
+      if d.get("kind") == "alloc" and d["round"] == last_round and not schedule.history_at(
+          config, last_round):
+        continue
+      if d.get("kind") == "eval" and d["round"] == last_round:
+        if not splits:
+          continue
+        d = {k: v for k, v in d.items() if k not in ("test", "validation") or k in splits}
+        line = json.dumps(d) + "\n"
+      keep.append(line)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def earlier_configs(config, changes: list) -> dict:
+  """``{run identity: config}`` of this run and of the run before each recorded optimizer
+  change (the checkpoints a workdir may hold), undoing the changes newest first."""
+  out, c = {run_identity(config): config}, config
+  for rec in reversed(changes):
+    c = c.copy_and_resolve_references()
+    with c.unlocked():
+      for k, (before, _) in rec["changed"].items():
+        c[k] = before
+    out.setdefault(rec["from_identity"], c)
+  return out
+
+
+def run_identity(config) -> str:
+  """The identity of a run, saved in each of its checkpoints: a hash of its config without
+  ``num_rounds`` (``--extend`` continues the same run) and without fields added later at the
+  values that reproduce runs made before them (:data:`ADDED_FIELDS`)."""
+  return identity_of(config_json(config))
+
+
+def identity_of(cfg: dict) -> str:
+  """:func:`run_identity` of a stored config (``config.json``'s dict): 16 hex digits."""
+  cfg = dict(cfg)
+  cfg.pop("num_rounds", None)
+  for k in MACHINE_FIELDS:
+    cfg.pop(k, None)
+  for k, v in ADDED_FIELDS.items():
+    if cfg.get(k) == v:
+      cfg.pop(k)
+  return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
