@@ -191,10 +191,12 @@ def plot_loss_curves(curves, title, out_dir, n_seeds):
 
 
 def plot_taps_layers(results, title, out_dir):
-  """TAPS's Fig. 5 analogue: tasks x TAPS layers, black = task-specific (score >= tau)."""
+  """TAPS's Fig. 5 analogue: tasks x TAPS layers, black = task-specific (score >= tau); for
+  any method with its own task embedding (:meth:`gmr.methods.Method.task_embedding`), that
+  embedding."""
   emb, layers = embeddings.run_embeddings(results)
   tasks = results["tasks"]
-  taps = results["taps"]
+  taps = results.get("taps") or {}
   fig, ax = plt.subplots(figsize=(max(4.0, 2.5 + 0.5 * len(layers)), 1.6 + 0.28 * len(tasks)))
   ax.imshow(emb, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
   ax.set_xticks(range(len(layers)))
@@ -207,16 +209,17 @@ def plot_taps_layers(results, title, out_dir):
   ax.grid(which="minor", color="0.75", lw=0.5)
   ax.tick_params(which="minor", length=0)
   fig.suptitle(f"{title}: task-specific layers (black = adapted)\nseed {results['seed']}, "
-               f"{100 * taps['task_specific_fraction']['mean']:.1f}% of task x layer pairs",
+               f"{100 * float(np.mean(emb)):.1f}% of task x layer pairs",
                fontsize=9)
   _save(fig, os.path.join(out_dir, "allocation.png"))
   with open(os.path.join(out_dir, "allocation.json"), "w") as f:
     json.dump({"seed": results["seed"], "tasks": tasks, "layers": layers,
-               "task_specific": emb.astype(int).tolist(), "scores": taps["scores"]}, f, indent=1)
+               "task_specific": emb.astype(int).tolist(), "scores": taps.get("scores")}, f,
+              indent=1)
 
 
 def plot_allocation(results, title, out_dir):
-  if results.get("taps"):
+  if not embeddings.embeds_allocation(results):  # the method's own embedding (TAPS's layers)
     return plot_taps_layers(results, title, out_dir)
   layers = sorted(results["allocations"], key=lambda k: int(k.split("_")[1]))
   mats = [np.asarray(results["allocations"][l]) for l in layers]
@@ -329,8 +332,8 @@ def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
 def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   if any("taps_scores" in h for h in run["alloc"]):
     return plot_taps_scores(run, task, title, out_dir)
-  if (run["results"] or {}).get("taps"):  # a TAPS run whose history predates taps_scores:
-    return None  # it holds only the all-on component use, nothing to draw
+  if run["results"] and not embeddings.embeds_allocation(run["results"]):
+    return None  # a TAPS run whose history predates taps_scores: only all-on component use
   hist = [h for h in run["alloc"] if "probabilities" in h]
   if not hist:
     return None
@@ -525,7 +528,7 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
         files.append(prob)
       # TAPS's history holds its (all-on) component use, not its task-specific layers
       over = (plot_clusters_over_training(finished, name, out_dir)
-              if reports and not res.get("taps") else None)
+              if reports and embeddings.embeds_allocation(res) else None)
       if over:
         files.append(over)
     written[name] = files

@@ -47,6 +47,12 @@ def build(name: str, config, num_tasks: int, layer_sizes: Sequence[int]):
   return METHODS[name](config, num_tasks, tuple(layer_sizes))
 
 
+def of_results(results: dict) -> type:
+  """The method class a finished run's ``results.json`` dict was made by (the base
+  :class:`Method` for a method not registered in this process)."""
+  return METHODS.get(results.get("method"), Method)
+
+
 def _layer_key(l: int) -> str:
   return f"layer_{l}"
 
@@ -62,7 +68,9 @@ class Method:
     (one row per task: only the trained task's row changes in its step, like the heads);
   * :meth:`check_config`: its config fields, checked before anything is built;
   * :meth:`learning_rate` and :meth:`param_labels`: its parameters' optimizer groups;
-  * :meth:`penalty_terms` (named, logged), :meth:`summary` and :meth:`history`.
+  * :meth:`penalty_terms` (named, logged), :meth:`summary` and :meth:`history`;
+  * how its finished runs are read (:mod:`gmr.analysis`, the report):
+    :meth:`task_embedding` and :meth:`summary_stats`.
   """
   name = "?"
   learned = False
@@ -114,6 +122,21 @@ class Method:
   def summary(self, alloc_params, task_names) -> Dict:
     """Method-specific numbers for results.json (``{}`` for most methods)."""
     del alloc_params, task_names
+    return {}
+
+  @classmethod
+  def task_embedding(cls, results: dict):
+    """A finished run's task embeddings when they are not its allocation: ``(float32 [T, D],
+    a name per column)``; ``None`` (the default): the greedy allocation rows of
+    ``results["allocations"]`` are the embeddings."""
+    del results
+    return None
+
+  @classmethod
+  def summary_stats(cls, runs: Sequence[dict]) -> Dict:
+    """This method's own numbers for a table row over the seeds ``runs`` (their
+    ``results.json`` dicts); ``{}`` (the default): none."""
+    del runs
     return {}
 
   def train_rows(self, alloc_params, key, task, temperature) -> List[jax.Array]:
@@ -340,6 +363,29 @@ class TAPS(SharedBottom):
 
   def summary(self, alloc_params, task_names):
     return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}
+
+  @classmethod
+  def task_embedding(cls, results: dict):
+    """float32 ``[T, L]``, 1 where the task's layer is task-specific, columns = the TAPS
+    layers (from ``results["taps"]["scores"]``): a TAPS task uses every component, so its
+    allocation rows would make every task look the same. Raises ``KeyError`` without
+    ``tasks`` or ``taps["scores"]`` / ``taps["task_specific_layers"]``."""
+    taps, tasks = results["taps"], results["tasks"]
+    layers = list(taps["scores"][tasks[0]])
+    emb = np.array([[float(l in set(taps["task_specific_layers"][t])) for l in layers]
+                    for t in tasks], np.float32).reshape(len(tasks), len(layers))
+    return emb, layers
+
+  @classmethod
+  def summary_stats(cls, runs: Sequence[dict]) -> Dict:
+    """``taps_specific_pct`` (mean over seeds of the % of task x layer pairs that are task
+    specific) with ``taps_specific_pct_std``, and ``taps_added_params`` (mean over seeds and
+    tasks of the parameters a task adds)."""
+    from gmr.analysis.stats import sample_std  # pylint: disable=g-import-not-at-top
+    fr = [100 * r["taps"]["task_specific_fraction"]["mean"] for r in runs]
+    added = [np.mean(list(r["taps"]["added_params"].values())) for r in runs]
+    return dict(taps_specific_pct=float(np.mean(fr)), taps_specific_pct_std=sample_std(fr),
+                taps_added_params=float(np.mean(added)))
 
   def history(self, alloc_params):
     """TAPS's history is its scores (a task's layer is task-specific while its score >= tau):

@@ -119,7 +119,7 @@ def test_taps_embeddings_are_the_task_specific_layers():
   specific = {"a0": ["layer_2/k"], "a1": ["layer_2/k"], "b0": ["layer_0/k", "layer_1/k"],
               "b1": ["layer_0/k", "layer_1/k"], "b2": ["layer_1/k", "layer_0/k"]}
   tasks = list(specific)
-  res = {"tasks": tasks, "allocations": {"layer_0": [[1, 1]] * 5},
+  res = {"method": "taps", "tasks": tasks, "allocations": {"layer_0": [[1, 1]] * 5},
          "task_clusters": {"a": [0, 1], "b": [2, 3, 4]},
          "taps": {"scores": {t: {l: 0.0 for l in layers} for t in tasks},
                   "task_specific_layers": specific}}
@@ -132,6 +132,7 @@ def test_taps_embeddings_are_the_task_specific_layers():
   emb, _ = E.run_embeddings(res)
   assert emb.shape == (5, 3) and not emb.any()
   del res["taps"]  # a routed method: the allocations, columns per component
+  res["method"] = "gumbel_matrix"
   emb, names = E.run_embeddings(res)
   assert emb.shape == (5, 2) and names == ["layer_0/0", "layer_0/1"]
 

@@ -167,9 +167,11 @@ def test_frozen_gradients_never_reach_the_applied_update(method, clip_norm):
 def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
   """Adding a method is one class: a toy method registered here, without editing gmr/, is
   validated (its own check), trained with its combination rule, its learning rate, its
-  per-task rows and its named penalty term (logged with the loss), and reported."""
+  per-task rows and its named penalty term (logged with the loss), and reported: its own task
+  embedding and table numbers reach the analysis."""
   import json
   from gmr import experiment, train, validate
+  from gmr.analysis import embeddings, tables
   from gmr.methods import ConfigError
 
   @methods.register("toy_first_half")
@@ -190,6 +192,14 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
     def penalty_terms(self, alloc_params, task):
       return {"toy_zero": jnp.zeros(())}
 
+    @classmethod
+    def task_embedding(cls, results):
+      return np.eye(len(results["tasks"]), dtype=np.float32), ["own"] * len(results["tasks"])
+
+    @classmethod
+    def summary_stats(cls, runs):
+      return {"toy_runs": len(runs)}
+
   try:
     c = synthetic_cfg.get_config("smoke")
     c.method, c.combine = "toy_first_half", "auto"
@@ -202,6 +212,10 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
       assert np.all(m[:, :half] == 1) and np.all(m[:, half:] == 0)
     logs = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
     assert any("toy_zero" in (l.get("penalty") or {}) for l in logs)
+    emb, names = embeddings.run_embeddings(res)
+    np.testing.assert_array_equal(emb, np.eye(len(res["tasks"])))
+    assert names[0] == "own" and not embeddings.embeds_allocation(res)
+    assert tables.summarize([res, dict(res, seed=1)])["toy_runs"] == 2
     c.p_init = 0.123
     with pytest.raises(ConfigError, match="p_init: 0.123 is refused by the toy method"):
       validate.validate(c)
@@ -210,8 +224,9 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
 
 
 def test_no_method_name_is_compared_outside_its_class():
-  """gmr's modules ask the method's class (combine rule, rows, optimizer groups, checks)
-  instead of comparing ``config.method`` with a name."""
+  """gmr's modules ask the method's class (combine rule, rows, optimizer groups, checks, how
+  its results are read) instead of comparing ``config.method`` or a results key with a
+  method's name."""
   import os
   import re
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gmr")
@@ -223,4 +238,7 @@ def test_no_method_name_is_compared_outside_its_class():
         text = open(os.path.join(dirpath, f)).read()
         bad += [(f, m.group(0)) for m in re.finditer(
             rf"method\s*(==|!=|in)\s*\(?\s*[\"']({names})[\"']", text)]
+        # nor names one at all: the one default of config.method is the schema's
+        bad += [(f, m.group(0)) for m in re.finditer(rf"[\"']({names})[\"']", text)
+                if f != "config.py"]
   assert not bad

@@ -24,6 +24,7 @@ def test_aggregate_groups_use_the_run_embeddings():
   res["allocations"]["layer_0"][3] = [1, 1]
   assert not tables.groups_recovered(res) and not tables.groups_identical(res)
   layers = ["l0", "l1"]
+  res["method"] = "taps"
   res["taps"] = {"scores": {t: {l: 0.0 for l in layers} for t in res["tasks"]},
                  "task_specific_layers": {"a": ["l0"], "a2": ["l0"], "b": ["l1"], "b2": ["l1"]}}
   assert tables.groups_recovered(res)  # by the task-specific layers, not the allocations

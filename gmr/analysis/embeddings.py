@@ -20,6 +20,8 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial import distance
 
+from gmr import methods
+
 Allocations = Union[Dict[str, Sequence], Sequence[Sequence]]
 
 __all__ = ["Allocations", "task_embeddings", "run_embeddings", "cosine_similarity",
@@ -52,22 +54,20 @@ def task_embeddings(allocations: Allocations) -> np.ndarray:
 def run_embeddings(results: dict) -> Tuple[np.ndarray, List[str]]:
   """A run's task embeddings and a name per column, from its ``results.json`` dict.
 
-  Routed methods: the greedy allocations, float32 ``[T, sum_l C_l]`` with columns
-  ``layer_<l>/<component>``. TAPS (``results["taps"]``): float32 ``[T, L]``, 1 where the task's
-  layer is task-specific, columns = the TAPS layers (names from ``taps["scores"]``), because a
-  TAPS task uses every component and its allocation rows would make every task look the same.
-  Raises ``KeyError`` if ``allocations`` (routed) or ``tasks`` / ``taps["scores"]`` /
-  ``taps["task_specific_layers"]`` (TAPS) are missing."""
-  taps = results.get("taps")
-  if taps:
-    tasks = results["tasks"]
-    layers = list(taps["scores"][tasks[0]])
-    emb = np.array([[float(l in set(taps["task_specific_layers"][t])) for l in layers]
-                    for t in tasks], np.float32).reshape(len(tasks), len(layers))
-    return emb, layers
+  The method's own embedding when it has one (:meth:`gmr.methods.Method.task_embedding`:
+  TAPS's task-specific layers), else the greedy allocations, float32 ``[T, sum_l C_l]`` with
+  columns ``layer_<l>/<component>``. Raises ``KeyError`` for a missing field."""
+  own = methods.of_results(results).task_embedding(results)
+  if own is not None:
+    return own
   alloc = results["allocations"]
   names = [f"{k}/{c}" for k in _layer_order(alloc) for c in range(np.asarray(alloc[k]).shape[1])]
   return task_embeddings(alloc), names
+
+
+def embeds_allocation(results: dict) -> bool:
+  """A run whose task embeddings are its allocation rows (not a method's own)."""
+  return methods.of_results(results).task_embedding(results) is None
 
 
 def cosine_similarity(emb: np.ndarray) -> np.ndarray:
@@ -186,7 +186,7 @@ def cluster_report(results: dict) -> dict:
   distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
   sim = cosine_similarity(emb)
   extra = {}
-  if not results.get("taps") and isinstance(results.get("allocations"), dict):
+  if embeds_allocation(results) and isinstance(results.get("allocations"), dict):
     extra["per_layer"] = per_layer_report(results["allocations"], clusters)
     if results.get("probabilities"):
       extra["disagreement"] = within_cluster_disagreement(

@@ -18,6 +18,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from gmr import methods
 from gmr.analysis import embeddings
 from gmr.analysis.stats import interval90, sample_std
 
@@ -83,8 +84,9 @@ def summarize(runs: List[dict]) -> dict:
   seed), ``loss_ci90`` (half-width of the 90% t-interval of the mean, :func:`interval90`; nan
   for one seed), ``loss_per_seed`` (in ``runs`` order), ``active_fraction`` and
   ``wall_time_s`` (means), ``steps`` (of the first run). With accuracies: ``acc_mean``,
-  ``acc_std``, ``acc_ci90``, ``acc_per_seed`` (in %). TAPS: ``taps_specific_pct`` (+ ``_std``),
-  ``taps_added_params``. With ``task_clusters`` in every run (section V-C), per seed in seed
+  ``acc_std``, ``acc_ci90``, ``acc_per_seed`` (in %). The method's own numbers
+  (:meth:`gmr.methods.Method.summary_stats`; TAPS: ``taps_specific_pct`` (+ ``_std``),
+  ``taps_added_params``). With ``task_clusters`` in every run (section V-C), per seed in seed
   order: ``cluster_ari``, ``cluster_distinct``, ``cluster_within``, ``cluster_between``,
   ``cluster_neighbour`` (:func:`gmr.analysis.embeddings.cluster_report`) and, for routed runs
   with ``probabilities``, ``decided_pct`` and ``cluster_disagreement``. With ``task_groups``:
@@ -106,11 +108,7 @@ def summarize(runs: List[dict]) -> dict:
     acc = [100 * r["final"]["accuracy"]["mean"] for r in runs]
     s.update(acc_mean=float(np.mean(acc)), acc_std=sample_std(acc),
              acc_ci90=interval90(acc), acc_per_seed=acc)
-  if all("taps" in r for r in runs):  # TAPS: task-specific layers and added parameters
-    fr = [100 * r["taps"]["task_specific_fraction"]["mean"] for r in runs]
-    added = [np.mean(list(r["taps"]["added_params"].values())) for r in runs]
-    s.update(taps_specific_pct=float(np.mean(fr)), taps_specific_pct_std=sample_std(fr),
-             taps_added_params=float(np.mean(added)))
+  s.update(methods.of_results(runs[0]).summary_stats(runs))  # the method's own numbers
   if all(r.get("task_clusters") for r in runs):  # section V-C: clusters in the embeddings
     by_seed = sorted(runs, key=lambda r: r["seed"])
     reps = [embeddings.cluster_report(r) for r in by_seed]
@@ -119,7 +117,7 @@ def summarize(runs: List[dict]) -> dict:
              cluster_within=[rep["within"] for rep in reps],
              cluster_between=[rep["between"] for rep in reps],
              cluster_neighbour=[rep["neighbour_agreement"] for rep in reps])
-    if all(r.get("probabilities") and "taps" not in r for r in runs):
+    if all(r.get("probabilities") and embeddings.embeds_allocation(r) for r in runs):
       s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"]) for r in by_seed]
       s["cluster_disagreement"] = [rep["disagreement"] for rep in reps]
   if runs[0].get("task_groups"):
