@@ -25,18 +25,6 @@ def group_specs(specs: Sequence) -> Tuple[Tuple[object, Tuple[int, ...]], ...]:
   return tuple((s, tuple(groups[s])) for s in order)
 
 
-def combine(outputs, weights, mode: str = "mean"):
-  """Combine per-component outputs with a (possibly straight-through) allocation row.
-
-  Args:
-    outputs: ``[..., C, F]`` component outputs.
-    weights: ``[C]`` allocation row (0/1 forward).
-    mode: "mean" divides by ``max(sum(weights), 1)`` (the authors' code; an all-zero row
-      gives zeros), "sum" adds the active outputs.
-  """
-  return normalize(jnp.einsum("...cf,c->...f", outputs, weights), weights, mode)
-
-
 @jax.custom_vjp
 def weighted_sum_first(y, w):
   """``sum_i w[i] * y[i]`` over the leading (component) axis of ``y`` ``[n, ...]``; ``w``: ``[n]``.

@@ -4,8 +4,9 @@ A method turns its (possibly empty) trainable allocation parameters into one all
 per routed layer for a given task, at training time (maybe sampled) and at evaluation time.
 Adding a method = one new class with ``@register("name")``.
 
-Allocation parameters live in ``params["alloc"]`` as ``{"layer_<l>": array}``; methods
-without learned allocations have ``{}``.
+A method's own trainable parameters live in ``params["alloc"]`` (the key kept so that every
+existing checkpoint restores): Gumbel-Matrix's logits as ``{"layer_<l>": [T, C_l]}``, TAPS's
+per-task deltas and scores as ``{"taps": ...}``; methods that learn nothing have ``{}``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,14 @@ import pytest
 
 from gmr import components as comp
 from gmr import models
-from gmr.layers import ModularLayer, combine, group_specs
+from gmr.layers import ModularLayer, group_specs, normalize
+
+
+def combine(outputs, weights, mode="mean"):
+  """The combination of one layer written plainly (the reference the fused paths are tested
+  against): ``outputs [..., C, F]`` weighted by the allocation row ``weights [C]``, divided by
+  ``max(sum(weights), 1)`` for "mean"."""
+  return normalize(jnp.einsum("...cf,c->...f", outputs, weights), weights, mode)
 
 
 def test_mean_combination_and_all_zero_row():
