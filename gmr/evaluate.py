@@ -75,6 +75,9 @@ def make_evaluator(setup: Setup, sample: bool,
   return evaluator
 
 
+METRICS = {"xent": ("loss", "accuracy"), "mse": ("loss",)}  # what an evaluation reports, by loss
+
+
 class SplitEvaluation:
   """One split put on the device once, with its :class:`EvalPlan`; ``__call__(params, key)``
   gives the mean loss (and accuracy for classification) per task and over tasks."""
@@ -98,7 +101,7 @@ class SplitEvaluation:
     n = np.asarray(self.sizes, np.float64)
     loss = {name: float(v) for name, v in zip(self.names, tot_l / n)}
     out = {"loss": dict(loss, mean=float(np.mean(list(loss.values()))))}
-    if self.setup.loss == "xent":
+    if "accuracy" in METRICS[self.setup.loss]:
       acc = {name: float(v) for name, v in zip(self.names, tot_c / n)}
       out["accuracy"] = dict(acc, mean=float(np.mean(list(acc.values()))))
     return out

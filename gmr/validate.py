@@ -40,9 +40,10 @@ def _finite_everywhere(c, prefix="") -> None:
 def validate(c) -> None:
   """Raise :class:`ConfigError` for the first wrong field of ``c`` (the checks run in this
   order: names and the run's counts, optimizer and allocation, computation and devices,
-  bookkeeping, fine-tuning, the method's own fields and relations, the suite's groups)."""
+  bookkeeping, fine-tuning, the method's own fields and relations, the suite's groups, the
+  number ``select_by`` names in the suite's evaluation)."""
   for check in (_names_and_run, _optimizer_and_allocation, _compute, _bookkeeping, _fine_tuning,
-                _relations, _suite_groups):
+                _relations, _suite_groups, _selection):
     check(c)
 
 
@@ -198,6 +199,28 @@ def _suite_groups(c) -> None:
       if bad or not data.alphabets:
         raise ConfigError("data.alphabets", f"must be a non-empty list of names, got "
                           f"{data.alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
+
+
+def _selection(c) -> None:
+  """``select_by`` names a number the suite's evaluation reports: a split it has, a metric of
+  its loss, one of its tasks or ``mean`` (:func:`gmr.data.evaluation_spec`)."""
+  if not c.select_by:
+    return
+  from gmr import data  # pylint: disable=g-import-not-at-top
+  from gmr.evaluate import METRICS  # pylint: disable=g-import-not-at-top
+  split, metric, task = c.select_by.split(".")
+  splits, loss, names = data.evaluation_spec(c)
+  fix = f"e.g. --config.select_by={splits[-1]}.{METRICS[loss][-1]}.mean, or '' for the last round"
+  if split not in splits:
+    raise ConfigError("select_by", f"suite {c.suite!r} has no {split} split (it has "
+                      f"{', '.join(splits)})", fix)
+  if metric not in METRICS[loss]:
+    raise ConfigError("select_by", f"suite {c.suite!r} reports no {metric} (its loss {loss!r} "
+                      f"gives {', '.join(METRICS[loss])})", fix)
+  if task != "mean" and task not in names:
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ConfigError("select_by", f"suite {c.suite!r} has no task {task!r} (tasks: {shown})",
+                      "name one of its tasks or 'mean'")
 
 
 def check_taps_fields(c):

@@ -415,6 +415,37 @@ def test_snapshot_round_trip_every_suite(dirs, tmp_path, name, variant, sources)
       snapshot.save(suite, plain, {}, [(0, found[0][1] + 1, found[0][2])])
 
 
+@pytest.mark.parametrize("name,variant", [
+    ("four_mnists", "smoke"), ("omniglot", "smoke"), ("clusters40", "smoke,offline"),
+    ("clusters40", "smoke"), ("finetune", "source,smoke"), ("finetune", "fashion,smoke"),
+    ("synthetic", "smoke"), ("transfer", "smoke")])
+def test_evaluation_spec_is_what_the_built_suite_evaluates(dirs, name, variant):
+  """What select_by may name is known before data is read: the splits, the loss (so the
+  metrics) and the task names data.evaluation_spec gives from the config are the built
+  suite's, for every suite; a select_by naming anything else is a config error."""
+  from gmr import data, validate
+  from gmr.evaluate import METRICS
+  from gmr.methods import ConfigError
+  if name in ("synthetic", "transfer"):
+    c = __import__(f"experiments.configs.{name}", fromlist=["x"]).get_config(variant)
+  else:
+    c = _config(dirs, name, variant)
+  if name == "finetune":
+    c.init_from, c.freeze_backbone = "", False  # a target suite alone (no source run here)
+  suite = data.load_suite(c)
+  splits = tuple(k for k in ("test", "validation") if getattr(suite, k) is not None)
+  assert data.evaluation_spec(c) == (splits, suite.loss, suite.task_names)
+  for split in ("test", "validation"):
+    for metric in ("loss", "accuracy"):
+      for task in ("mean", suite.task_names[-1], "no_such_task"):
+        c.select_by = f"{split}.{metric}.{task}"
+        if split in splits and metric in METRICS[suite.loss] and task != "no_such_task":
+          validate.validate(c)
+        else:
+          with pytest.raises(ConfigError, match=r"^select_by: suite '\w+' (has no|reports no)"):
+            validate.validate(c)
+
+
 def test_snapshot_equal_names_each_difference(dirs):
   import dataclasses
   from gmr import data

@@ -96,6 +96,29 @@ def describe(config):
   raise ValueError(f"suite: no description of suite {name!r}")
 
 
+def evaluation_spec(config) -> tuple:
+  """``(splits, loss, task_names)`` of the suite ``config`` asks for, without its data: the
+  splits an evaluation covers (``("test",)`` or ``("test", "validation")``), the loss
+  (``"xent"``: loss and accuracy are reported; ``"mse"``: loss) and the tasks in order. What
+  ``select_by`` may name (:func:`gmr.validate.validate`). Raises ``ValueError`` for an
+  unknown suite or ``data.tasks``."""
+  name = config.suite
+  opts = _data_options(config)
+  if name == "synthetic_pairs":
+    return ("test",), "mse", synthetic.pairs_task_names(int(config.synthetic.num_pairs))
+  if name == "transfer":
+    return ("test",), "mse", synthetic.TRANSFER_TASKS
+  if name == "four_mnists":
+    return ("test",), "xent", real.FOUR_MNISTS_TASKS
+  if name == "mnist_family":
+    return ("test",), "xent", real.family_tasks(opts)
+  if name == "omniglot20":
+    return ("test", "validation"), "xent", real.omniglot_alphabets(opts)
+  if name in ("clusters40", "clusters40_offline"):
+    return ("test", "validation"), "xent", real.clusters40_tasks(opts, name.endswith("offline"))
+  raise ValueError(f"suite: no description of suite {name!r}")
+
+
 def datasets_needed(config) -> tuple:
   """The prepared datasets (TFDS builder names) the suite of ``config`` reads (``()``: none)."""
   name = config.suite
@@ -139,4 +162,4 @@ def load_suite(config) -> TaskSuite:
   return SUITES[config.suite](config, key)
 
 
-__all__ = ["Split", "TaskSuite", "load_suite", "describe", "SUITES"]
+__all__ = ["Split", "TaskSuite", "load_suite", "describe", "evaluation_spec", "SUITES"]

@@ -55,14 +55,21 @@ FAMILY = {"mnist": ("gmr_mnist", False), "mnist_rot": ("gmr_mnist", True),
           "fashion": ("gmr_fashion_mnist", False)}
 
 
-def mnist_family(cfg) -> TaskSuite:
-  """Any of MNIST, MNIST rotated (``rotate_k``, clockwise by default) and Fashion-MNIST as
-  10-way tasks at 28 x 28 x 1: ``cfg.tasks`` is a comma-separated list (the fine-tuning
-  experiments: a source on ``mnist``, targets ``mnist_rot`` and ``fashion``)."""
+def family_tasks(cfg) -> Tuple[str, ...]:
+  """The task names of ``mnist_family`` (``cfg.tasks``, comma-separated); ``ValueError`` for
+  an unknown or empty list."""
   names = tuple(t.strip() for t in str(cfg.get("tasks", "mnist")).split(",") if t.strip())
   bad = [t for t in names if t not in FAMILY]
   if bad or not names:
     raise ValueError(f"data.tasks: unknown task(s) {bad or names!r}; choose from {sorted(FAMILY)}")
+  return names
+
+
+def mnist_family(cfg) -> TaskSuite:
+  """Any of MNIST, MNIST rotated (``rotate_k``, clockwise by default) and Fashion-MNIST as
+  10-way tasks at 28 x 28 x 1: ``cfg.tasks`` is a comma-separated list (the fine-tuning
+  experiments: a source on ``mnist``, targets ``mnist_rot`` and ``fashion``)."""
+  names = family_tasks(cfg)
   k = int(cfg.get("rotate_k", -1))
   splits = {}
   for split in ("train", "test"):
@@ -81,6 +88,9 @@ def mnist_family(cfg) -> TaskSuite:
 
 
 # ----------------------------------------------------------------------------- 4-MNISTs
+FOUR_MNISTS_TASKS = ("mnist", "mnist_copy", "mnist_rot", "mnist_rot_copy")
+
+
 def four_mnists(cfg) -> TaskSuite:
   """``cfg.rotate_k``: ``np.rot90`` k of the rotated tasks (-1 = 90 degrees clockwise,
   the benchmark's definition; the authors' ``tf.image.rot90(k=1)`` is counter-clockwise)."""
@@ -96,8 +106,7 @@ def four_mnists(cfg) -> TaskSuite:
     n = len(img)
     plain, rotated = np.arange(n), n + np.arange(n)
     splits[split] = _indexed_split(pool, [plain, plain, rotated, rotated], [lab] * 4)
-  names = ("mnist", "mnist_copy", "mnist_rot", "mnist_rot_copy")
-  return TaskSuite("four_mnists", names, "xent", (10,) * 4, splits["train"], splits["test"],
+  return TaskSuite("four_mnists", FOUR_MNISTS_TASKS, "xent", (10,) * 4, splits["train"], splits["test"],
                    x_scale=1 / 255, info={"groups": [[0, 1], [2, 3]]})
 
 
@@ -134,7 +143,7 @@ def omniglot_splits(alphabet: np.ndarray, character: np.ndarray, drawing: np.nda
 
 def _omniglot_tasks(cfg, resize_to=None):
   a = _load("gmr_omniglot", "train", cfg)
-  alphabets = tuple(cfg.get("alphabets", None) or OMNIGLOT20)
+  alphabets = omniglot_alphabets(cfg)
   per = omniglot_splits(a["alphabet"], a["character"], a["drawing"], alphabets)
   img = a["image"] * np.uint8(255)  # strokes = 1 -> 255; x_scale 1/255 restores 1
   used = np.unique(np.concatenate([np.concatenate(p) for p, _ in per]))
@@ -149,6 +158,11 @@ def _omniglot_tasks(cfg, resize_to=None):
     labels = [a["character"][p[s]] for p, _ in per]
     splits.append((members, labels))
   return pool, splits, [n for _, n in per], alphabets
+
+
+def omniglot_alphabets(cfg) -> Tuple[str, ...]:
+  """The alphabets (one task each) of the Omniglot suites: ``cfg.alphabets`` or the 20."""
+  return tuple(cfg.get("alphabets", None) or OMNIGLOT20)
 
 
 def omniglot20(cfg) -> TaskSuite:
@@ -228,30 +242,38 @@ def _cifar_coarse(cfg, base: int, frac: float):
   return images, out
 
 
+_LEAVE_ONE_OUT = (("gmr_mnist", "mnist"), ("gmr_fashion_mnist", "fashion"))
+
+
+def clusters40_tasks(cfg, offline: bool = False) -> Tuple[str, ...]:
+  """The task names of :func:`clusters40` in its order, from the config alone."""
+  first = ([f"omniglot/{a}" for a in omniglot_alphabets(cfg)] if offline else
+           [f"cifar100/coarse_{c}" for c in range(20)])
+  return tuple(first + [f"{short}/without_{k}" for _, short in _LEAVE_ONE_OUT
+                        for k in range(10)])
+
+
 def clusters40(cfg, offline: bool = False) -> TaskSuite:
   """``cfg.validation_fraction`` (0.2) of each class of the train splits is held out for
   validation (the CIFAR recipe, applied to MNIST and Fashion too so every task has one)."""
   frac = float(cfg.get("validation_fraction", 0.2))
-  pools, parts, names, heads = [], [], [], []
+  pools, parts, heads = [], [], []
   base = 0
   if offline:
-    pool, splits, nchars, alphabets = _omniglot_tasks(cfg, resize_to=32)
+    pool, splits, nchars, _ = _omniglot_tasks(cfg, resize_to=32)
     pools.append(pool)
     parts.append({s: splits[i] for i, s in enumerate(("train", "validation", "test"))})
-    names += [f"omniglot/{a}" for a in alphabets]
     heads += list(nchars)
   else:
     images, out = _cifar_coarse(cfg, base, frac)
     pools.append(images)
     parts.append(out)
-    names += [f"cifar100/coarse_{c}" for c in range(20)]
     heads += [5] * 20
   base = sum(len(p) for p in pools)
-  for name, short in (("gmr_mnist", "mnist"), ("gmr_fashion_mnist", "fashion")):
+  for name, _ in _LEAVE_ONE_OUT:
     images, out = _leave_one_out(name, cfg, base, frac)
     pools.append(images)
     parts.append(out)
-    names += [f"{short}/without_{k}" for k in range(10)]
     heads += [9] * 10
     base += len(images)
   pool = np.concatenate(pools)
@@ -263,6 +285,7 @@ def clusters40(cfg, offline: bool = False) -> TaskSuite:
   first = "omniglot" if offline else "cifar100"
   clusters = {first: list(range(20)), "mnist": list(range(20, 30)),
               "fashion": list(range(30, 40))}
-  return TaskSuite("clusters40_offline" if offline else "clusters40", tuple(names), "xent",
+  return TaskSuite("clusters40_offline" if offline else "clusters40",
+                   clusters40_tasks(cfg, offline), "xent",
                    tuple(heads), splits["train"], splits["test"], validation=splits["validation"],
                    x_scale=1 / 255, info={"clusters": clusters})

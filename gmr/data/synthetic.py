@@ -13,7 +13,7 @@ Either way the noise is small next to the signal (variance about 4).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -66,13 +66,21 @@ def make_suite(key, weights: Sequence[np.ndarray], num_train: int, num_test: int
   return TaskSuite(name, names, "mse", (1,) * t, splits[0], splits[1])
 
 
+TRANSFER_TASKS = ("task0", "task1")
+
+
+def pairs_task_names(num_pairs: int) -> Tuple[str, ...]:
+  """``pair<p>_a``, ``pair<p>_b`` for p = 0 .. num_pairs - 1: the tasks of :func:`pairs_suite`."""
+  return tuple(f"pair{p}_{i}" for p in range(num_pairs) for i in "ab")
+
+
 def transfer_suite(key, rho: float, d=128, c=1.0, m=6, noise_std=0.01, num_train=100000,
                    num_test=2000) -> TaskSuite:
   """Section II: two tasks of relatedness ``rho``."""
   ku, kd = jax.random.split(key)
   u1, u2 = orthonormal_vectors(ku, d, 2)
   return make_suite(kd, pair_weights(u1, u2, rho, c), num_train, num_test, m, noise_std,
-                    name="transfer", task_names=("task0", "task1"))
+                    name="transfer", task_names=TRANSFER_TASKS)
 
 
 def pairs_suite(key, d=128, c=1.0, m=6, noise_std=0.01, num_train=100000, num_test=2000,
@@ -82,8 +90,7 @@ def pairs_suite(key, d=128, c=1.0, m=6, noise_std=0.01, num_train=100000, num_te
   ku, kd = jax.random.split(key)
   us = orthonormal_vectors(ku, d, num_pairs)
   weights = [c * us[p] for p in range(num_pairs) for _ in range(2)]
-  names = [f"pair{p}_{i}" for p in range(num_pairs) for i in "ab"]
   suite = make_suite(kd, weights, num_train, num_test, m, noise_std, name="synthetic",
-                     task_names=names)
+                     task_names=pairs_task_names(num_pairs))
   suite.info["groups"] = [[2 * p, 2 * p + 1] for p in range(num_pairs)]
   return suite
