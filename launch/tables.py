@@ -40,7 +40,9 @@ RECIPES = {
                "Gumbel-Matrix's rule)"),
         config="experiments/configs/four_mnists.py",
         methods="no_sharing,shared_bottom,shared_bottom_mean,gumbel_matrix,budget,taps", grid=[],
-        pin=True),
+        pin=True, compare=[("gumbel_matrix", "shared_bottom_mean"), ("gumbel_matrix", "shared_bottom"),
+                           ("shared_bottom_mean", "shared_bottom"), ("budget", "shared_bottom_mean"),
+                           ("budget", "gumbel_matrix")]),
     "four_mnists_taps_lambda": dict(
         title=("TAPS lambda sweep on 4-MNISTs (joint TAPS): accuracy vs. task-specific layers "
                "(lambda 1 is the TAPS row of results/four_mnists.md)"),
@@ -150,6 +152,11 @@ def main():
            for n, runs in tables.collect(root).items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
   md = tables.to_markdown(table, r["title"], cmd)
+  diffs = tables.differences(tables.collect(root), r.get("compare", []))
+  if diffs:
+    md += ("\nDifferences between rows (row a minus row b over their seeds; Welch's interval "
+           "does not pair seeds, the paired one compares runs of the same seed, which see the "
+           "same task order and batches):\n\n" + tables.differences_markdown(diffs))
   md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
@@ -159,7 +166,7 @@ def main():
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)
   with open(os.path.join("results", f"{name}.json"), "w") as f:
-    json.dump(table, f, indent=1)
+    json.dump(dict(table, **({"differences": diffs} if diffs else {})), f, indent=1)
   print(md)
 
 

@@ -53,3 +53,49 @@ def test_sample_std():
   assert stats.sample_std([1, 3, 5]) == 2.0
   assert stats.sample_std([7.0]) == 0.0 and stats.sample_std([]) == 0.0
   assert isinstance(stats.sample_std(np.array([1, 2], np.int32)), float)
+
+
+@pytest.mark.parametrize("a,b", [
+    ([97.1, 97.3, 96.9, 97.0, 97.2], [96.8, 97.0, 96.95, 96.7, 97.05]),
+    ([0.2, 0.3, 0.25], [0.5, 0.45, 0.6, 0.52]),
+    ([1.0, 2.0], [1.5, 1.5, 1.7])])
+def test_difference90_is_welchs_and_the_paired_interval_by_hand(a, b):
+  """Welch: delta +- t(0.95, df) * se with se^2 = va/na + vb/nb and the Welch-Satterthwaite
+  df; paired by seed (values given in shuffled seed order): the t-interval of the per-seed
+  differences over the common seeds."""
+  from scipy import stats as st
+  from gmr.analysis.stats import difference90
+  a, b = np.asarray(a), np.asarray(b)
+  na, nb = len(a), len(b)
+  va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+  se, df = np.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+  delta = a.mean() - b.mean()
+  seeds_a = list(range(na))[::-1]  # a's values listed from the last seed down
+  seeds_b = list(range(nb))
+  d = difference90(a[::-1], b, seeds_a, seeds_b)
+  assert d["n_a"] == na and d["n_b"] == nb and abs(d["delta"] - delta) < 1e-12
+  half = st.t.ppf(0.95, df) * se
+  np.testing.assert_allclose(d["welch_ci90"], [delta - half, delta + half], rtol=1e-10)
+  np.testing.assert_allclose(d["welch_p"], 2 * st.t.sf(abs(delta) / se, df), rtol=1e-10)
+  n = min(na, nb)
+  diff = a[:n] - b[:n]  # seed s of a minus seed s of b
+  ph = st.t.ppf(0.95, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+  assert d["paired_n"] == n and abs(d["paired_delta"] - diff.mean()) < 1e-12
+  np.testing.assert_allclose(d["paired_ci90"], [diff.mean() - ph, diff.mean() + ph], rtol=1e-10)
+
+
+def test_differences_of_collected_rows_and_their_table():
+  from gmr.analysis import tables
+  run = lambda seed, acc: {"seed": seed, "final": {"accuracy": {"mean": acc}, "loss": {"mean": 0}}}
+  collected = {"gm": [run(0, 0.97), run(1, 0.98), run(2, 0.975)],
+               "sb": [run(1, 0.96), run(0, 0.965), run(2, 0.962)]}
+  rows = tables.differences(collected, [("gm", "sb"), ("gm", "missing")])
+  assert len(rows) == 1 and rows[0]["a"] == "gm" and rows[0]["paired_n"] == 3
+  np.testing.assert_allclose(rows[0]["delta"], 100 * (0.975 - 0.9623333333333334), rtol=1e-9)
+  np.testing.assert_allclose(rows[0]["paired_delta"], 100 * np.mean([0.005, 0.02, 0.013]),
+                             rtol=1e-9)
+  md = tables.differences_markdown(rows)
+  assert md.splitlines()[2].startswith("| gm - sb | +1.27 | [") and tables.differences_markdown([]) == ""
+  from gmr.analysis.stats import difference90
+  with pytest.raises(ValueError, match="seeds"):
+    difference90([1, 2], [1, 2], [0], [0, 1])

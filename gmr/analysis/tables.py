@@ -20,7 +20,7 @@ import numpy as np
 
 from gmr import methods
 from gmr.analysis import embeddings
-from gmr.analysis.stats import interval90, sample_std
+from gmr.analysis.stats import difference90, interval90, sample_std
 
 
 def _task_embeddings(results: dict) -> List[tuple]:
@@ -190,4 +190,37 @@ def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> s
     lines.append("| " + " | ".join(row) + " |")
   if command:
     lines += ["", f"Command: `{command}`"]
+  return "\n".join(lines) + "\n"
+
+
+def differences(collected: Dict[str, List[dict]], pairs, metric: str = "accuracy") -> List[dict]:
+  """Row ``a`` minus row ``b`` for each ``(a, b)`` of ``pairs`` both present in ``collected``
+  (:func:`collect`'s dict): the test ``metric`` per seed (``"accuracy"`` in %, or
+  ``"loss"``), compared by :func:`gmr.analysis.stats.difference90` (Welch, and paired by
+  seed). Each item: ``{"a", "b", "metric", **difference90(...)}``. Raises ``KeyError`` for a
+  run without ``final.<metric>.mean`` or ``seed``."""
+  scale = 100.0 if metric == "accuracy" else 1.0
+  out = []
+  for a, b in pairs:
+    if a not in collected or b not in collected:
+      continue
+    va = [scale * r["final"][metric]["mean"] for r in collected[a]]
+    vb = [scale * r["final"][metric]["mean"] for r in collected[b]]
+    out.append({"a": a, "b": b, "metric": metric, **difference90(
+        va, vb, [r["seed"] for r in collected[a]], [r["seed"] for r in collected[b]])})
+  return out
+
+
+def differences_markdown(rows: List[dict]) -> str:
+  """:func:`differences` as a Markdown table (points of accuracy, or loss), ``""`` for none."""
+  if not rows:
+    return ""
+  unit = "points" if rows[0]["metric"] == "accuracy" else "loss"
+  ci = lambda v: f"[{v[0]:+.2f}, {v[1]:+.2f}]"
+  lines = [f"| a - b | test {rows[0]['metric']} difference ({unit}) | 90% CI (Welch) | p (Welch) "
+           "| seeds paired | paired 90% CI | p (paired) |", "|---|---|---|---|---|---|---|"]
+  for d in rows:
+    lines.append(f"| {d['a']} - {d['b']} | {d['delta']:+.2f} | {ci(d['welch_ci90'])} | "
+                 f"{d['welch_p']:.3f} | {d.get('paired_n', 0)} | {ci(d.get('paired_ci90', [np.nan] * 2))} | "
+                 f"{d.get('paired_p', np.nan):.3f} |")
   return "\n".join(lines) + "\n"
