@@ -328,6 +328,7 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
       "final": final["test"],
       "checkpoint": os.path.join(ckpt.last_dir, str(int(config.num_rounds))),
       "backend": jax.default_backend(),
+      "code": workdir_lib.code_version(),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
   if changes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 
 import numpy as np
 
@@ -272,3 +273,22 @@ def identity_of(cfg: dict) -> str:
     if cfg.get(k) == v:
       cfg.pop(k)
   return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version(path: str = os.path.dirname(os.path.abspath(__file__))) -> dict:
+  """The code a run is made by, for its ``results.json``: ``{"version": gmr.__version__,
+  "commit": <short hash of the git checkout holding ``path``, or None outside one>,
+  "dirty": <tracked files differ from that commit>}``. Never raises (no git: commit None)."""
+  from gmr import __version__  # pylint: disable=g-import-not-at-top
+  out = {"version": __version__, "commit": None, "dirty": False}
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
+                                    check=True, timeout=30).stdout.strip()
+    if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(
+        os.path.dirname(path)):  # an installed copy inside some other repository
+      return out
+    out["commit"] = git("rev-parse", "--short", "HEAD") or None
+    out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return out

@@ -117,17 +117,37 @@ def row_combine(config_spec: str, row: str) -> str:
   return train.resolve_combine(config)
 
 
-def code_commit() -> str:
-  """The commit of the code that aggregates (and, without --no_run, runs) the table, marked
-  when the tree has uncommitted changes to tracked files."""
+def code_commit(path: str = ".") -> str:
+  """The commit of the git checkout holding ``path`` (default: this command's), marked when
+  its tracked files have uncommitted changes."""
   try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain",
+                                                            "--untracked-files=no")
   except (OSError, subprocess.CalledProcessError):
     return "unknown (not a git checkout)"
   return head + (" with uncommitted changes" if dirty else "")
+
+
+def runs_code(collected: dict, root: str) -> str:
+  """Which code made the runs of a table: the commits their ``results.json`` record
+  (``code``) with their counts; runs that predate that record are counted apart, with the
+  commit of the checkout their ``root`` is in (a worktree kept at the commit it ran)."""
+  made, unrecorded = {}, 0
+  for runs in collected.values():
+    for r in runs:
+      c = r.get("code") or {}
+      if not c.get("commit"):
+        unrecorded += 1
+        continue
+      key = c["commit"] + (" with uncommitted changes" if c.get("dirty") else "")
+      made[key] = made.get(key, 0) + 1
+  parts = [f"{k} ({n} runs)" for k, n in sorted(made.items())]
+  if unrecorded:
+    at = code_commit(root) if os.path.isdir(root) else "unknown"
+    parts.append(f"not recorded in {unrecorded} runs, whose folder is in a checkout at {at}")
+  return "; ".join(parts) or "no runs"
 
 
 def main():
@@ -148,11 +168,12 @@ def main():
         subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
                                f"--workdir={wd}", "--quiet"])
     subprocess.check_call(argv)
+  collected = tables.collect(root)
   table = {n: dict(tables.summarize(runs), combine=row_combine(r["config"], n))
-           for n, runs in tables.collect(root).items()}
+           for n, runs in collected.items()}
   cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
   md = tables.to_markdown(table, r["title"], cmd)
-  diffs = tables.differences(tables.collect(root), r.get("compare", []))
+  diffs = tables.differences(collected, r.get("compare", []))
   if diffs:
     md += ("\nDifferences between rows (row a minus row b over their seeds; Welch's interval "
            "does not pair seeds, the paired one compares runs of the same seed, which see the "
@@ -160,8 +181,8 @@ def main():
   md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
-         + f". Code: gmr commit {code_commit()} (this command's; a run it found finished was "
-         "made by the code of its time).\n")
+         + f". Runs made by gmr commit {runs_code(collected, root)}; table made by gmr commit "
+         f"{code_commit()}.\n")
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)

@@ -112,3 +112,29 @@ def test_every_table_row_names_its_combination_rule():
                       "shared_bottom_mean": dict(row, combine="mean")})
   assert "| run | seeds | combine |" in md
   assert "| shared_bottom | 2 | sum |" in md and "| shared_bottom_mean | 2 | mean |" in md
+
+
+def test_tables_say_which_commit_made_their_runs(tmp_path):
+  """Each results.json records the code that made it; a table counts the runs per commit,
+  and runs without the record apart (with the checkout their folder is in)."""
+  import subprocess
+  from gmr import workdir
+  from launch.tables import runs_code
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  here = workdir.code_version()
+  assert here["version"] == __import__("gmr").__version__
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    head = None
+  assert here["commit"] == head
+  copy = tmp_path / "gmr"
+  copy.mkdir()
+  (copy / "__init__.py").write_text("")
+  assert workdir.code_version(str(copy))["commit"] is None  # a copy outside any checkout
+  collected = {"a": [{"code": {"commit": "abc1234", "dirty": False}}] * 2,
+               "b": [{"code": {"commit": "abc1234", "dirty": True}}, {}]}
+  assert runs_code(collected, str(tmp_path)) == (
+      "abc1234 (2 runs); abc1234 with uncommitted changes (1 runs); not recorded in 1 runs, "
+      "whose folder is in a checkout at unknown (not a git checkout)")
