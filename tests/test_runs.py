@@ -391,6 +391,9 @@ def _run_counting_writes(c, wd, kill_after=None, **run_kw):
     pass
   finally:
     mp.undo()
+    # each rerun reads its programs from the persistent cache: the ones held in memory would
+    # only pile up (each loaded program keeps its own memory maps, and a process has 65,530)
+    jax.clear_caches()
   return n[0]
 
 
