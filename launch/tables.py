@@ -171,7 +171,8 @@ def main():
   collected = tables.collect(root)
   table = {n: dict(tables.summarize(runs), combine=row_combine(r["config"], n))
            for n, runs in collected.items()}
-  cmd = f"python -m launch.tables {name} --seeds={seeds}" + (" --no_run" if "no_run" in extra else "")
+  cmd = (f"python -m launch.tables {name} --seeds={seeds}"
+         + (f" --root={root}" if "root" in extra else "") + (" --no_run" if "no_run" in extra else ""))
   md = tables.to_markdown(table, r["title"], cmd)
   diffs = tables.differences(collected, r.get("compare", []))
   if diffs:
