@@ -278,7 +278,7 @@ def identity_of(cfg: dict) -> str:
 def code_version(path: str = os.path.dirname(os.path.abspath(__file__))) -> dict:
   """The code a run is made by, for its ``results.json``: ``{"version": gmr.__version__,
   "commit": <short hash of the git checkout holding ``path``, or None outside one>,
-  "dirty": <tracked files differ from that commit>}``. Never raises (no git: commit None)."""
+  "dirty": <tracked files outside results/ differ from that commit>}``. Never raises (no git: commit None)."""
   from gmr import __version__  # pylint: disable=g-import-not-at-top
   out = {"version": __version__, "commit": None, "dirty": False}
   try:
@@ -288,7 +288,8 @@ def code_version(path: str = os.path.dirname(os.path.abspath(__file__))) -> dict
         os.path.dirname(path)):  # an installed copy inside some other repository
       return out
     out["commit"] = git("rev-parse", "--short", "HEAD") or None
-    out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                            ":(top,exclude)results"))  # results/ holds outputs, not code
   except (OSError, subprocess.SubprocessError):
     pass
   return out

@@ -119,12 +119,13 @@ def row_combine(config_spec: str, row: str) -> str:
 
 def code_commit(path: str = ".") -> str:
   """The commit of the git checkout holding ``path`` (default: this command's), marked when
-  its tracked files have uncommitted changes."""
+  its tracked files outside ``results/`` have uncommitted changes."""
   try:
     git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
                                     check=True).stdout.strip()
-    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain",
-                                                            "--untracked-files=no")
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                ":(top,exclude)results")  # the tables this command writes are not code
   except (OSError, subprocess.CalledProcessError):
     return "unknown (not a git checkout)"
   return head + (" with uncommitted changes" if dirty else "")
