@@ -183,7 +183,7 @@ def main():
   md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
-         + f". Runs made by gmr commit {runs_code(collected, root)}; table made by gmr commit "
+         + f". Code of the runs: {runs_code(collected, root)}; of this table: gmr commit "
          f"{code_commit()}.\n")
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:
