@@ -27,6 +27,8 @@ ROWS = (
     ("four_mnists", "budget", "4-MNISTs (Table I): Gumbel-Matrix, budget 0.75",
      "96.7 +- 0.3 (75%)"),
     ("four_mnists", "shared_bottom", "4-MNISTs (Table I): shared bottom", "95.7 +- 0.5 (100%)"),
+    ("four_mnists", "shared_bottom_mean", "4-MNISTs (Table I): shared bottom averaging its "
+     "components (control)", "-"),
     ("four_mnists", "no_sharing", "4-MNISTs (Table I): no sharing", "93.5 +- 5.1 (25%)"),
     ("four_mnists", "taps", "4-MNISTs: TAPS (joint)", "-"),
     ("finetune", "full__data.tasks=mnist_rot", "Fine-tuning MNIST -> MNIST-rot: all weights",
