@@ -275,21 +275,30 @@ def identity_of(cfg: dict) -> str:
   return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def code_version(path: str = os.path.dirname(os.path.abspath(__file__))) -> dict:
-  """The code a run is made by, for its ``results.json``: ``{"version": gmr.__version__,
-  "commit": <short hash of the git checkout holding ``path``, or None outside one>,
-  "dirty": <tracked files outside results/ differ from that commit>}``. Never raises (no git: commit None)."""
-  from gmr import __version__  # pylint: disable=g-import-not-at-top
-  out = {"version": __version__, "commit": None, "dirty": False}
+def checkout_commit(path: str, top: str = ""):
+  """``(short hash of HEAD, dirty)`` of the git checkout holding the folder ``path``, where
+  dirty means tracked files outside ``results/`` (outputs, not code) differ from that commit;
+  ``None`` outside a checkout, without git, or when the checkout's root is not ``top`` (if
+  given). Never raises."""
   try:
     git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
                                     check=True, timeout=30).stdout.strip()
-    if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(
-        os.path.dirname(path)):  # an installed copy inside some other repository
-      return out
-    out["commit"] = git("rev-parse", "--short", "HEAD") or None
-    out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                            ":(top,exclude)results"))  # results/ holds outputs, not code
+    if top and os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(top):
+      return None
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                ":(top,exclude)results")
   except (OSError, subprocess.SubprocessError):
-    pass
-  return out
+    return None
+  return (head, bool(dirty)) if head else None
+
+
+def code_version(path: str = os.path.dirname(os.path.abspath(__file__))) -> dict:
+  """The code a run is made by, for its ``results.json``: ``{"version": gmr.__version__,
+  "commit": <short hash of the git checkout whose root holds the package folder ``path``, or
+  None (an installed copy, no git)>, "dirty": <tracked files outside results/ differ from that
+  commit>}`` (:func:`checkout_commit`). Never raises."""
+  from gmr import __version__  # pylint: disable=g-import-not-at-top
+  found = checkout_commit(path, top=os.path.dirname(path))
+  commit, dirty = found if found else (None, False)
+  return {"version": __version__, "commit": commit, "dirty": dirty}

@@ -24,6 +24,7 @@ import sys
 
 import jax
 
+from gmr import workdir
 from gmr.analysis import tables
 
 RECIPES = {
@@ -120,15 +121,10 @@ def row_combine(config_spec: str, row: str) -> str:
 def code_commit(path: str = ".") -> str:
   """The commit of the git checkout holding ``path`` (default: this command's), marked when
   its tracked files outside ``results/`` have uncommitted changes."""
-  try:
-    git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-    head = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                ":(top,exclude)results")  # the tables this command writes are not code
-  except (OSError, subprocess.CalledProcessError):
+  found = workdir.checkout_commit(path)
+  if found is None:
     return "unknown (not a git checkout)"
-  return head + (" with uncommitted changes" if dirty else "")
+  return found[0] + (" with uncommitted changes" if found[1] else "")
 
 
 def runs_code(collected: dict, root: str) -> str:

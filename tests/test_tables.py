@@ -138,3 +138,35 @@ def test_tables_say_which_commit_made_their_runs(tmp_path):
   assert runs_code(collected, str(tmp_path)) == (
       "abc1234 (2 runs); abc1234 with uncommitted changes (1 runs); not recorded in 1 runs, "
       "whose folder is in a checkout at unknown (not a git checkout)")
+
+
+def test_checkout_commit_counts_code_changes_not_outputs(tmp_path):
+  """A checkout is dirty when a tracked file outside results/ changed; outputs in results/
+  and untracked files do not count; tables and results.json read it from the same place."""
+  import shutil
+  import subprocess
+  from gmr import workdir
+  from launch.tables import code_commit
+  if shutil.which("git") is None:
+    assert workdir.checkout_commit(str(tmp_path)) is None
+    return
+  git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                                   "user.email=t@t", *a], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+  assert workdir.checkout_commit(str(tmp_path)) is None  # not a checkout yet
+  (tmp_path / "results").mkdir()
+  (tmp_path / "code.py").write_text("x = 1\n")
+  (tmp_path / "results" / "t.md").write_text("| a |\n")
+  git("init", "-q")
+  git("add", ".")
+  git("commit", "-q", "-m", "c")
+  head = git("rev-parse", "--short", "HEAD")
+  assert workdir.checkout_commit(str(tmp_path)) == (head, False)
+  (tmp_path / "results" / "t.md").write_text("| b |\n")
+  (tmp_path / "new.py").write_text("")
+  assert workdir.checkout_commit(str(tmp_path / "results")) == (head, False)
+  assert code_commit(str(tmp_path)) == head
+  (tmp_path / "code.py").write_text("x = 2\n")
+  assert workdir.checkout_commit(str(tmp_path)) == (head, True)
+  assert code_commit(str(tmp_path)) == f"{head} with uncommitted changes"
+  assert workdir.checkout_commit(str(tmp_path), top=str(tmp_path / "results")) is None
