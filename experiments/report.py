@@ -21,7 +21,8 @@ under ``<out>/<group>/``:
 * ``probabilities_<task>.png`` / ``.csv`` (Fig. 8): P(on) of every component over training,
   one panel per layer, for ``--task`` (default the first task), from the allocation history;
   for TAPS ``taps_scores_<task>.png`` / ``.csv``: every TAPS layer's score, with tau.
-* ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters): per seed, the
+* ``clusters_over_training.png`` / ``.csv`` (suites with known task clusters; runs in progress
+  too, to the last history point they logged, marked in the legend): per seed, the
   ARI of a 3-way clustering of the greedy allocations and, per true cluster, the mean number
   of components in which two of its tasks differ (all, and those both tasks have decided:
   P(on) below 0.1 or above 0.9) at every allocation-history point (CSV: ``differing_<c>``,
@@ -360,33 +361,38 @@ def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   return _save_with_csv(fig, out_dir, name, ["layer", "component", "round", "p_on"], rows)
 
 
-def clusters_over_training(run) -> Optional[List[dict]]:
-  """Per allocation-history point of a run whose suite knows its task clusters: the cluster
-  report of the greedy allocations (P(on) >= 0.5) at that round."""
-  res = run["results"] or {}
-  if not res.get("task_clusters") or not run["alloc"]:
+def run_clusters(run) -> Optional[Dict[str, List[int]]]:
+  """The true task clusters of a run: its results' ``task_clusters``, or for a run still in
+  progress, those of the suite its ``config.json`` names (None: a suite without clusters)."""
+  if run["results"]:
+    return run["results"].get("task_clusters")
+  if not run["config"]:
     return None
-  out = []
-  for h in run["alloc"]:
-    alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in h["probabilities"].items()}
-    rep = embeddings.cluster_report({"allocations": alloc, "probabilities": h["probabilities"],
-                                     "task_clusters": res["task_clusters"]})
-    layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
-              for m in ("ari", "within", "between")}
-    out.append({"round": int(h["round"]), "ari": rep["ari"],
-                "neighbour_agreement": rep["neighbour_agreement"],
-                "decided": embeddings.decided_fraction(h["probabilities"]), **{
-                    f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()}, **{
-                    f"{m}_{k}": v[m] for k, v in rep["disagreement"].items()
-                    for m in ("differing", "differing_decided")}, **layers})
-  return out
+  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+  from gmr import data  # pylint: disable=g-import-not-at-top
+  return data.task_clusters(config_dict.ConfigDict(run["config"]))
+
+
+def run_seed(run) -> int:
+  return int((run["results"] or run["config"])["seed"])
+
+
+def clusters_over_training(run) -> Optional[List[dict]]:
+  """Per allocation-history point of a run (finished or in progress) whose suite knows its
+  task clusters: :func:`gmr.analysis.embeddings.history_cluster_row` at that round."""
+  clusters = run_clusters(run)
+  if not clusters or not run["alloc"]:
+    return None
+  return [{"round": int(h["round"]), **embeddings.history_cluster_row(h["probabilities"], clusters)}
+          for h in run["alloc"]]
 
 
 def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> Optional[str]:
   """ARI of the 3-way clustering and distinct embeddings per true cluster over training, one
   line per seed (section V-C's finding followed through training)."""
-  series = {r["results"]["seed"]: clusters_over_training(r) for r in runs if r["results"]}
+  series = {run_seed(r): clusters_over_training(r) for r in runs}
   series = {k: v for k, v in series.items() if v}
+  unfinished = {run_seed(r) for r in runs if not r["results"]}
   if not series:
     return None
   names = sorted(k[len("distinct_"):] for k in next(iter(series.values()))[0] if
@@ -400,7 +406,9 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
   styles = ["-", "--", ":", "-."]
   for i, (seed, pts) in enumerate(sorted(series.items())):
     x = [p["round"] for p in pts]
-    axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, color=f"C{i}", label=f"ARI, seed {seed}")
+    seed_label = f"{seed} (in progress)" if seed in unfinished else seed
+    axes[0, 0].plot(x, [p["ari"] for p in pts], lw=1.3, color=f"C{i}",
+                    label=f"ARI, seed {seed_label}")
     axes[0, 0].plot(x, [p["neighbour_agreement"] for p in pts], lw=1.0, ls="--", color=f"C{i}",
                     label=f"nearest task in own cluster, seed {seed}")
     for j, l in enumerate(layers):
@@ -408,7 +416,7 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
                       ls=styles[i % len(styles)], label=f"{l.replace('_', ' ')}, seed {seed}")
     for ax, n in zip(axes[0, 2:], names):
       ax.plot(x, [p[f"differing_{n}"] for p in pts], lw=1.3, color=f"C{i}",
-              label=f"all, seed {seed} ({pts[-1][f'distinct_{n}']} distinct at the end)")
+              label=f"all, seed {seed} ({pts[-1][f'distinct_{n}']} distinct at round {x[-1]})")
       ax.plot(x, [p[f"differing_decided_{n}"] for p in pts], lw=1.0, ls="--", color=f"C{i}",
               label=f"decided by both, seed {seed}")
     rows += [(seed, p["round"], p["ari"], p["decided"], p["neighbour_agreement"],
@@ -526,11 +534,13 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       prob = plot_probabilities(pick[0], task, name, out_dir)
       if prob:
         files.append(prob)
-      # TAPS's history holds its (all-on) component use, not its task-specific layers
-      over = (plot_clusters_over_training(finished, name, out_dir)
-              if reports and embeddings.embeds_allocation(res) else None)
-      if over:
-        files.append(over)
+    # finished runs and runs in progress, from their allocation history; TAPS's history holds
+    # its (all-on) component use, not its task-specific layers
+    method = (runs[0]["results"] or runs[0]["config"]).get("method")
+    over = (plot_clusters_over_training(runs, name, out_dir)
+            if embeddings.embeds_allocation({"method": method}) else None)
+    if over:
+      files.append(over)
     written[name] = files
   if len(groups) > 1:
     os.makedirs(out, exist_ok=True)

@@ -435,6 +435,11 @@ def test_evaluation_spec_is_what_the_built_suite_evaluates(dirs, name, variant):
   suite = data.load_suite(c)
   splits = tuple(k for k in ("test", "validation") if getattr(suite, k) is not None)
   assert data.evaluation_spec(c) == (splits, suite.loss, suite.task_names)
+  assert data.task_clusters(c) == suite.info.get("clusters")  # what a run in progress is read by
+  if name == "clusters40":
+    first = "omniglot" if "offline" in variant else "cifar100"
+    assert suite.info["clusters"] == {first: list(range(20)), "mnist": list(range(20, 30)),
+                                      "fashion": list(range(30, 40))}
   for split in ("test", "validation"):
     for metric in ("loss", "accuracy"):
       for task in ("mean", suite.task_names[-1], "no_such_task"):

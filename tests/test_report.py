@@ -201,3 +201,65 @@ def test_experiments_do_not_import_launch():
                   else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
           bad += [(path, m) for m in mods if m == "launch" or m.startswith("launch.")]
   assert not bad
+
+
+def test_clusters_of_runs_in_progress(tmp_path):
+  """A V-C run still in progress (no results.json) is read from its config and allocation
+  history: the progress table and the clusters-over-training figure give, at its last history
+  point, the numbers of the cluster report of those greedy allocations; suites without
+  clusters and TAPS (whose history is not its embedding) get none."""
+  from experiments.configs import clusters40
+  from gmr import data
+  from gmr.analysis import embeddings
+  from launch import progress
+  c = clusters40.get_config("offline")
+  clusters = data.task_clusters(c)
+  assert sorted(len(m) for m in clusters.values()) == [10, 10, 20]
+  rng = np.random.default_rng(0)
+  base = {l: rng.random((3, 16)) for l in ("layer_0", "layer_1", "layer_2")}
+  truth = embeddings.labels_from_clusters(clusters, 40)
+
+  def probs(noise):  # every task near its cluster's row, ``noise`` apart
+    return {l: np.clip(b[truth] + noise * rng.standard_normal((40, 16)), 0, 1).round(4).tolist()
+            for l, b in base.items()}
+
+  wd = tmp_path / "gumbel_matrix" / "seed_3"
+  os.makedirs(wd)
+  (wd / "config.json").write_text(json.dumps(c.to_dict() | {"seed": 3}))
+  hist = [{"kind": "alloc", "round": r, "step": 40 * r, "probabilities": probs(n)}
+          for r, n in ((100, 0.5), (200, 0.0))]
+  logs = [{"kind": "log", "round": r, "step": 40 * r, "steps_per_s": 1.0,
+           "train_loss": {t: 1.0 for t in data.evaluation_spec(c)[2]}, "train_loss_mean": 1.0,
+           "wall_s": {"steps": 1.0, "history": 0.0, "eval": 0.0, "checkpoint": 0.0}}
+          for r in (100, 200)]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(d) + "\n" for d in
+                                            [hist[0], logs[0], hist[1], logs[1]]))
+  want = embeddings.history_cluster_row(hist[1]["probabilities"], clusters)
+  assert want["ari"] == 1.0 and want["distinct_mnist"] == 1 and want["differing_fashion"] == 0
+  row = progress.table(str(tmp_path))["gumbel_matrix/seed_3"]["clusters"]
+  assert row == {"round": 200, **want}
+  md = progress.to_markdown(progress.table(str(tmp_path)), "t", "cmd", "abc")
+  assert "| gumbel_matrix/seed_3 | 200 | 1.00 | 1.00 |" in md
+  written = report.report(str(tmp_path), str(tmp_path / "out"))
+  assert "clusters_over_training.png" in written["gumbel_matrix"]
+  with open(tmp_path / "out" / "gumbel_matrix" / "clusters_over_training.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["seed"], r["round"]) for r in rows] == [("3", "100"), ("3", "200")]
+  first = embeddings.history_cluster_row(hist[0]["probabilities"], clusters)
+  assert float(rows[0]["ari"]) == pytest.approx(first["ari"])
+  assert float(rows[0]["differing_mnist"]) == pytest.approx(first["differing_mnist"])
+  assert float(rows[1]["ari"]) == 1.0
+  # the same history under TAPS, or a suite without clusters: no cluster numbers
+  from experiments.configs import synthetic
+  for name, cfg in (("taps", c.to_dict() | {"method": "taps"}),
+                    ("synthetic", synthetic.get_config("smoke").to_dict())):
+    other = tmp_path / name / "seed_0"
+    os.makedirs(other)
+    (other / "config.json").write_text(json.dumps(cfg))
+    (other / "metrics.jsonl").write_text((wd / "metrics.jsonl").read_text())
+  rows = progress.table(str(tmp_path))
+  assert rows["synthetic/seed_0"]["clusters"] is None and rows["taps/seed_0"]["clusters"] is None
+  written = report.report(str(tmp_path), str(tmp_path / "out"))
+  assert "clusters_over_training.png" not in written["taps"] + written["synthetic"]
+  assert embeddings.embeds_allocation({"method": "gumbel_matrix"})
+  assert not embeddings.embeds_allocation({"method": "taps"})

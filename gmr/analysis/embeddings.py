@@ -66,8 +66,10 @@ def run_embeddings(results: dict) -> Tuple[np.ndarray, List[str]]:
 
 
 def embeds_allocation(results: dict) -> bool:
-  """A run whose task embeddings are its allocation rows (not a method's own)."""
-  return methods.of_results(results).task_embedding(results) is None
+  """A run whose task embeddings are its allocation rows: its method (``results["method"]``;
+  all a run in progress needs) defines no :meth:`~gmr.methods.Method.task_embedding` of its own."""
+  own = methods.of_results(results).task_embedding
+  return own.__func__ is methods.Method.task_embedding.__func__
 
 
 def cosine_similarity(emb: np.ndarray) -> np.ndarray:
@@ -198,6 +200,26 @@ def cluster_report(results: dict) -> dict:
           "cluster_similarity": cluster_similarity(sim, clusters),
           "neighbour_agreement": neighbour_agreement(sim, clusters),
           **within_between(sim, clusters), **extra}
+
+
+def history_cluster_row(probabilities: Allocations, clusters: Dict[str, Sequence[int]]) -> dict:
+  """The cluster report of one allocation-history point (P(on) per layer, as a run's
+  ``metrics.jsonl`` ``alloc`` lines hold them), flat: the greedy allocations (P(on) >= 0.5)
+  give ``ari``, ``neighbour_agreement``, ``distinct_<cluster>``, ``differing_<cluster>`` and
+  ``differing_decided_<cluster>`` (:func:`within_cluster_disagreement`), and per routed layer
+  ``ari_<layer>``, ``within_<layer>``, ``between_<layer>`` (:func:`per_layer_report`);
+  ``decided`` is :func:`decided_fraction` of the probabilities. All Python numbers. Raises as
+  :func:`cluster_report`."""
+  alloc = {l: (np.asarray(p) >= 0.5).astype(int) for l, p in probabilities.items()}
+  rep = cluster_report({"allocations": alloc, "probabilities": probabilities,
+                        "task_clusters": clusters})
+  layers = {f"{m}_{l}": v[m] for l, v in rep["per_layer"].items()
+            for m in ("ari", "within", "between")}
+  return {"ari": rep["ari"], "neighbour_agreement": rep["neighbour_agreement"],
+          "decided": decided_fraction(probabilities),
+          **{f"distinct_{k}": v for k, v in rep["distinct_embeddings"].items()},
+          **{f"{m}_{k}": v[m] for k, v in rep["disagreement"].items()
+             for m in ("differing", "differing_decided")}, **layers}
 
 
 def neighbour_agreement(sim: np.ndarray, clusters: Dict[str, Sequence[int]]) -> float:

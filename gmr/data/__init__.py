@@ -119,6 +119,17 @@ def evaluation_spec(config) -> tuple:
   raise ValueError(f"suite: no description of suite {name!r}")
 
 
+def task_clusters(config):
+  """The true task clusters of the suite ``config`` asks for, without its data (what a built
+  suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}`` for the section V-C suites,
+  ``None`` for suites without known clusters. Raises ``ValueError`` as
+  :func:`evaluation_spec`."""
+  _, _, names = evaluation_spec(config)
+  if config.suite in ("clusters40", "clusters40_offline"):
+    return real.clusters_by_source(names)
+  return None
+
+
 def datasets_needed(config) -> tuple:
   """The prepared datasets (TFDS builder names) the suite of ``config`` reads (``()``: none)."""
   name = config.suite
