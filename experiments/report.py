@@ -12,8 +12,10 @@ under ``<out>/<group>/``:
   ``log_every`` rounds) are smoothed with a moving average spanning ``--smooth`` (100) task
   steps. Test loss at the evaluations is a second panel where a run evaluated more than once.
 * ``allocation.png`` / ``.json`` (Fig. 5): the greedy binary allocation of one seed
-  (``--seed``, default the first), tasks x components, routed layers separated; for TAPS,
-  tasks x TAPS layers, black where the layer is task-specific.
+  (``--seed``, default the first), tasks x components, routed layers separated, rows grouped
+  by true cluster where the suite knows its clusters; for TAPS, tasks x TAPS layers, black
+  where the layer is task-specific. With several finished seeds, also
+  ``allocation_seed_<s>.png`` / ``.json`` for each.
 * ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
   concatenated allocations; for TAPS the task-specific-layer indicators) of that seed, and, where the suite knows its task clusters, the
   per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering, and
@@ -191,7 +193,7 @@ def plot_loss_curves(curves, title, out_dir, n_seeds):
         w.writerow(["test", int(x), t, f"{a:.6g}", f"{b:.6g}", 1])
 
 
-def plot_taps_layers(results, title, out_dir):
+def plot_taps_layers(results, title, out_dir, name="allocation"):
   """TAPS's Fig. 5 analogue: tasks x TAPS layers, black = task-specific (score >= tau); for
   any method with its own task embedding (:meth:`gmr.methods.Method.task_embedding`), that
   embedding."""
@@ -212,16 +214,34 @@ def plot_taps_layers(results, title, out_dir):
   fig.suptitle(f"{title}: task-specific layers (black = adapted)\nseed {results['seed']}, "
                f"{100 * float(np.mean(emb)):.1f}% of task x layer pairs",
                fontsize=9)
-  _save(fig, os.path.join(out_dir, "allocation.png"))
-  with open(os.path.join(out_dir, "allocation.json"), "w") as f:
+  _save(fig, os.path.join(out_dir, name + ".png"))
+  with open(os.path.join(out_dir, name + ".json"), "w") as f:
     json.dump({"seed": results["seed"], "tasks": tasks, "layers": layers,
                "task_specific": emb.astype(int).tolist(), "scores": taps.get("scores")}, f,
               indent=1)
 
 
-def plot_allocation(results, title, out_dir):
+def _cluster_bounds(ax, results, width):
+  """Lines between the true task clusters (tasks in cluster order) and their names at the
+  right, when the results know their clusters and each cluster is a block of rows."""
+  clusters = results.get("task_clusters") or {}
+  blocks = [(min(m), max(m), n) for n, m in clusters.items()]
+  if not blocks or any(hi - lo + 1 != len(clusters[n]) for lo, hi, n in blocks):
+    return
+  for lo, hi, n in blocks:
+    if lo:
+      ax.axhline(lo - 0.5, color="C3", lw=1.5)
+    if width is not None:
+      ax.text(width - 0.3, (lo + hi) / 2, n, rotation=270, va="center", ha="left",
+              fontsize=8, color="C3")
+
+
+def plot_allocation(results, title, out_dir, name="allocation"):
+  """Fig. 5: the greedy allocation of one run, tasks x components per routed layer (rows
+  grouped by true cluster, with lines between clusters, where the suite knows them), as
+  ``<name>.png`` and the matrices as ``<name>.json``."""
   if not embeddings.embeds_allocation(results):  # the method's own embedding (TAPS's layers)
-    return plot_taps_layers(results, title, out_dir)
+    return plot_taps_layers(results, title, out_dir, name)
   layers = sorted(results["allocations"], key=lambda k: int(k.split("_")[1]))
   mats = [np.asarray(results["allocations"][l]) for l in layers]
   tasks = results["tasks"]
@@ -240,10 +260,11 @@ def plot_allocation(results, title, out_dir):
     ax.set_yticks(np.arange(-0.5, len(tasks)), minor=True)
     ax.grid(which="minor", color="0.75", lw=0.5)
     ax.tick_params(which="minor", length=0)
+    _cluster_bounds(ax, results, m.shape[1] if i == len(mats) - 1 else None)
   fig.suptitle(f"{title}: greedy allocation (black = used)\nseed {results['seed']}, "
                f"{100 * results['active_fraction']:.1f}% active", fontsize=9)
-  _save(fig, os.path.join(out_dir, "allocation.png"))
-  with open(os.path.join(out_dir, "allocation.json"), "w") as f:
+  _save(fig, os.path.join(out_dir, name + ".png"))
+  with open(os.path.join(out_dir, name + ".json"), "w") as f:
     json.dump({"seed": results["seed"], "tasks": tasks, "allocations": results["allocations"],
                "active_fraction": results["active_fraction"]}, f, indent=1)
 
@@ -531,6 +552,11 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       plot_allocation(res, name, out_dir)
       plot_similarity(res, name, out_dir, reports)
       files += ["allocation.png", "similarity.png"]
+      if len(finished) > 1:  # Fig. 5 of every seed
+        for r in finished:
+          each = f"allocation_seed_{r['results']['seed']}"
+          plot_allocation(r["results"], name, out_dir, each)
+          files.append(each + ".png")
       prob = plot_probabilities(pick[0], task, name, out_dir)
       if prob:
         files.append(prob)

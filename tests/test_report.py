@@ -53,7 +53,14 @@ def test_sweep_report_files_and_numbers(tmp_path):
   out = str(tmp_path / "out")
   written = report.report(str(root), out, task="c", smooth_steps=200)
   assert written["gm"] == ["loss_curves.png", "allocation.png", "similarity.png",
-                           "probabilities_c.png", "clusters_over_training.png"]
+                           "allocation_seed_0.png", "allocation_seed_1.png",
+                           "allocation_seed_2.png", "probabilities_c.png",
+                           "clusters_over_training.png"]
+  for s in (0, 1, 2):  # Fig. 5 of each seed, the matrices its own results hold
+    with open(os.path.join(out, "gm", f"allocation_seed_{s}.json")) as f:
+      each = json.load(f)
+    with open(root / "gm" / f"seed_{s}" / "results.json") as f:
+      assert each["seed"] == s and each["allocations"] == json.load(f)["allocations"]
   assert written["comparison"] == ["comparison.png"] and written["table"] == ["table.md"]
   for g in ("gm", "ns"):
     for f in written[g]:
