@@ -215,6 +215,7 @@ def test_clusters_of_runs_in_progress(tmp_path):
   history: the progress table and the clusters-over-training figure give, at its last history
   point, the numbers of the cluster report of those greedy allocations; suites without
   clusters and TAPS (whose history is not its embedding) get none."""
+  from ml_collections import config_dict
   from experiments.configs import clusters40
   from gmr import data
   from gmr.analysis import embeddings
@@ -222,6 +223,8 @@ def test_clusters_of_runs_in_progress(tmp_path):
   c = clusters40.get_config("offline")
   clusters = data.task_clusters(c)
   assert sorted(len(m) for m in clusters.values()) == [10, 10, 20]
+  for other in ({}, {"suite": "four_mnists"}, {"suite": "a_suite_of_my_own"}):
+    assert data.task_clusters(config_dict.ConfigDict(other)) is None
   rng = np.random.default_rng(0)
   base = {l: rng.random((3, 16)) for l in ("layer_0", "layer_1", "layer_2")}
   truth = embeddings.labels_from_clusters(clusters, 40)

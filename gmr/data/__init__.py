@@ -122,12 +122,11 @@ def evaluation_spec(config) -> tuple:
 def task_clusters(config):
   """The true task clusters of the suite ``config`` asks for, without its data (what a built
   suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}`` for the section V-C suites,
-  ``None`` for suites without known clusters. Raises ``ValueError`` as
-  :func:`evaluation_spec`."""
-  _, _, names = evaluation_spec(config)
-  if config.suite in ("clusters40", "clusters40_offline"):
-    return real.clusters_by_source(names)
-  return None
+  ``None`` for every other suite (any name). Raises ``ValueError`` as
+  :func:`evaluation_spec` for bad ``data.*`` options of a V-C suite."""
+  if config.get("suite") not in ("clusters40", "clusters40_offline"):
+    return None
+  return real.clusters_by_source(evaluation_spec(config)[2])
 
 
 def datasets_needed(config) -> tuple:
