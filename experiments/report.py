@@ -12,8 +12,9 @@ under ``<out>/<group>/``:
   ``log_every`` rounds) are smoothed with a moving average spanning ``--smooth`` (100) task
   steps. Test loss at the evaluations is a second panel where a run evaluated more than once.
 * ``allocation.png`` / ``.json`` (Fig. 5): the greedy binary allocation of one seed
-  (``--seed``, default the first), tasks x components, routed layers separated, rows grouped
-  by true cluster where the suite knows its clusters; for TAPS, tasks x TAPS layers, black
+  (``--seed``, default the first), tasks x components, routed layers separated, lines
+  between the true clusters where the suite knows them (and each is a block of rows, as in the
+  V-C suites); for TAPS, tasks x TAPS layers, black
   where the layer is task-specific. With several finished seeds, also
   ``allocation_seed_<s>.png`` / ``.json`` for each.
 * ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
@@ -237,8 +238,8 @@ def _cluster_bounds(ax, results, width):
 
 
 def plot_allocation(results, title, out_dir, name="allocation"):
-  """Fig. 5: the greedy allocation of one run, tasks x components per routed layer (rows
-  grouped by true cluster, with lines between clusters, where the suite knows them), as
+  """Fig. 5: the greedy allocation of one run, tasks x components per routed layer (lines
+  between the true clusters where the suite knows them and each is a block of rows), as
   ``<name>.png`` and the matrices as ``<name>.json``."""
   if not embeddings.embeds_allocation(results):  # the method's own embedding (TAPS's layers)
     return plot_taps_layers(results, title, out_dir, name)
@@ -387,11 +388,10 @@ def run_clusters(run) -> Optional[Dict[str, List[int]]]:
   progress, those of the suite its ``config.json`` names (None: a suite without clusters)."""
   if run["results"]:
     return run["results"].get("task_clusters")
-  if not run["config"]:
+  if run["config"].get("seed") is None:  # no config.json (or one without a seed)
     return None
-  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
   from gmr import data  # pylint: disable=g-import-not-at-top
-  return data.task_clusters(config_dict.ConfigDict(run["config"]))
+  return data.task_clusters(run["config"])
 
 
 def run_seed(run) -> int:
@@ -401,8 +401,10 @@ def run_seed(run) -> int:
 def clusters_over_training(run) -> Optional[List[dict]]:
   """Per allocation-history point of a run (finished or in progress) whose suite knows its
   task clusters: :func:`gmr.analysis.embeddings.history_cluster_row` at that round."""
+  if not run["alloc"]:
+    return None
   clusters = run_clusters(run)
-  if not clusters or not run["alloc"]:
+  if not clusters:
     return None
   return [{"round": int(h["round"]), **embeddings.history_cluster_row(h["probabilities"], clusters)}
           for h in run["alloc"]]
@@ -411,9 +413,13 @@ def clusters_over_training(run) -> Optional[List[dict]]:
 def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> Optional[str]:
   """ARI of the 3-way clustering and distinct embeddings per true cluster over training, one
   line per seed (section V-C's finding followed through training)."""
-  series = {run_seed(r): clusters_over_training(r) for r in runs}
-  series = {k: v for k, v in series.items() if v}
-  unfinished = {run_seed(r) for r in runs if not r["results"]}
+  series, unfinished = {}, set()
+  for r in runs:
+    pts = clusters_over_training(r)  # None without clusters (or config.json) or history
+    if pts:
+      series[run_seed(r)] = pts
+      if not r["results"]:
+        unfinished.add(run_seed(r))
   if not series:
     return None
   names = sorted(k[len("distinct_"):] for k in next(iter(series.values()))[0] if

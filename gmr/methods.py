@@ -128,8 +128,9 @@ class Method:
   @classmethod
   def task_embedding(cls, results: dict):
     """A finished run's task embeddings when they are not its allocation: ``(float32 [T, D],
-    a name per column)``; ``None`` (the default): the greedy allocation rows of
-    ``results["allocations"]`` are the embeddings."""
+    a name per column)``. Not overridden (the default, ``None``): the greedy allocation rows
+    of ``results["allocations"]`` are the embeddings, and a run in progress is read from its
+    allocation history; a method that overrides it always has embeddings of its own."""
     del results
     return None
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 from typing import Dict, Optional
 
 from absl import app, flags
-from ml_collections import config_dict
 
 from gmr import data, workdir as workdir_lib
 from gmr.analysis import embeddings
@@ -83,7 +83,7 @@ def _clusters_at(config: dict, alloc: Optional[dict]) -> Optional[Dict]:
   if (alloc is None or "probabilities" not in alloc
       or not embeddings.embeds_allocation({"method": config.get("method")})):
     return None  # (TAPS's history is its component use, not its task-specific layers)
-  clusters = data.task_clusters(config_dict.ConfigDict(config))
+  clusters = data.task_clusters(config)
   if not clusters:
     return None
   return {"round": int(alloc["round"]),
@@ -113,21 +113,24 @@ def to_markdown(rows: Dict[str, Dict], title: str, command: str, commit: str) ->
               f"| {w['steps'] / 3600:.2f} | {w['eval']:.0f} | {w['history']:.1f} "
               f"| {w['checkpoint']:.1f} | {100 * r['overhead_fraction']:.1f}% "
               f"| {f(r['eval_s_each'], '.0f')} |")
-  with_clusters = {n: r["clusters"] for n, r in rows.items() if r.get("clusters")}
-  if with_clusters:
-    names = [k[len("distinct_"):] for k in next(iter(with_clusters.values()))
-             if k.startswith("distinct_")]
+  by_names: Dict[tuple, Dict[str, Dict]] = {}  # one table per set of clusters (per suite)
+  for n, r in rows.items():
+    if r.get("clusters"):
+      names = tuple(k[len("distinct_"):] for k in r["clusters"] if k.startswith("distinct_"))
+      by_names.setdefault(names, {})[n] = r["clusters"]
+  if by_names:
     md += ["", "Task clusters in the greedy allocations (P(on) >= 0.5) at each run's last "
            "allocation-history point: ARI of the 3-way clustering against the true clusters, "
            "the fraction of tasks whose most similar task is of their own cluster, the decided "
            "fraction of P(on) (below 0.1 or above 0.9), and per cluster the distinct embeddings "
            "(1 = the paper's finding) and the mean number of components in which two of its "
-           "tasks differ (of those, decided by both).", "",
-           "| run | at round | ARI | nearest in own cluster | decided | "
+           "tasks differ (of those, decided by both)."]
+  for names, group in by_names.items():
+    md += ["", "| run | at round | ARI | nearest in own cluster | decided | "
            + " | ".join(f"distinct {n}" for n in names) + " | "
            + " | ".join(f"differing {n}" for n in names) + " |",
            "|---|---|---|---|---|" + "---|" * (2 * len(names))]
-    for name, c in with_clusters.items():
+    for name, c in group.items():
       md.append(f"| {name} | {c['round']} | {c['ari']:.2f} | {c['neighbour_agreement']:.2f} "
                 f"| {c['decided']:.2f} | "
                 + " | ".join(str(c[f"distinct_{n}"]) for n in names) + " | "
@@ -145,7 +148,7 @@ def main(argv):
   commit = ("unknown" if found is None else
             found[0] + (" with uncommitted changes" if found[1] else ""))
   command = (f"python -m launch.progress --root={root}" + (f" --out={out}" if out else "")
-             + (f" --title={json.dumps(FLAGS.title)}" if FLAGS.title else ""))
+             + (f" --title={shlex.quote(FLAGS.title)}" if FLAGS.title else ""))
   md = to_markdown(rows, FLAGS.title, command, commit)
   if out:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

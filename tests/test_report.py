@@ -37,6 +37,8 @@ def _fake_run(d, seed, loss0, clusters=None):
         p = [[0.5 + 0.15 * i, 0.5 - 0.15 * i]] * 2 + [[0.5 - 0.15 * i, 0.5 + 0.15 * i]] * 2
         f.write(json.dumps({"kind": "alloc", "round": r, "probabilities": {"layer_0": p, "layer_1": p}}) + "\n")
   alloc = {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]], "layer_1": [[1, 1], [1, 1], [1, 0], [1, 0]]}
+  if seed % 2:  # odd seeds use the other first-layer component (the same groups)
+    alloc["layer_0"] = [row[::-1] for row in alloc["layer_0"]]
   res = {"seed": seed, "tasks": tasks, "allocations": alloc, "active_fraction": 0.75,
          "final": {"loss": {"mean": loss0 / 4}}, "wall_time_s": 1.0, "steps": 1600,
          "task_groups": [[0, 1], [2, 3]], "task_clusters": clusters}
@@ -61,6 +63,7 @@ def test_sweep_report_files_and_numbers(tmp_path):
       each = json.load(f)
     with open(root / "gm" / f"seed_{s}" / "results.json") as f:
       assert each["seed"] == s and each["allocations"] == json.load(f)["allocations"]
+    assert each["allocations"]["layer_0"][0] == ([0, 1] if s == 1 else [1, 0])
   assert written["comparison"] == ["comparison.png"] and written["table"] == ["table.md"]
   for g in ("gm", "ns"):
     for f in written[g]:
@@ -214,7 +217,8 @@ def test_clusters_of_runs_in_progress(tmp_path):
   """A V-C run still in progress (no results.json) is read from its config and allocation
   history: the progress table and the clusters-over-training figure give, at its last history
   point, the numbers of the cluster report of those greedy allocations; suites without
-  clusters and TAPS (whose history is not its embedding) get none."""
+  clusters and TAPS (whose history is not its embedding) get none. Finished runs, runs without
+  config.json, configs older than some fields and several suites under one root mix."""
   from ml_collections import config_dict
   from experiments.configs import clusters40
   from gmr import data
@@ -235,7 +239,8 @@ def test_clusters_of_runs_in_progress(tmp_path):
 
   wd = tmp_path / "gumbel_matrix" / "seed_3"
   os.makedirs(wd)
-  (wd / "config.json").write_text(json.dumps(c.to_dict() | {"seed": 3}))
+  old_config = {k: v for k, v in c.to_dict().items() if k != "accept_noncanonical_data"}
+  (wd / "config.json").write_text(json.dumps(old_config | {"seed": 3}))  # a field added later
   hist = [{"kind": "alloc", "round": r, "step": 40 * r, "probabilities": probs(n)}
           for r, n in ((100, 0.5), (200, 0.0))]
   logs = [{"kind": "log", "round": r, "step": 40 * r, "steps_per_s": 1.0,
@@ -259,6 +264,37 @@ def test_clusters_of_runs_in_progress(tmp_path):
   assert float(rows[0]["ari"]) == pytest.approx(first["ari"])
   assert float(rows[0]["differing_mnist"]) == pytest.approx(first["differing_mnist"])
   assert float(rows[1]["ari"]) == 1.0
+  # beside it: a finished seed, a run without config.json, a run of the other V-C suite
+  fin = tmp_path / "gumbel_matrix" / "seed_4"
+  os.makedirs(fin)
+  (fin / "config.json").write_text(json.dumps(c.to_dict() | {"seed": 4}))
+  (fin / "metrics.jsonl").write_text((wd / "metrics.jsonl").read_text())
+  greedy = {l: (np.asarray(p) >= 0.5).astype(int).tolist()
+            for l, p in hist[1]["probabilities"].items()}
+  (fin / "results.json").write_text(json.dumps({
+      "seed": 4, "method": "gumbel_matrix", "tasks": list(data.evaluation_spec(c)[2]),
+      "allocations": greedy, "probabilities": hist[1]["probabilities"], "active_fraction": 0.5,
+      "final": {"test": {"loss": {"mean": 1.0}}, "loss": {"mean": 1.0}}, "wall_time_s": 1.0,
+      "steps": 8000, "task_clusters": clusters}))
+  bare = tmp_path / "gumbel_matrix" / "seed_5"
+  os.makedirs(bare)
+  (bare / "metrics.jsonl").write_text(json.dumps(logs[0]) + "\n")
+  online = clusters40.get_config("")
+  cifar = tmp_path / "cifar" / "seed_0"
+  os.makedirs(cifar)
+  (cifar / "config.json").write_text(json.dumps(online.to_dict()))
+  (cifar / "metrics.jsonl").write_text((wd / "metrics.jsonl").read_text())
+  rows = progress.table(str(tmp_path))
+  assert rows["gumbel_matrix/seed_4"]["clusters"] == {"round": 200, **want}
+  assert rows["cifar/seed_0"]["clusters"]["distinct_cifar100"] == 1
+  md = progress.to_markdown(rows, "t", "cmd", "abc")
+  assert md.count("| run | at round |") == 2  # one cluster table per suite's clusters
+  assert "| distinct cifar100 |" in md and "| distinct omniglot |" in md
+  written = report.report(str(tmp_path), str(tmp_path / "out"))
+  with open(tmp_path / "out" / "gumbel_matrix" / "clusters_over_training.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["seed"], r["round"]) for r in rows] == [
+      ("3", "100"), ("3", "200"), ("4", "100"), ("4", "200")]
   # the same history under TAPS, or a suite without clusters: no cluster numbers
   from experiments.configs import synthetic
   for name, cfg in (("taps", c.to_dict() | {"method": "taps"}),

@@ -69,7 +69,7 @@ def embeds_allocation(results: dict) -> bool:
   """A run whose task embeddings are its allocation rows: its method (``results["method"]``;
   all a run in progress needs) defines no :meth:`~gmr.methods.Method.task_embedding` of its own."""
   own = methods.of_results(results).task_embedding
-  return own.__func__ is methods.Method.task_embedding.__func__
+  return getattr(own, "__func__", own) is methods.Method.task_embedding.__func__
 
 
 def cosine_similarity(emb: np.ndarray) -> np.ndarray:

@@ -122,11 +122,13 @@ def evaluation_spec(config) -> tuple:
 def task_clusters(config):
   """The true task clusters of the suite ``config`` asks for, without its data (what a built
   suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}`` for the section V-C suites,
-  ``None`` for every other suite (any name). Raises ``ValueError`` as
-  :func:`evaluation_spec` for bad ``data.*`` options of a V-C suite."""
-  if config.get("suite") not in ("clusters40", "clusters40_offline"):
+  ``None`` for every other suite (any name). Reads only ``suite`` and ``data.alphabets``, so
+  the config of a run made before other fields existed will do. Never raises for a mapping."""
+  name = config.get("suite")
+  if name not in ("clusters40", "clusters40_offline"):
     return None
-  return real.clusters_by_source(evaluation_spec(config)[2])
+  return real.clusters_by_source(real.clusters40_tasks(dict(config.get("data") or {}),
+                                                       name.endswith("offline")))
 
 
 def datasets_needed(config) -> tuple:
