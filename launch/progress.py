@@ -80,7 +80,7 @@ def run_progress(workdir: str) -> Dict:
 def _clusters_at(config: dict, alloc: Optional[dict]) -> Optional[Dict]:
   """The cluster row of the allocation-history point ``alloc`` (None: no history point, a suite
   without known clusters, or a method whose embedding is not its allocation)."""
-  if (alloc is None or "probabilities" not in alloc
+  if (alloc is None or "probabilities" not in alloc or "suite" not in config
       or not embeddings.embeds_allocation({"method": config.get("method")})):
     return None  # (TAPS's history is its component use, not its task-specific layers)
   clusters = data.task_clusters(config)

@@ -227,7 +227,7 @@ def test_clusters_of_runs_in_progress(tmp_path):
   c = clusters40.get_config("offline")
   clusters = data.task_clusters(c)
   assert sorted(len(m) for m in clusters.values()) == [10, 10, 20]
-  for other in ({}, {"suite": "four_mnists"}, {"suite": "a_suite_of_my_own"}):
+  for other in ({"suite": "four_mnists"}, {"suite": "a_suite_of_my_own"}):
     assert data.task_clusters(config_dict.ConfigDict(other)) is None
   rng = np.random.default_rng(0)
   base = {l: rng.random((3, 16)) for l in ("layer_0", "layer_1", "layer_2")}

@@ -123,8 +123,9 @@ def task_clusters(config):
   """The true task clusters of the suite ``config`` asks for, without its data (what a built
   suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}`` for the section V-C suites,
   ``None`` for every other suite (any name). Reads only ``suite`` and ``data.alphabets``, so
-  the config of a run made before other fields existed will do. Never raises for a mapping."""
-  name = config.get("suite")
+  the config of a run made before other fields existed will do (a ``config.json`` read as a
+  dict included). Raises ``KeyError`` for a mapping without ``suite``."""
+  name = config["suite"]
   if name not in ("clusters40", "clusters40_offline"):
     return None
   return real.clusters_by_source(real.clusters40_tasks(dict(config.get("data") or {}),
