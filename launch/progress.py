@@ -24,8 +24,9 @@ from typing import Dict, Optional
 
 from absl import app, flags
 
-from gmr import data, workdir as workdir_lib
+from gmr import data
 from gmr.analysis import embeddings
+from launch.tables import code_commit
 
 FLAGS = flags.FLAGS
 
@@ -144,9 +145,7 @@ def main(argv):
   del argv
   root, out = FLAGS.root, FLAGS.out
   rows = table(root)
-  found = workdir_lib.checkout_commit(root)
-  commit = ("unknown" if found is None else
-            found[0] + (" with uncommitted changes" if found[1] else ""))
+  commit = code_commit(root)
   command = (f"python -m launch.progress --root={root}" + (f" --out={out}" if out else "")
              + (f" --title={shlex.quote(FLAGS.title)}" if FLAGS.title else ""))
   md = to_markdown(rows, FLAGS.title, command, commit)
