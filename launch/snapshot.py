@@ -10,8 +10,10 @@ a cluster node without internet): build the suite once where the data is, as one
 ``run`` takes exactly ``experiments.main``'s flags after ``--``. The suite the config asks for
 comes from the file instead of TFDS (no data check, no TFDS import); the run refuses a snapshot
 built from other data options (suite, ``config.data.*``, and the seed for synthetic suites) in
-one line, exit 2. The file's sha256 is written to ``<workdir>/data_snapshot.json``. Everything
-else (the workdir, resuming, the numbers) is ``experiments.main``'s.
+one line, exit 2. The file's sha256 is written to ``<workdir>/data_snapshot.json``, and a run is
+resumed only from the file it trained on (the same data saved again gives the same file; a
+workdir that recorded another sha256 is refused in one line, exit 2). Everything else (the
+workdir, resuming, the numbers) is ``experiments.main``'s.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def data_options(config) -> dict:
 def use(path: str) -> None:
   """From now on in this process, the suite of ``path`` is what ``gmr.data.load_suite`` gives
   for a config with the same data options (others load as usual), and every run records the
-  file's sha256 in its workdir. Raises :class:`~gmr.data.snapshot.SnapshotError`."""
+  file's sha256 in its workdir. Raises :class:`~gmr.data.snapshot.SnapshotError` here for a
+  file that is not a snapshot, and from the run for a config asking for other data options or
+  a workdir that recorded another file's sha256."""
   from gmr import data  # pylint: disable=g-import-not-at-top
   suite, options = snapshot_lib.load_with_options(path)
   sha = snapshot_lib.digest(path)
@@ -77,6 +81,21 @@ def use(path: str) -> None:
 
   def run_recorded(config, workdir, *args, **kwargs):
     if mine(config):
+      recorded = os.path.join(workdir, "data_snapshot.json")
+      if os.path.exists(recorded):
+        try:
+          with open(recorded) as f:
+            before = json.load(f)["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+          raise snapshot_lib.SnapshotError(
+              f"snapshot: {recorded} cannot be read ({type(e).__name__}); restore it from a "
+              "copy of the workdir") from None
+        if before != sha:
+          raise snapshot_lib.SnapshotError(
+              f"snapshot: {path} (sha256 {sha[:12]}...) is not the file this run trained on "
+              f"(sha256 {before[:12]}..., recorded in {recorded}); resume with that file or "
+              "rebuild it with `launch.snapshot save` from the same raw data (the same data "
+              "gives the same file)")
       os.makedirs(workdir, exist_ok=True)
       record = {"snapshot": os.path.basename(path), "sha256": sha, "options": options}
       tmp = os.path.join(workdir, "data_snapshot.json.tmp")

@@ -498,10 +498,46 @@ def test_snapshot_run_equals_direct_run_and_refuses_other_options(dirs, tmp_path
   assert via["final"] == direct["final"]
   rec = json.load(open(tmp_path / "via" / "data_snapshot.json"))
   assert rec["sha256"] == sha
+  # a resume reads the file it trained on; another file is refused before anything is touched
+  rec_path = tmp_path / "via" / "data_snapshot.json"
+  log = (tmp_path / "via" / "metrics.jsonl").read_bytes()
+  rec_path.write_text(json.dumps(dict(rec, sha256="0" * 64)))
+  with pytest.raises(snapshot.SnapshotError, match="is not the file this run trained on"):
+    experiment.run(c2, str(tmp_path / "via"), quiet=True)
+  assert (tmp_path / "via" / "metrics.jsonl").read_bytes() == log
+  assert json.loads(rec_path.read_text())["sha256"] == "0" * 64
+  rec_path.write_text("{")
+  with pytest.raises(snapshot.SnapshotError, match="cannot be read"):
+    experiment.run(c2, str(tmp_path / "via"), quiet=True)
   c2.data.validation_fraction = 0.3
   with pytest.raises(snapshot.SnapshotError, match="was built from"):
     experiment.run(c2, str(tmp_path / "other"), quiet=True)
   assert not os.path.exists(tmp_path / "other" / "metrics.jsonl")
+
+
+def test_snapshot_bytes_depend_on_the_data_only(dirs, tmp_path, monkeypatch):
+  """The same suite saved at two different times gives the same file (so a snapshot rebuilt
+  from the same raw data resumes a run that recorded the first); other data, another file."""
+  import time
+  from gmr import data
+  from gmr.data import snapshot
+  from launch import snapshot as snap_cli
+  c = _config(dirs, "clusters40", "smoke,offline")
+  suite = data.load_suite(c)
+  opts, found = snap_cli.data_options(c), snap_cli.resized_sources(c, suite)
+  shas = []
+  for i, now in enumerate((0.0, 1.0e9, 2.0e9)):
+    monkeypatch.setattr(time, "time", lambda now=now: now)
+    shas.append(snapshot.save(suite, str(tmp_path / f"s{i}.npz.xz"), opts, found))
+  assert shas[0] == shas[1] == shas[2]
+  assert (tmp_path / "s0.npz.xz").read_bytes() == (tmp_path / "s2.npz.xz").read_bytes()
+  monkeypatch.undo()
+  assert snapshot.equal(suite, snapshot.load(str(tmp_path / "s1.npz.xz"))) is None
+  y = suite.test.y.copy()
+  y[0] = (y[0] + 1) % 2
+  import dataclasses
+  other = dataclasses.replace(suite, test=dataclasses.replace(suite.test, y=y))
+  assert snapshot.save(other, str(tmp_path / "o.npz.xz"), opts, found) != shas[0]
 
 
 def test_snapshot_cli_runs_without_tensorflow_datasets(dirs, tmp_path):
