@@ -1,0 +1,265 @@
+"""Keep long runs across machines that do not keep their disks: pack every run's workdir into
+one archive a git commit can carry, and unpack it where the run resumes.
+
+  python -m launch.park save --root=runs/clusters40_paper --out=results/clusters40_paper_state
+  python -m launch.park restore --archive=results/clusters40_paper_state --root=runs/clusters40_paper
+
+``save`` writes ``<out>/<run>.tar.xz`` for every run under ``<root>`` (a folder holding a
+``config.json``; ``<run>`` is its path below ``<root>``, e.g. ``gumbel_matrix/seed_0``). An
+archive holds the workdir as it is (metrics, allocation history, config, results, the data
+snapshot's record, TensorBoard events, the best-checkpoint series) with only the newest
+complete regular checkpoint, which is all a resume reads. A run may be going on: the
+checkpoint is copied first and the files that only grow after it, so the archive is a workdir
+as a kill at that moment would leave it, which a rerun resumes to the same numbers as an
+uninterrupted run (:func:`gmr.experiment.run`). An archive is written under a temporary name
+and renamed, and one whose contents did not change is not rewritten (the same bytes: members
+in sorted order, owner and group 0).
+
+``restore`` unpacks each archive into ``<root>/<run>``. A workdir already there is never
+overwritten: one at or beyond the archive's checkpoint is kept (one line says so); one behind
+it is an error (move it away to take the archive). Errors are one line
+``error: <field>: <what>; <fix>``, exit 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from typing import Dict, List, Optional
+
+USAGE = ("usage: python -m launch.park save --root=<runs folder> --out=<archive folder>\n"
+         "       python -m launch.park restore --archive=<archive folder> --root=<runs folder>")
+SUFFIX = ".tar.xz"
+_SKIP = {".lock"}  # the running process's lock: a restored workdir has none
+
+
+class ParkError(ValueError):
+  """``<field>: <what>; <fix>``."""
+
+
+def runs_under(root: str) -> List[str]:
+  """The workdirs below ``root`` (folders with a ``config.json``, not inside another run's
+  ``previous_<n>/``), as paths relative to ``root``, sorted."""
+  found = []
+  for here, dirs, files in os.walk(root):
+    rel = os.path.relpath(here, root)
+    if "config.json" in files and rel != ".":
+      found.append(rel)
+      dirs[:] = []  # a run's own folders (checkpoints, previous_<n>) are part of it
+    dirs.sort()
+  return sorted(found)
+
+
+def checkpoint_rounds(workdir: str) -> List[int]:
+  """Rounds of the complete regular checkpoints of ``workdir`` (folders
+  ``checkpoints/<round>`` holding orbax's ``commit_success.txt``; orbax writes a checkpoint
+  under a temporary name and renames it when complete), ascending."""
+  base = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(base):
+    return []
+  return sorted(int(n) for n in os.listdir(base) if n.isdigit() and
+                os.path.exists(os.path.join(base, n, "commit_success.txt")))
+
+
+def _copy_run(workdir: str, dest: str) -> Optional[int]:
+  """Copy ``workdir`` to ``dest`` as a kill now would leave it, with its newest complete
+  regular checkpoint only; return that checkpoint's round (``None``: none yet)."""
+  rounds = checkpoint_rounds(workdir)
+  newest = rounds[-1] if rounds else None
+  os.makedirs(dest)
+  if newest is not None:  # first: what a resume starts from; the logs after it only grow
+    shutil.copytree(os.path.join(workdir, "checkpoints", str(newest)),
+                    os.path.join(dest, "checkpoints", str(newest)))
+  for name in sorted(os.listdir(workdir)):
+    src = os.path.join(workdir, name)
+    if name in _SKIP or name == "checkpoints" or os.path.islink(src):
+      continue
+    if os.path.isdir(src):
+      shutil.copytree(src, os.path.join(dest, name),
+                      ignore=lambda d, names: [n for n in names if ".orbax-checkpoint-tmp" in n])
+    else:
+      shutil.copy2(src, os.path.join(dest, name))
+  return newest
+
+
+def _tar_bytes(folder: str) -> bytes:
+  """An uncompressed tar of ``folder``'s contents: sorted members, owner and group 0, the
+  files' modification times; the same contents give the same bytes."""
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    paths = []
+    for here, dirs, files in os.walk(folder):
+      dirs.sort()
+      paths += [os.path.join(here, d) for d in dirs] + [os.path.join(here, f) for f in files]
+    for p in sorted(paths, key=lambda p: os.path.relpath(p, folder).split(os.sep)):
+      info = tar.gettarinfo(p, arcname=os.path.relpath(p, folder))
+      info.uid = info.gid = 0
+      info.uname = info.gname = ""
+      info.pax_headers = {}
+      if info.isfile():
+        with open(p, "rb") as f:
+          tar.addfile(info, f)
+      else:
+        tar.addfile(info)
+  return buf.getvalue()
+
+
+def _read_members(path: str) -> Dict[str, bytes]:
+  with tarfile.open(path, "r:xz") as tar:
+    return {m.name: (tar.extractfile(m).read() if m.isfile() else b"")
+            for m in tar.getmembers()}
+
+
+def save(root: str, out: str, say=print) -> Dict[str, Optional[int]]:
+  """Write ``<out>/<run>.tar.xz`` for every run under ``root``; return ``{run: checkpoint
+  round}`` (``None``: the run has no checkpoint yet; its archive still keeps its logs).
+  Raises :class:`ParkError` for a missing ``root`` or one without runs."""
+  import lzma  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(root):
+    raise ParkError(f"root: {root} is not a folder; give the folder holding the runs' workdirs")
+  runs = runs_under(root)
+  if not runs:
+    raise ParkError(f"root: {root} holds no run (no <run>/config.json below it); give the "
+                    "folder holding the runs' workdirs")
+  done = {}
+  for rel in runs:
+    with tempfile.TemporaryDirectory() as tmp:
+      for attempt in range(3):  # a checkpoint rotated away while it was copied: copy again
+        stage = os.path.join(tmp, str(attempt))
+        try:
+          newest = _copy_run(os.path.join(root, rel), stage)
+          break
+        except (FileNotFoundError, shutil.Error):
+          if attempt == 2:
+            raise
+      raw = _tar_bytes(stage)
+    path = os.path.join(out, rel + SUFFIX)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    same = False
+    if os.path.exists(path):
+      with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        now = {m.name: (tar.extractfile(m).read() if m.isfile() else b"")
+               for m in tar.getmembers()}
+      try:
+        same = _read_members(path) == now
+      except (tarfile.TarError, OSError, EOFError, lzma.LZMAError):
+        same = False
+    if not same:
+      tmp_path = path + ".tmp"
+      with open(tmp_path, "wb") as f:
+        f.write(lzma.compress(raw, preset=9))
+      os.replace(tmp_path, path)
+    done[rel] = newest
+    say(f"{path}: {rel} at checkpoint {newest if newest is not None else '(none yet)'}, "
+        f"{os.path.getsize(path) / 1e6:.2f} MB" + (" (unchanged)" if same else ""))
+  return done
+
+
+def archives_under(folder: str) -> List[str]:
+  """The archives below ``folder`` as run paths (``gumbel_matrix/seed_0``), sorted."""
+  found = []
+  for here, dirs, files in os.walk(folder):
+    dirs.sort()
+    found += [os.path.relpath(os.path.join(here, f), folder)[:-len(SUFFIX)]
+              for f in files if f.endswith(SUFFIX)]
+  return sorted(found)
+
+
+def _archive_round(path: str) -> Optional[int]:
+  with tarfile.open(path, "r:xz") as tar:
+    rounds = [int(parts[1]) for parts in (m.name.split("/") for m in tar.getmembers())
+              if len(parts) == 3 and parts[0] == "checkpoints" and parts[1].isdigit()
+              and parts[2] == "commit_success.txt"]
+  return max(rounds) if rounds else None
+
+
+def restore(archive: str, root: str, say=print) -> Dict[str, str]:
+  """Unpack every archive below ``archive`` into ``root``; return ``{run: what was done}``
+  (``"restored"`` or ``"kept"``). Checks every archive and target before writing any: raises
+  :class:`ParkError` for a missing or empty ``archive`` folder, an unreadable archive, a
+  member that would land outside its workdir, or a workdir on disk behind its archive."""
+  import lzma  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(archive):
+    raise ParkError(f"archive: {archive} is not a folder; give the folder `launch.park save` "
+                    "wrote (--out)")
+  runs = archives_under(archive)
+  if not runs:
+    raise ParkError(f"archive: {archive} holds no *{SUFFIX}; give the folder `launch.park "
+                    "save` wrote (--out)")
+  plan = {}
+  for rel in runs:
+    path = os.path.join(archive, rel + SUFFIX)
+    try:
+      with tarfile.open(path, "r:xz") as tar:
+        for m in tar.getmembers():
+          parts = m.name.split("/")
+          if (os.path.isabs(m.name) or ".." in parts or not (m.isfile() or m.isdir())):
+            raise ParkError(f"archive: {path} has member {m.name!r} outside a workdir or not a "
+                            "plain file; write the archive again with `launch.park save`")
+      theirs = _archive_round(path)
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as e:
+      raise ParkError(f"archive: {path} cannot be read ({type(e).__name__}); take it again "
+                      "from git (`git checkout -- <file>`) or write it again") from None
+    target = os.path.join(root, rel)
+    if os.path.exists(target):
+      ours = checkpoint_rounds(target)
+      mine = ours[-1] if ours else None
+      if (theirs is not None and (mine is None or mine < theirs)):
+        raise ParkError(f"root: {target} is at checkpoint {mine} and its archive {path} at "
+                        f"{theirs}; move {target} away to restore the archive, or park it "
+                        "first if it holds work the archive lacks")
+      plan[rel] = ("kept", path, target, mine, theirs)
+    else:
+      plan[rel] = ("restored", path, target, None, theirs)
+  done = {}
+  for rel, (what, path, target, mine, theirs) in plan.items():
+    if what == "restored":
+      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+      tmp = target + ".park-tmp"
+      if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+      os.makedirs(tmp)
+      with tarfile.open(path, "r:xz") as tar:
+        tar.extractall(tmp, filter="data")
+      os.replace(tmp, target)
+      say(f"{target}: restored from {path} (checkpoint {theirs})")
+    else:
+      say(f"{target}: kept (on disk at checkpoint {mine}, archive at {theirs})")
+    done[rel] = what
+  return done
+
+
+def main(argv) -> int:
+  if not argv or argv[0] not in ("save", "restore"):
+    print(f"error: command: give save or restore; {USAGE}", file=sys.stderr)
+    return 2
+  want = ("root", "out") if argv[0] == "save" else ("archive", "root")
+  got = {}
+  for a in argv[1:]:
+    name, eq, value = a.lstrip("-").partition("=")
+    if not a.startswith("--") or name not in want or not eq or not value:
+      print(f"error: arguments: unexpected {a!r}; {USAGE}", file=sys.stderr)
+      return 2
+    got[name] = value
+  for name in want:
+    if name not in got:
+      print(f"error: --{name}: is required; {USAGE}", file=sys.stderr)
+      return 2
+  try:
+    if argv[0] == "save":
+      save(got["root"], got["out"])
+    else:
+      restore(got["archive"], got["root"])
+  except ParkError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
