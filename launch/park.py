@@ -227,7 +227,8 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
       with tarfile.open(path, "r:xz") as tar:
         tar.extractall(tmp, filter="data")
       os.replace(tmp, target)
-      say(f"{target}: restored from {path} (checkpoint {theirs})")
+      say(f"{target}: restored from {path} (checkpoint "
+          f"{theirs if theirs is not None else '(none yet)'})")
     else:
       say(f"{target}: kept (on disk at checkpoint {mine}, archive at {theirs})")
     done[rel] = what

@@ -1,0 +1,92 @@
+#!/bin/bash
+# Section V-C at the paper's schedule (results/clusters40_paper_notes.md): the long runs,
+# started or resumed by the same command after any stop, from the root of a gmr checkout:
+#
+#   bash launch/clusters40_paper.sh start    # restore, then run the chain in the background
+#   bash launch/clusters40_paper.sh restore  # the worktree, the data snapshot, the workdirs
+#   bash launch/clusters40_paper.sh stop     # SIGTERM (each run checkpoints), then park
+#   bash launch/clusters40_paper.sh park     # pack the workdirs into results/ (runs may go on)
+#
+# The runs use a git worktree at one fixed commit ($COMMIT), so every resume runs the same code
+# while this checkout moves on. Their workdirs travel between machines (which keep no disk
+# between sessions) as archives in results/clusters40_paper_state/ (python -m launch.park),
+# committed with the progress table. The chain: Gumbel-Matrix seeds 0 and 1, one process per
+# core at nice 19; once both have finished, shared bottom seed 0 on core 0 and Gumbel-Matrix
+# seed 2 on core 1. A run already going on in a workdir refuses a second process (its lock).
+set -euo pipefail
+
+COMMIT=c55a21e855166481a1b229bd9cf88155873336f4                      # the code of every run (results record it)
+SNAPSHOT_SHA=87a8a80ffbf02c70adeb112484d4a2551339d515cdb55800956865fcd19e5023
+MAIN=$(cd "$(dirname "$0")/.." && pwd)
+WT=${GMR_CLUSTERS40_WORKTREE:-$(dirname "$MAIN")/vc2}
+ROOT=$WT/runs/clusters40_paper
+STATE=$MAIN/results/clusters40_paper_state
+SNAP=$WT/runs/c40.npz.xz
+LOGS=$WT/runs/logs
+export GMR_DATA_DIR=${GMR_DATA_DIR:-$(dirname "$MAIN")/shared/datasets}
+
+fail() { echo "error: $1" >&2; exit 2; }
+
+park() { (cd "$MAIN" && python -m launch.park save --root="$ROOT" --out="$STATE"); }
+
+run_one() {  # <method> <seed> <cpus>: one run, resumed from its checkpoint if it has one
+  local v=experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250
+  (cd "$WT" && taskset -c "$3" nice -n 19 python -m launch.snapshot run --snapshot="$SNAP" -- \
+      --config="$v,$1" --workdir="runs/clusters40_paper/$1/seed_$2" --config.seed="$2" \
+      --config.eval_batch_size=500 >> "$LOGS/$1_$2.log" 2>&1)
+}
+
+finished() { [ -f "$ROOT/$1/seed_$2/results.json" ]; }
+
+chain() {
+  run_one gumbel_matrix 0 0 & a=$!
+  run_one gumbel_matrix 1 1 & b=$!
+  wait $a || true
+  wait $b || true
+  finished gumbel_matrix 0 && finished gumbel_matrix 1 || exit 1  # stopped: start again
+  run_one shared_bottom 0 0 & a=$!
+  run_one gumbel_matrix 2 1 & b=$!
+  wait $a || true
+  wait $b || true
+}
+
+prepare() {
+  if [ ! -d "$WT" ]; then
+    git -C "$MAIN" worktree prune
+    git -C "$MAIN" worktree add --detach "$WT" "$COMMIT" > /dev/null
+  fi
+  local at
+  at=$(git -C "$WT" rev-parse HEAD)
+  [[ $at == $COMMIT* ]] || fail "worktree: $WT is at $at, not $COMMIT; remove it (git worktree remove $WT) and start again"
+  mkdir -p "$ROOT" "$LOGS"
+  if [ ! -f "$SNAP" ]; then  # the same raw data gives the same file
+    (cd "$WT" && python -m launch.snapshot save --config=experiments/configs/clusters40.py:offline --out="$SNAP")
+  fi
+  local sha
+  sha=$(sha256sum "$SNAP" | cut -d' ' -f1)
+  [ "$sha" = "$SNAPSHOT_SHA" ] || fail "snapshot: $SNAP has sha256 $sha, the runs trained on $SNAPSHOT_SHA; build it from the canonical raw data (GMR_DATA_DIR)"
+  if [ -d "$STATE" ]; then
+    (cd "$MAIN" && python -m launch.park restore --archive="$STATE" --root="$ROOT")
+  fi
+}
+
+case "${1:-}" in
+  start)
+    prepare
+    nohup bash "$0" chain >> "$LOGS/chain.log" 2>&1 &
+    echo "started the chain (pid $!); log: $LOGS/chain.log";;
+  restore)
+    prepare;;
+  chain)
+    echo "chain started $(date -u +%FT%TZ)"
+    chain
+    echo "chain ended $(date -u +%FT%TZ)";;
+  stop)
+    pkill -TERM -f "launch.snapshot run --snapshot=.*c40.npz.xz" || true
+    while pgrep -f "launch.snapshot run --snapshot=.*c40.npz.xz" > /dev/null; do sleep 10; done
+    park;;
+  park)
+    park;;
+  *)
+    fail "command: give start, restore, stop or park; see the top of $0";;
+esac
