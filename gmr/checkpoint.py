@@ -144,20 +144,21 @@ class InitFromError(ValueError):
 
 
 def source_checkpoint(workdir: str) -> str:
-  """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``).
-  The path recorded is where the run wrote it; a workdir since moved (copied to another
-  machine, restored by ``launch.park``) is read from the same ``<series>/<round>`` inside
-  ``workdir``. Raises :class:`InitFromError` for an unfinished run or a missing checkpoint."""
+  """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``,
+  the path the run wrote it to): its ``<series>/<round>`` inside ``workdir``, so a workdir
+  since moved (copied to another machine, restored by ``launch.park``) reads its own copy,
+  never the folder it was moved from; the recorded path itself only when that copy is absent.
+  Raises :class:`InitFromError` for an unfinished run or a missing checkpoint."""
   res = os.path.join(workdir, "results.json")
   if not os.path.exists(res):
     raise InitFromError(f"init_from: {workdir} has no results.json (not a finished gmr run); "
                         "finish the source run first or point init_from at its workdir")
   with open(res) as f:
     path = json.load(f).get("checkpoint", "")
-  if path and not os.path.isdir(path):
-    moved = os.path.join(workdir, os.path.basename(os.path.dirname(os.path.normpath(path))),
-                         os.path.basename(os.path.normpath(path)))
-    path = moved if os.path.isdir(moved) else path
+  if path:
+    own = os.path.join(workdir, os.path.basename(os.path.dirname(os.path.normpath(path))),
+                       os.path.basename(os.path.normpath(path)))
+    path = own if os.path.isdir(own) else path
   if not path or not os.path.isdir(path):
     raise InitFromError(f"init_from: the checkpoint {path!r} named by {res} is missing; "
                         "rerun the source run with --fresh")

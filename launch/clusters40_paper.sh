@@ -16,7 +16,9 @@
 set -euo pipefail
 
 COMMIT=c55a21e855166481a1b229bd9cf88155873336f4                      # the code of every run (results record it)
-SNAPSHOT_SHA=87a8a80ffbf02c70adeb112484d4a2551339d515cdb55800956865fcd19e5023
+# the data the runs train on: launch.snapshot digest's content_sha256 of the suite snapshot
+# (the file's own sha256 was 87a8a80ffbf02c70adeb112484d4a2551339d515cdb55800956865fcd19e5023)
+CONTENT_SHA=a1260704599547122f3ca4377dc2d1430afcf5b5edc43bf031ce999bbdcd1910
 MAIN=$(cd "$(dirname "$0")/.." && pwd)
 WT=${GMR_CLUSTERS40_WORKTREE:-$(dirname "$MAIN")/vc2}
 ROOT=$WT/runs/clusters40_paper
@@ -50,6 +52,10 @@ chain() {
   wait $b || true
 }
 
+content_sha() {  # <snapshot file>
+  (cd "$MAIN" && python -m launch.snapshot digest --snapshot="$1") | awk '{print $NF}'
+}
+
 prepare() {
   if [ ! -d "$WT" ]; then
     git -C "$MAIN" worktree prune
@@ -57,14 +63,18 @@ prepare() {
   fi
   local at
   at=$(git -C "$WT" rev-parse HEAD)
-  [[ $at == $COMMIT* ]] || fail "worktree: $WT is at $at, not $COMMIT; remove it (git worktree remove $WT) and start again"
+  [ "$at" = "$COMMIT" ] || fail "worktree: $WT is at $at, not $COMMIT; run git -C $WT checkout --detach $COMMIT (its runs/ folder stays)"
   mkdir -p "$ROOT" "$LOGS"
-  if [ ! -f "$SNAP" ]; then  # the same raw data gives the same file
-    (cd "$WT" && python -m launch.snapshot save --config=experiments/configs/clusters40.py:offline --out="$SNAP")
+  if [ ! -f "$SNAP" ]; then  # rebuilt from the raw data; kept only if it holds the runs' data
+    (cd "$WT" && python -m launch.snapshot save --config=experiments/configs/clusters40.py:offline --out="$SNAP.new")
+    local built
+    built=$(content_sha "$SNAP.new")
+    [ "$built" = "$CONTENT_SHA" ] || fail "snapshot: $SNAP.new (built from GMR_DATA_DIR=$GMR_DATA_DIR) holds other data (content sha256 $built, the runs trained on $CONTENT_SHA); point GMR_DATA_DIR at the canonical raw files, remove $SNAP.new and start again"
+    mv "$SNAP.new" "$SNAP"
   fi
   local sha
-  sha=$(sha256sum "$SNAP" | cut -d' ' -f1)
-  [ "$sha" = "$SNAPSHOT_SHA" ] || fail "snapshot: $SNAP has sha256 $sha, the runs trained on $SNAPSHOT_SHA; build it from the canonical raw data (GMR_DATA_DIR)"
+  sha=$(content_sha "$SNAP")
+  [ "$sha" = "$CONTENT_SHA" ] || fail "snapshot: $SNAP holds other data (content sha256 $sha, the runs trained on $CONTENT_SHA); remove it and start again to rebuild it from the raw data"
   if [ -d "$STATE" ]; then
     (cd "$MAIN" && python -m launch.park restore --archive="$STATE" --root="$ROOT")
   fi
@@ -81,9 +91,20 @@ case "${1:-}" in
     echo "chain started $(date -u +%FT%TZ)"
     chain
     echo "chain ended $(date -u +%FT%TZ)";;
-  stop)
-    pkill -TERM -f "launch.snapshot run --snapshot=.*c40.npz.xz" || true
-    while pgrep -f "launch.snapshot run --snapshot=.*c40.npz.xz" > /dev/null; do sleep 10; done
+  stop)  # the runs of this worktree only (their working directory is $WT)
+    ours() {
+      for p in $(pgrep -f "launch.snapshot run" || true); do
+        [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$WT" ] && echo "$p"
+      done
+      return 0
+    }
+    pids=$(ours)
+    [ -z "$pids" ] || kill -TERM $pids
+    for _ in $(seq 180); do  # SIGTERM acts after the current chunk or evaluation (minutes)
+      [ -z "$(ours)" ] && break
+      sleep 5
+    done
+    [ -z "$(ours)" ] || fail "stop: runs $(ours | tr '\n' ' ')still going after 15 minutes; wait for them, then run: bash $0 park"
     park;;
   park)
     park;;

@@ -7,18 +7,21 @@ one archive a git commit can carry, and unpack it where the run resumes.
 ``save`` writes ``<out>/<run>.tar.xz`` for every run under ``<root>`` (a folder holding a
 ``config.json``; ``<run>`` is its path below ``<root>``, e.g. ``gumbel_matrix/seed_0``). An
 archive holds the workdir as it is (metrics, allocation history, config, results, the data
-snapshot's record, TensorBoard events, the best-checkpoint series) with only the newest
-complete regular checkpoint, which is all a resume reads. A run may be going on: the
-checkpoint is copied first and the files that only grow after it, so the archive is a workdir
-as a kill at that moment would leave it, which a rerun resumes to the same numbers as an
-uninterrupted run (:func:`gmr.experiment.run`). An archive is written under a temporary name
-and renamed, and one whose contents did not change is not rewritten (the same bytes: members
-in sorted order, owner and group 0).
+snapshot's record, TensorBoard events, the best-checkpoint series) with its newest
+:data:`KEEP` complete regular checkpoints (the newest is what a resume reads; the one before
+it is the resume's fallback should the newest prove damaged). A run may be going on: the
+checkpoints are copied first and the files that only grow after them, and the copy is
+repeated if a checkpoint was rotated away meanwhile, so the archive is a workdir as a kill at
+that moment would leave it, which a rerun resumes to the numbers of an uninterrupted run
+(:func:`gmr.experiment.run`; bit for bit on the same kind of machine). An archive is written
+under a temporary name and renamed; one whose contents did not change is not rewritten, and
+one ahead of its workdir (a newer checkpoint) is never replaced by it.
 
 ``restore`` unpacks each archive into ``<root>/<run>``. A workdir already there is never
 overwritten: one at or beyond the archive's checkpoint is kept (one line says so); one behind
-it is an error (move it away to take the archive). Errors are one line
-``error: <field>: <what>; <fix>``, exit 2, before anything is written.
+it is an error (move it away to take the archive).
+
+Errors are one line ``error: <field>: <what>; <fix>``, exit 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import tarfile
 import tempfile
 from typing import Dict, List, Optional
 
-USAGE = ("usage: python -m launch.park save --root=<runs folder> --out=<archive folder>\n"
-         "       python -m launch.park restore --archive=<archive folder> --root=<runs folder>")
+USAGE = ("usage: python -m launch.park save --root=<runs folder> --out=<archive folder> | "
+         "restore --archive=<archive folder> --root=<runs folder>")
 SUFFIX = ".tar.xz"
+KEEP = 2  # regular checkpoints per archive: the newest and the resume's fallback
 _SKIP = {".lock"}  # the running process's lock: a restored workdir has none
 
 
@@ -55,26 +59,35 @@ def runs_under(root: str) -> List[str]:
   return sorted(found)
 
 
+MARKER = "commit_success.txt"  # orbax's mark of a finished checkpoint (on local file systems)
+
+
 def checkpoint_rounds(workdir: str) -> List[int]:
   """Rounds of the complete regular checkpoints of ``workdir`` (folders
   ``checkpoints/<round>`` holding orbax's ``commit_success.txt``; orbax writes a checkpoint
-  under a temporary name and renames it when complete), ascending."""
+  under a temporary name and renames it when complete), ascending. Raises
+  :class:`ParkError` when checkpoints exist but none carries the mark (an orbax that does not
+  write it: what is complete cannot be told)."""
   base = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(base):
     return []
-  return sorted(int(n) for n in os.listdir(base) if n.isdigit() and
-                os.path.exists(os.path.join(base, n, "commit_success.txt")))
+  named = [n for n in os.listdir(base) if n.isdigit()]
+  done = sorted(int(n) for n in named if os.path.exists(os.path.join(base, n, MARKER)))
+  if named and not done:
+    raise ParkError(f"root: {base} has checkpoints but none holds orbax's {MARKER}; park with "
+                    "the orbax version gmr was tested with (see setup.py)")
+  return done
 
 
 def _copy_run(workdir: str, dest: str) -> Optional[int]:
-  """Copy ``workdir`` to ``dest`` as a kill now would leave it, with its newest complete
-  regular checkpoint only; return that checkpoint's round (``None``: none yet)."""
-  rounds = checkpoint_rounds(workdir)
-  newest = rounds[-1] if rounds else None
+  """Copy ``workdir`` to ``dest`` as a kill now would leave it, with its newest :data:`KEEP`
+  complete regular checkpoints; return the newest's round (``None``: none yet). Raises
+  ``FileNotFoundError`` when a checkpoint was rotated away during the copy (copy again)."""
+  rounds = checkpoint_rounds(workdir)[-KEEP:]
   os.makedirs(dest)
-  if newest is not None:  # first: what a resume starts from; the logs after it only grow
-    shutil.copytree(os.path.join(workdir, "checkpoints", str(newest)),
-                    os.path.join(dest, "checkpoints", str(newest)))
+  for r in rounds:  # first: what a resume starts from; the logs after them only grow
+    shutil.copytree(os.path.join(workdir, "checkpoints", str(r)),
+                    os.path.join(dest, "checkpoints", str(r)))
   for name in sorted(os.listdir(workdir)):
     src = os.path.join(workdir, name)
     if name in _SKIP or name == "checkpoints" or os.path.islink(src):
@@ -84,12 +97,15 @@ def _copy_run(workdir: str, dest: str) -> Optional[int]:
                       ignore=lambda d, names: [n for n in names if ".orbax-checkpoint-tmp" in n])
     else:
       shutil.copy2(src, os.path.join(dest, name))
-  return newest
+  for r in rounds:  # orbax deletes a rotated checkpoint in place: one gone meanwhile is partial
+    if not os.path.exists(os.path.join(workdir, "checkpoints", str(r), MARKER)):
+      raise FileNotFoundError(os.path.join(workdir, "checkpoints", str(r)))
+  return rounds[-1] if rounds else None
 
 
 def _tar_bytes(folder: str) -> bytes:
-  """An uncompressed tar of ``folder``'s contents: sorted members, owner and group 0, the
-  files' modification times; the same contents give the same bytes."""
+  """An uncompressed tar of ``folder``'s contents: members in sorted order, owner and group
+  0, the files' modification times."""
   buf = io.BytesIO()
   with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
     paths = []
@@ -122,10 +138,22 @@ def save(root: str, out: str, say=print) -> Dict[str, Optional[int]]:
   import lzma  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(root):
     raise ParkError(f"root: {root} is not a folder; give the folder holding the runs' workdirs")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ParkError(f"out: {out} is a file; give a folder for the archives")
   runs = runs_under(root)
   if not runs:
     raise ParkError(f"root: {root} holds no run (no <run>/config.json below it); give the "
                     "folder holding the runs' workdirs")
+  for rel in runs:  # checked before any archive is written
+    path = os.path.join(out, rel + SUFFIX)
+    rounds = checkpoint_rounds(os.path.join(root, rel))
+    mine = rounds[-1] if rounds else None
+    if os.path.exists(path):
+      theirs = _archive_round_or_fail(path)
+      if theirs is not None and (mine is None or mine < theirs):
+        raise ParkError(f"root: {os.path.join(root, rel)} {_at(mine)}, behind its archive {path} "
+                        f"(checkpoint {theirs}); restore the archive (move the workdir away, "
+                        "then launch.park restore), or delete the archive to park this workdir")
   done = {}
   for rel in runs:
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,8 +202,22 @@ def _archive_round(path: str) -> Optional[int]:
   with tarfile.open(path, "r:xz") as tar:
     rounds = [int(parts[1]) for parts in (m.name.split("/") for m in tar.getmembers())
               if len(parts) == 3 and parts[0] == "checkpoints" and parts[1].isdigit()
-              and parts[2] == "commit_success.txt"]
+              and parts[2] == MARKER]
   return max(rounds) if rounds else None
+
+
+def _archive_round_or_fail(path: str) -> Optional[int]:
+  """The newest checkpoint round in archive ``path``; :class:`ParkError` if unreadable."""
+  import lzma  # pylint: disable=g-import-not-at-top
+  try:
+    return _archive_round(path)
+  except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as e:
+    raise ParkError(f"archive: {path} cannot be read ({type(e).__name__}); take it again "
+                    "from git (`git checkout -- <file>`) or delete it") from None
+
+
+def _at(round_: Optional[int]) -> str:
+  return "has no checkpoint" if round_ is None else f"is at checkpoint {round_}"
 
 
 def restore(archive: str, root: str, say=print) -> Dict[str, str]:
@@ -191,6 +233,8 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
   if not runs:
     raise ParkError(f"archive: {archive} holds no *{SUFFIX}; give the folder `launch.park "
                     "save` wrote (--out)")
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise ParkError(f"root: {root} is a file; give the folder the runs' workdirs go to")
   plan = {}
   for rel in runs:
     path = os.path.join(archive, rel + SUFFIX)
@@ -210,9 +254,8 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
       ours = checkpoint_rounds(target)
       mine = ours[-1] if ours else None
       if (theirs is not None and (mine is None or mine < theirs)):
-        raise ParkError(f"root: {target} is at checkpoint {mine} and its archive {path} at "
-                        f"{theirs}; move {target} away to restore the archive, or park it "
-                        "first if it holds work the archive lacks")
+        raise ParkError(f"root: {target} {_at(mine)} and its archive {path} is at {theirs}; "
+                        f"move {target} away to restore the archive")
       plan[rel] = ("kept", path, target, mine, theirs)
     else:
       plan[rel] = ("restored", path, target, None, theirs)
@@ -230,12 +273,15 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
       say(f"{target}: restored from {path} (checkpoint "
           f"{theirs if theirs is not None else '(none yet)'})")
     else:
-      say(f"{target}: kept (on disk at checkpoint {mine}, archive at {theirs})")
+      say(f"{target}: kept (on disk: {mine if mine is not None else 'no checkpoint'}, archive: "
+          f"{theirs if theirs is not None else 'no checkpoint'})")
     done[rel] = what
   return done
 
 
 def main(argv) -> int:
+  """``python -m launch.park save|restore ...``: the exit status (0, or 2 with one line
+  ``error: ...`` on stderr for bad input)."""
   if not argv or argv[0] not in ("save", "restore"):
     print(f"error: command: give save or restore; {USAGE}", file=sys.stderr)
     return 2

@@ -10,9 +10,11 @@ a cluster node without internet): build the suite once where the data is, as one
 ``run`` takes exactly ``experiments.main``'s flags after ``--``. The suite the config asks for
 comes from the file instead of TFDS (no data check, no TFDS import); the run refuses a snapshot
 built from other data options (suite, ``config.data.*``, and the seed for synthetic suites) in
-one line, exit 2. The file's sha256 is written to ``<workdir>/data_snapshot.json``, and a run is
-resumed only from the file it trained on (the same data saved again gives the same file; a
-workdir that recorded another sha256 is refused in one line, exit 2). Everything else (the
+one line, exit 2. The file's sha256 and its contents' (:func:`gmr.data.snapshot.content_digest`)
+are written to ``<workdir>/data_snapshot.json``, and a run is resumed only from the data it
+trained on: a snapshot with other contents is refused in one line, exit 2 (a rebuild of the
+same data is accepted whatever library versions wrote it; ``--fresh`` starts the run again).
+``python -m launch.snapshot digest --snapshot=<file>`` prints both digests. Everything else (the
 workdir, resuming, the numbers) is ``experiments.main``'s.
 """
 
@@ -27,9 +29,9 @@ import numpy as np
 from gmr import experiment
 from gmr.data import snapshot as snapshot_lib
 
-USAGE = ("usage: python -m launch.snapshot save --config=<file>[:<variant>] [--config.<field>=<v>"
-         " ...] --out=<file.npz>\n       python -m launch.snapshot run --snapshot=<file.npz> -- "
-         "<experiments.main flags>")
+USAGE = ("usage: python -m launch.snapshot save --config=<file>[:<variant>] "
+         "[--config.<field>=<v> ...] --out=<file.npz.xz> | run --snapshot=<file.npz.xz> -- "
+         "<experiments.main flags> | digest --snapshot=<file.npz.xz>")
 
 
 def fail(line: str) -> None:
@@ -56,10 +58,10 @@ def use(path: str) -> None:
   for a config with the same data options (others load as usual), and every run records the
   file's sha256 in its workdir. Raises :class:`~gmr.data.snapshot.SnapshotError` here for a
   file that is not a snapshot, and from the run for a config asking for other data options or
-  a workdir that recorded another file's sha256."""
+  a workdir that recorded other data (unless the run is started afresh)."""
   from gmr import data  # pylint: disable=g-import-not-at-top
   suite, options = snapshot_lib.load_with_options(path)
-  sha = snapshot_lib.digest(path)
+  sha, content = snapshot_lib.digest(path), snapshot_lib.content_digest(path)
   load, check, run = data.load_suite, data.check_data_available, experiment.run
 
   def mine(config) -> bool:
@@ -82,22 +84,26 @@ def use(path: str) -> None:
   def run_recorded(config, workdir, *args, **kwargs):
     if mine(config):
       recorded = os.path.join(workdir, "data_snapshot.json")
-      if os.path.exists(recorded):
+      if os.path.exists(recorded) and not kwargs.get("fresh"):
         try:
           with open(recorded) as f:
-            before = json.load(f)["sha256"]
+            before = json.load(f)
+          kind = "content_sha256" if "content_sha256" in before else "sha256"
+          was = str(before[kind])
         except (OSError, ValueError, KeyError, TypeError) as e:
           raise snapshot_lib.SnapshotError(
               f"snapshot: {recorded} cannot be read ({type(e).__name__}); restore it from a "
               "copy of the workdir") from None
-        if before != sha:
+        now = content if kind == "content_sha256" else sha
+        if was != now:
           raise snapshot_lib.SnapshotError(
-              f"snapshot: {path} (sha256 {sha[:12]}...) is not the file this run trained on "
-              f"(sha256 {before[:12]}..., recorded in {recorded}); resume with that file or "
-              "rebuild it with `launch.snapshot save` from the same raw data (the same data "
-              "gives the same file)")
+              f"snapshot: {path} ({kind} {now[:12]}...) is not the data this run trained on "
+              f"({kind} {was[:12]}..., recorded in {recorded}); resume with that file or "
+              "rebuild it with `launch.snapshot save` from the same raw data, or pass --fresh "
+              "to start the run again")
       os.makedirs(workdir, exist_ok=True)
-      record = {"snapshot": os.path.basename(path), "sha256": sha, "options": options}
+      record = {"snapshot": os.path.basename(path), "sha256": sha, "content_sha256": content,
+                "options": options}
       tmp = os.path.join(workdir, "data_snapshot.json.tmp")
       with open(tmp, "w") as f:
         json.dump(record, f, indent=1)
@@ -198,7 +204,20 @@ def run_main(argv) -> None:
   app.run(main, argv=["launch.snapshot"] + rest, flags_parser=main_lib.parse_args)
 
 
+def digest_main(argv) -> None:
+  """Print the snapshot's file sha256 and content sha256 (what a run records)."""
+  if len(argv) != 1 or not argv[0].startswith("--snapshot=") or argv[0] == "--snapshot=":
+    fail(f"error: arguments: give --snapshot=<file> only; {USAGE}")
+  path = argv[0].split("=", 1)[1]
+  try:
+    content = snapshot_lib.content_digest(path)
+  except snapshot_lib.SnapshotError as e:
+    fail(f"error: {e}")
+  print(f"{path}: sha256 {snapshot_lib.digest(path)} content_sha256 {content}")
+
+
 if __name__ == "__main__":
-  if len(sys.argv) < 2 or sys.argv[1] not in ("save", "run"):
-    fail(f"error: command: give save or run; {USAGE}")
-  (save_main if sys.argv[1] == "save" else run_main)(sys.argv[2:])
+  COMMANDS = {"save": save_main, "run": run_main, "digest": digest_main}
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    fail(f"error: command: give save, run or digest; {USAGE}")
+  COMMANDS[sys.argv[1]](sys.argv[2:])

@@ -501,14 +501,26 @@ def test_snapshot_run_equals_direct_run_and_refuses_other_options(dirs, tmp_path
   # a resume reads the file it trained on; another file is refused before anything is touched
   rec_path = tmp_path / "via" / "data_snapshot.json"
   log = (tmp_path / "via" / "metrics.jsonl").read_bytes()
-  rec_path.write_text(json.dumps(dict(rec, sha256="0" * 64)))
-  with pytest.raises(snapshot.SnapshotError, match="is not the file this run trained on"):
-    experiment.run(c2, str(tmp_path / "via"), quiet=True)
-  assert (tmp_path / "via" / "metrics.jsonl").read_bytes() == log
-  assert json.loads(rec_path.read_text())["sha256"] == "0" * 64
+  assert rec["content_sha256"] == snapshot.content_digest(path)
+  for field in ("content_sha256", "sha256"):  # a record before content digests: the file's
+    other = dict(rec, **{field: "0" * 64})
+    if field == "sha256":
+      del other["content_sha256"]
+    rec_path.write_text(json.dumps(other))
+    with pytest.raises(snapshot.SnapshotError,
+                       match=rf"\({field} \w+\.\.\.\) is not the data this run trained on"):
+      experiment.run(c2, str(tmp_path / "via"), quiet=True)
+    assert (tmp_path / "via" / "metrics.jsonl").read_bytes() == log
+    assert json.loads(rec_path.read_text()) == other
+  rec_path.write_text(json.dumps(dict(rec, sha256="0" * 64)))  # other bytes, the same data
+  assert experiment.run(c2, str(tmp_path / "via"), quiet=True)["final"] == direct["final"]
   rec_path.write_text("{")
   with pytest.raises(snapshot.SnapshotError, match="cannot be read"):
     experiment.run(c2, str(tmp_path / "via"), quiet=True)
+  # --fresh starts again: the old record is no reason to refuse
+  assert experiment.run(c2, str(tmp_path / "via"), quiet=True, fresh=True)["final"] == \
+      direct["final"]
+  assert json.loads(rec_path.read_text())["content_sha256"] == rec["content_sha256"]
   c2.data.validation_fraction = 0.3
   with pytest.raises(snapshot.SnapshotError, match="was built from"):
     experiment.run(c2, str(tmp_path / "other"), quiet=True)
@@ -516,8 +528,9 @@ def test_snapshot_run_equals_direct_run_and_refuses_other_options(dirs, tmp_path
 
 
 def test_snapshot_bytes_depend_on_the_data_only(dirs, tmp_path, monkeypatch):
-  """The same suite saved at two different times gives the same file (so a snapshot rebuilt
-  from the same raw data resumes a run that recorded the first); other data, another file."""
+  """The same suite saved at different times gives the same file; other data, another file;
+  the content digest (what a run checks on resume) is that of the arrays, whatever container
+  numpy, zip and lzma wrote around them."""
   import time
   from gmr import data
   from gmr.data import snapshot
@@ -538,6 +551,17 @@ def test_snapshot_bytes_depend_on_the_data_only(dirs, tmp_path, monkeypatch):
   import dataclasses
   other = dataclasses.replace(suite, test=dataclasses.replace(suite.test, y=y))
   assert snapshot.save(other, str(tmp_path / "o.npz.xz"), opts, found) != shas[0]
+  # the content digest ignores the container: the same arrays zipped and compressed otherwise
+  import io, lzma
+  z = np.load(io.BytesIO(lzma.decompress((tmp_path / "s0.npz.xz").read_bytes())))
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **{k: z[k] for k in reversed(z.files)})
+  (tmp_path / "r.npz.xz").write_bytes(lzma.compress(buf.getvalue(), preset=1))
+  assert snapshot.digest(str(tmp_path / "r.npz.xz")) != shas[0]
+  assert snapshot.content_digest(str(tmp_path / "r.npz.xz")) == \
+      snapshot.content_digest(str(tmp_path / "s0.npz.xz")) != \
+      snapshot.content_digest(str(tmp_path / "o.npz.xz"))
+  assert snapshot.equal(suite, snapshot.load(str(tmp_path / "r.npz.xz"))) is None
 
 
 def test_snapshot_cli_runs_without_tensorflow_datasets(dirs, tmp_path):
@@ -553,6 +577,19 @@ def test_snapshot_cli_runs_without_tensorflow_datasets(dirs, tmp_path):
                      text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   assert "four_mnists, 4 tasks" in p.stdout
+  from gmr.data import snapshot
+  d = subprocess.run([sys.executable, "-m", "launch.snapshot", "digest",
+                      f"--snapshot={tmp_path / 's.npz.xz'}"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert d.returncode == 0 and d.stdout.split() == [
+      f"{tmp_path / 's.npz.xz'}:", "sha256", snapshot.digest(str(tmp_path / "s.npz.xz")),
+      "content_sha256", snapshot.content_digest(str(tmp_path / "s.npz.xz"))]
+  for bad in (["digest"], ["digest", "--snapshot="], ["digest", f"--snapshot={tmp_path}/none"],
+              ["nope"]):
+    d = subprocess.run([sys.executable, "-m", "launch.snapshot", *bad], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert d.returncode == 2 and len(d.stderr.strip().splitlines()) == 1, d.stderr
+    assert d.stderr.startswith("error: ") and "Traceback" not in d.stderr
   block = tmp_path / "block" / "tensorflow_datasets"
   block.mkdir(parents=True)
   (block / "__init__.py").write_text("raise ImportError('no TFDS on this machine')\n")

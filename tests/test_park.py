@@ -21,6 +21,10 @@ def _members(path):
     return sorted(m.name for m in tar.getmembers())
 
 
+def _regular(names):
+  return {int(n.split("/")[1]) for n in names if n.startswith("checkpoints/") and n.count("/") >= 1}
+
+
 def test_parked_at_any_write_of_a_live_run_resumes_to_the_uninterrupted_numbers(
     tmp_path, monkeypatch, compile_cache):
   """The run is parked right after each of its file-system writes in turn while it goes on
@@ -34,7 +38,7 @@ def test_parked_at_any_write_of_a_live_run_resumes_to_the_uninterrupted_numbers(
   def park_now():
     out = str(tmp_path / f"park{len(parked)}")
     rounds = park.save(str(root), out, say=lambda _: None)
-    parked.append((out, rounds["gm/seed_0"]))
+    parked.append((out, rounds["gm/seed_0"], park.checkpoint_rounds(wd)))
 
   def after_each_write(fn):
     def wrapped(*a, **kw):
@@ -51,69 +55,142 @@ def test_parked_at_any_write_of_a_live_run_resumes_to_the_uninterrupted_numbers(
   monkeypatch.undo()
   ref_metrics, ref_results = _metrics(wd), _results(wd)
   assert len(parked) > 10
-  assert [r for _, r in parked][-1] == c.num_rounds
-  for k, (out, newest) in enumerate(parked):
+  assert parked[-1][1] == c.num_rounds
+  assert any(len(on_disk) > park.KEEP for _, _, on_disk in parked)  # keep 3: two are archived
+  for k, (out, newest, on_disk) in enumerate(parked):
     shutil.rmtree(root)
     assert park.restore(out, str(root), say=lambda _: None) == {"gm/seed_0": "restored"}
     names = _members(os.path.join(out, "gm", "seed_0.tar.xz"))
     assert ".lock" not in names
-    regular = {n.split("/")[1] for n in names if n.startswith("checkpoints/") and n.count("/") >= 1}
-    assert regular == ({str(newest)} if newest is not None else set()), k
+    assert _regular(names) == set(on_disk[-park.KEEP:]), k
+    assert newest == (on_disk[-1] if on_disk else None)
     experiment.run(c, wd, quiet=True)
     assert _metrics(wd) == ref_metrics, k
     assert _results(wd) == ref_results, k
 
 
-def test_save_is_stable_and_restore_never_overwrites_work(tmp_path, capsys):
+def test_parked_while_running_in_another_process_resumes_to_the_uninterrupted_numbers(
+    tmp_path, compile_cache):
+  """Parked again and again while the run goes on in its own process (checkpoints written
+  and rotated meanwhile): every archive, restored and rerun, ends as the uninterrupted run."""
+  import time
+  from tests.test_runs import LONG, _cfg
+  cmd = [sys.executable, "-m", "experiments.main",
+         "--config=experiments/configs/synthetic.py:gumbel_matrix,smoke"] + LONG
+  ref = str(tmp_path / "ref")
+  experiment.run(_cfg(), ref, quiet=True)
+  root = tmp_path / "runs"
+  wd = root / "gm" / "seed_0"
+  p = subprocess.Popen(cmd + [f"--workdir={wd}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+  archives, seen = [], set()
+  try:
+    while p.poll() is None:
+      if (wd / "config.json").exists():
+        out = str(tmp_path / f"park{len(archives)}")
+        newest = park.save(str(root), out, say=lambda _: None)["gm/seed_0"]
+        if newest not in seen:  # one archive per checkpoint reached
+          seen.add(newest)
+          archives.append(out)
+      time.sleep(0.02)
+  finally:
+    p.kill() if p.poll() is None else None
+  assert p.wait() == 0, p.stderr.read()[-2000:]
+  assert len(archives) >= 3, seen
+  for out in archives:
+    shutil.rmtree(root)
+    park.restore(out, str(root), say=lambda _: None)
+    experiment.run(_cfg(), str(wd), quiet=True)
+    assert _metrics(str(wd)) == _metrics(ref), out
+    assert _results(str(wd)) == _results(ref), out
+
+
+def test_a_checkpoint_rotated_away_during_the_copy_is_copied_again(tmp_path, monkeypatch):
+  c = small(num_rounds=20, checkpoint_every=10)
+  root = tmp_path / "runs"
+  experiment.run(c, str(root / "gm" / "seed_0"), quiet=True)
+  calls = []
+  real = shutil.copytree
+
+  def flaky(src, dst, *a, **kw):
+    calls.append(src)
+    if len(calls) == 1:
+      raise FileNotFoundError(src)
+    return real(src, dst, *a, **kw)
+
+  monkeypatch.setattr(shutil, "copytree", flaky)
+  assert park.save(str(root), str(tmp_path / "park"), say=lambda _: None) == {"gm/seed_0": 20}
+  monkeypatch.undo()
+  assert _regular(_members(str(tmp_path / "park" / "gm" / "seed_0.tar.xz"))) == {10, 20}
+  # a checkpoint deleted in place after its copy began: caught by its vanished mark
+  marker = root / "gm" / "seed_0" / "checkpoints" / "10" / park.MARKER
+
+  def vanishing(src, dst, *a, **kw):
+    out = real(src, dst, *a, **kw)
+    if os.fspath(src).endswith(os.path.join("checkpoints", "10")) and marker.exists():
+      marker.unlink()
+    return out
+
+  monkeypatch.setattr(shutil, "copytree", vanishing)
+  assert park.save(str(root), str(tmp_path / "park2"), say=lambda _: None) == {"gm/seed_0": 20}
+  assert _regular(_members(str(tmp_path / "park2" / "gm" / "seed_0.tar.xz"))) == {20}
+
+
+def test_save_is_stable_and_neither_save_nor_restore_loses_work(tmp_path, capsys):
   c = small(num_rounds=20, checkpoint_every=10, keep_checkpoints=2)
   root, out = tmp_path / "runs", str(tmp_path / "park")
-  experiment.run(c, str(root / "a" / "seed_0"), quiet=True)
-  os.makedirs(root / "b" / "seed_0")  # a run that has written its config only
-  shutil.copy(root / "a" / "seed_0" / "config.json", root / "b" / "seed_0" / "config.json")
-  assert park.save(str(root), out) == {"a/seed_0": 20, "b/seed_0": None}
-  first = open(os.path.join(out, "a", "seed_0.tar.xz"), "rb").read()
-  os.utime(root / "a" / "seed_0" / "metrics.jsonl", (1, 1))  # touched, not changed
+  experiment.run(c, str(root / "b" / "seed_0"), quiet=True)
+  os.makedirs(root / "a" / "seed_0")  # a run that has written its config only
+  shutil.copy(root / "b" / "seed_0" / "config.json", root / "a" / "seed_0" / "config.json")
+  assert park.save(str(root), out) == {"a/seed_0": None, "b/seed_0": 20}
+  first = open(os.path.join(out, "b", "seed_0.tar.xz"), "rb").read()
+  os.utime(root / "b" / "seed_0" / "metrics.jsonl", (1, 1))  # touched, not changed
   park.save(str(root), out)
   assert "(unchanged)" in capsys.readouterr().out
-  assert open(os.path.join(out, "a", "seed_0.tar.xz"), "rb").read() == first
-  assert sorted(os.listdir(os.path.join(out, "a"))) == ["seed_0.tar.xz"]  # no temporary left
+  assert open(os.path.join(out, "b", "seed_0.tar.xz"), "rb").read() == first
+  assert sorted(os.listdir(os.path.join(out, "b"))) == ["seed_0.tar.xz"]  # no temporary left
   # on disk and up to date: kept
   assert park.restore(out, str(root)) == {"a/seed_0": "kept", "b/seed_0": "kept"}
-  # on disk but behind the archive: refused before anything is written
-  shutil.rmtree(root / "b")
-  shutil.rmtree(root / "a" / "seed_0" / "checkpoints" / "20")
-  before = sorted(os.listdir(root / "a" / "seed_0"))
-  with pytest.raises(park.ParkError, match=r"^root: .*seed_0 is at checkpoint 10 and its "
-                     r"archive .* at 20; move .* away"):
+  # a workdir behind its archive: saving it would lose the archive's rounds, refused
+  shutil.rmtree(root / "b" / "seed_0" / "checkpoints" / "20")
+  with pytest.raises(park.ParkError, match=r"^root: .*b/seed_0 is at checkpoint 10, behind its "
+                     r"archive .* \(checkpoint 20\); restore the archive"):
+    park.save(str(root), out)
+  assert open(os.path.join(out, "b", "seed_0.tar.xz"), "rb").read() == first
+  # ... and restoring over it too, before anything is written (a/ is restored, b/ refused)
+  shutil.rmtree(root / "a")
+  before = sorted(os.listdir(root / "b" / "seed_0"))
+  with pytest.raises(park.ParkError, match=r"^root: .*b/seed_0 is at checkpoint 10 and its "
+                     r"archive .* is at 20; move .* away"):
     park.restore(out, str(root))
-  assert not (root / "b").exists() and sorted(os.listdir(root / "a" / "seed_0")) == before
+  assert not (root / "a").exists() and sorted(os.listdir(root / "b" / "seed_0")) == before
+  shutil.rmtree(root / "b" / "seed_0" / "checkpoints")
+  with pytest.raises(park.ParkError, match=r"b/seed_0 has no checkpoint, behind its archive"):
+    park.save(str(root), out)
 
 
-def test_a_finished_run_restored_elsewhere_still_serves_its_checkpoint(tmp_path):
+def test_a_finished_run_restored_elsewhere_reads_its_own_checkpoint(tmp_path):
   """results.json names the checkpoint where the run wrote it; restored under another root,
-  the run's numbers still come from its own copy (fine-tuning from it, reports)."""
+  the run's numbers come from its own copy, even while the old folder still exists."""
+  import jax
   import numpy as np
   from gmr import checkpoint
   c = small(num_rounds=20, checkpoint_every=10)
-  wd = str(tmp_path / "here" / "gm" / "seed_0")
-  experiment.run(c, wd, quiet=True)
-  want = checkpoint.source_model_params(wd)
+  here = str(tmp_path / "here" / "gm" / "seed_0")
+  experiment.run(c, here, quiet=True)
+  want = checkpoint.source_model_params(here)
   park.save(str(tmp_path / "here"), str(tmp_path / "park"), say=lambda _: None)
-  shutil.rmtree(tmp_path / "here")
   park.restore(str(tmp_path / "park"), str(tmp_path / "there"), say=lambda _: None)
   moved = str(tmp_path / "there" / "gm" / "seed_0")
   assert checkpoint.source_checkpoint(moved) == os.path.join(moved, "checkpoints", "20")
-  got = checkpoint.source_model_params(moved)
-  for a, b in zip(jax_leaves(want), jax_leaves(got)):
+  for a, b in zip(jax.tree_util.tree_leaves(want),
+                  jax.tree_util.tree_leaves(checkpoint.source_model_params(moved))):
     np.testing.assert_array_equal(a, b)
+  shutil.rmtree(os.path.join(moved, "checkpoints", "20"))  # its own copy gone: the recorded one
+  assert checkpoint.source_checkpoint(moved) == os.path.join(here, "checkpoints", "20")
+  shutil.rmtree(tmp_path / "here")
   with pytest.raises(checkpoint.InitFromError, match="is missing"):
-    shutil.rmtree(os.path.join(moved, "checkpoints", "20"))
     checkpoint.source_checkpoint(moved)
-
-
-def jax_leaves(tree):
-  import jax
-  return jax.tree_util.tree_leaves(tree)
 
 
 def _tar_xz(path, members):
@@ -135,10 +212,15 @@ def _tar_xz(path, members):
     ("missing", ["restore", "--archive=a"], "error: --root: is required"),
     ("no_root", ["save", "--root={t}/none", "--out={t}/o"], "error: root: {t}/none is not a folder"),
     ("empty_root", ["save", "--root={t}/empty", "--out={t}/o"], "error: root: {t}/empty holds no run"),
+    ("out_is_file", ["save", "--root={t}/runs", "--out={t}/file"], "error: out: {t}/file is a file"),
+    ("unmarked", ["save", "--root={t}/unmarked", "--out={t}/o"],
+     "error: root: {t}/unmarked/x/seed_0/checkpoints has checkpoints but none holds"),
     ("no_archive", ["restore", "--archive={t}/none", "--root={t}/r"],
      "error: archive: {t}/none is not a folder"),
     ("empty_archive", ["restore", "--archive={t}/empty", "--root={t}/r"],
      "error: archive: {t}/empty holds no"),
+    ("root_is_file", ["restore", "--archive={t}/good", "--root={t}/file"],
+     "error: root: {t}/file is a file"),
     ("corrupt", ["restore", "--archive={t}/bad", "--root={t}/r"],
      "error: archive: {t}/bad/x/seed_0.tar.xz cannot be read (ReadError)"),
     ("escape", ["restore", "--archive={t}/esc", "--root={t}/r"],
@@ -149,11 +231,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case, args, m
   os.makedirs(tmp_path / "bad" / "x")
   os.makedirs(tmp_path / "empty" / "nothing_here")
   (tmp_path / "bad" / "x" / "seed_0.tar.xz").write_bytes(b"not an archive")
+  (tmp_path / "file").write_text("")
+  for name in ("runs", "unmarked"):
+    os.makedirs(tmp_path / name / "x" / "seed_0" / "checkpoints" / "10")
+    (tmp_path / name / "x" / "seed_0" / "config.json").write_text("{}")
+  (tmp_path / "runs" / "x" / "seed_0" / "checkpoints" / "10" / park.MARKER).write_text("")
   _tar_xz(str(tmp_path / "esc" / "x" / "seed_0.tar.xz"), {"config.json": b"{}", "../../evil": b"!"})
-  before = sorted(p for p in os.listdir(tmp_path))
+  _tar_xz(str(tmp_path / "good" / "x" / "seed_0.tar.xz"), {"config.json": b"{}"})
+  def tree():
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs + ["."])
+  before = tree()
   p = subprocess.run([sys.executable, "-m", "launch.park"] + [a.format(t=t) for a in args],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert p.returncode == 2, p.stderr
-  lines = p.stderr.strip().splitlines()
-  assert lines[0].startswith(message.format(t=t)) and "Traceback" not in p.stderr
-  assert sorted(os.listdir(tmp_path)) == before and not os.path.exists(tmp_path.parent / "evil")
+  assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+  assert p.stderr.startswith(message.format(t=t)) and "Traceback" not in p.stderr
+  assert tree() == before

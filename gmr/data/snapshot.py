@@ -11,9 +11,10 @@ as that source and resized again on load (on the CPU, where the 28 -> 32 resize 
 arithmetic); every rebuilt pool is checked against the sha256 of the original. The file is an
 LZMA-compressed ``.npz``: the clusters40_offline suite is ~37 MB.
 
-The file's sha256 identifies the data a run trained on (:func:`digest`): the same suite saved
-twice, on any day, gives the same bytes, so a snapshot rebuilt from the same raw files has the
-same sha256 and a run can be resumed from it.
+A run records the file's sha256 (:func:`digest`) and the sha256 of its contents
+(:func:`content_digest`: the arrays and metadata, whatever container bytes numpy, zip and lzma
+wrote around them), so a snapshot rebuilt from the same raw files, on another day or with
+other library versions, is recognised as the data the run trained on.
 """
 
 from __future__ import annotations
@@ -159,6 +160,21 @@ def _suite(z, meta) -> TaskSuite:
                    tuple(meta["head_dims"]), splits["train"], splits["test"],
                    validation=splits.get("validation"), x_scale=meta["x_scale"],
                    info=meta["info"])
+
+
+def content_digest(path: str) -> str:
+  """sha256 (hex) of what the snapshot at ``path`` holds rather than of its bytes: every
+  stored array's name, dtype, shape and data, in name order (the metadata, with the options
+  and the pools' digests, is one of them). The same suite and options give the same value
+  whichever numpy, zip or lzma version wrote the file. Raises :class:`SnapshotError` for a
+  missing file or one that is not a snapshot (as :func:`load`)."""
+  z, _ = _read(path)
+  h = hashlib.sha256()
+  for name in sorted(z.files):
+    a = np.ascontiguousarray(z[name])
+    h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
 
 
 def digest(path: str) -> str:
