@@ -389,7 +389,7 @@ def _config(dirs, name, variant):
 
 @pytest.mark.parametrize("name,variant,sources", [
     ("four_mnists", "smoke", 0), ("omniglot", "smoke", 0), ("clusters40", "smoke,offline", 2),
-    ("clusters40", "smoke", 2), ("synthetic", "", 0)])
+    ("clusters40", "smoke", 2), ("synthetic", "smoke", 0)])
 def test_snapshot_round_trip_every_suite(dirs, tmp_path, name, variant, sources):
   """Every suite comes back equal array for array; the clusters pools' resized MNIST and
   Fashion rows are stored as their 28 x 28 originals (found in the pool) and rebuilt."""
@@ -397,7 +397,7 @@ def test_snapshot_round_trip_every_suite(dirs, tmp_path, name, variant, sources)
   from gmr.data import snapshot
   from launch import snapshot as snap_cli
   c = _config(dirs, name, variant) if name != "synthetic" else \
-      __import__("experiments.configs.synthetic", fromlist=["x"]).get_config("")
+      __import__("experiments.configs.synthetic", fromlist=["x"]).get_config(variant)
   suite = data.load_suite(c)
   found = snap_cli.resized_sources(c, suite) if name != "synthetic" else []
   assert len(found) == sources

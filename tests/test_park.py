@@ -97,7 +97,8 @@ def test_parked_while_running_in_another_process_resumes_to_the_uninterrupted_nu
     p.kill() if p.poll() is None else None
   assert p.wait() == 0, p.stderr.read()[-2000:]
   assert len(archives) >= 3, seen
-  for out in archives:
+  # the first (logs only, or the first checkpoint), one from the middle and the last
+  for out in (archives[0], archives[len(archives) // 2], archives[-1]):
     shutil.rmtree(root)
     park.restore(out, str(root), say=lambda _: None)
     experiment.run(_cfg(), str(wd), quiet=True)
