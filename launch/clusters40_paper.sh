@@ -19,12 +19,17 @@ COMMIT=c55a21e855166481a1b229bd9cf88155873336f4                      # the code 
 # the data the runs train on: launch.snapshot digest's content_sha256 of the suite snapshot
 # (the file's own sha256 was 87a8a80ffbf02c70adeb112484d4a2551339d515cdb55800956865fcd19e5023)
 CONTENT_SHA=a1260704599547122f3ca4377dc2d1430afcf5b5edc43bf031ce999bbdcd1910
+# the numerical libraries of every run (a venv in the worktree; pip alone would give whatever
+# is newest on the day of each resume)
+PINS="jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8
+      numpy==2.4.6 ml_collections==1.1.0 absl-py==2.5.1 tensorstore==0.1.86 scipy==1.17.1"
 MAIN=$(cd "$(dirname "$0")/.." && pwd)
 WT=${GMR_CLUSTERS40_WORKTREE:-$(dirname "$MAIN")/vc2}
 ROOT=$WT/runs/clusters40_paper
 STATE=$MAIN/results/clusters40_paper_state
 SNAP=$WT/runs/c40.npz.xz
 LOGS=$WT/runs/logs
+PY=$WT/.venv/bin/python
 export GMR_DATA_DIR=${GMR_DATA_DIR:-$(dirname "$MAIN")/shared/datasets}
 
 fail() { echo "error: $1" >&2; exit 2; }
@@ -33,7 +38,7 @@ park() { (cd "$MAIN" && python -m launch.park save --root="$ROOT" --out="$STATE"
 
 run_one() {  # <method> <seed> <cpus>: one run, resumed from its checkpoint if it has one
   local v=experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250
-  (cd "$WT" && taskset -c "$3" nice -n 19 python -m launch.snapshot run --snapshot="$SNAP" -- \
+  (cd "$WT" && taskset -c "$3" nice -n 19 "$PY" -m launch.snapshot run --snapshot="$SNAP" -- \
       --config="$v,$1" --workdir="runs/clusters40_paper/$1/seed_$2" --config.seed="$2" \
       --config.eval_batch_size=500 >> "$LOGS/$1_$2.log" 2>&1)
 }
@@ -65,8 +70,13 @@ prepare() {
   at=$(git -C "$WT" rev-parse HEAD)
   [ "$at" = "$COMMIT" ] || fail "worktree: $WT is at $at, not $COMMIT; run git -C $WT checkout --detach $COMMIT (its runs/ folder stays)"
   mkdir -p "$ROOT" "$LOGS"
+  if [ ! -x "$PY" ] || ! "$PY" -m pip freeze 2>/dev/null | grep -qx "jax==0.10.2"; then
+    python -m venv "$WT/.venv"
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q -e "$WT" $PINS
+  fi
   if [ ! -f "$SNAP" ]; then  # rebuilt from the raw data; kept only if it holds the runs' data
-    (cd "$WT" && python -m launch.snapshot save --config=experiments/configs/clusters40.py:offline --out="$SNAP.new")
+    (cd "$WT" && "$PY" -m launch.snapshot save --config=experiments/configs/clusters40.py:offline --out="$SNAP.new")
     local built
     built=$(content_sha "$SNAP.new")
     [ "$built" = "$CONTENT_SHA" ] || fail "snapshot: $SNAP.new (built from GMR_DATA_DIR=$GMR_DATA_DIR) holds other data (content sha256 $built, the runs trained on $CONTENT_SHA); point GMR_DATA_DIR at the canonical raw files, remove $SNAP.new and start again"
