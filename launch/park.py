@@ -125,8 +125,11 @@ def _tar_bytes(folder: str) -> bytes:
   return buf.getvalue()
 
 
-def _read_members(path: str) -> Dict[str, bytes]:
-  with tarfile.open(path, "r:xz") as tar:
+def _read_members(path: Optional[str] = None, raw: Optional[bytes] = None) -> Dict[str, bytes]:
+  """``{member name: contents}`` of the archive at ``path`` (xz) or of tar bytes ``raw``."""
+  opened = (tarfile.open(path, "r:xz") if raw is None else
+            tarfile.open(fileobj=io.BytesIO(raw)))
+  with opened as tar:
     return {m.name: (tar.extractfile(m).read() if m.isfile() else b"")
             for m in tar.getmembers()}
 
@@ -170,11 +173,8 @@ def save(root: str, out: str, say=print) -> Dict[str, Optional[int]]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     same = False
     if os.path.exists(path):
-      with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        now = {m.name: (tar.extractfile(m).read() if m.isfile() else b"")
-               for m in tar.getmembers()}
       try:
-        same = _read_members(path) == now
+        same = _read_members(path) == _read_members(raw=raw)
       except (tarfile.TarError, OSError, EOFError, lzma.LZMAError):
         same = False
     if not same:
