@@ -307,6 +307,83 @@ def test_clusters40_suites(dirs):
   assert off.train.x.shape[1:] == (32, 32, 3)
 
 
+def _exact_resize(img: np.ndarray, size: int, antialias: bool) -> np.ndarray:
+  """The bilinear resize of ``resize_images`` in exact rational arithmetic (``fractions``),
+  rounded half to even: what float64 must give wherever no output lies within ~1e-12 of a
+  half."""
+  from fractions import Fraction as Fr
+
+  def taps(n_in, n_out):
+    inv = Fr(n_in, n_out)
+    ks = max(inv, 1) if antialias else Fr(1)
+    out = []
+    for o in range(n_out):
+      f = (o + Fr(1, 2)) * inv - Fr(1, 2)
+      w = [max(Fr(0), 1 - abs(f - j) / ks) for j in range(n_in)]
+      tot = sum(w)
+      if not (-Fr(1, 2) <= f <= n_in - Fr(1, 2)) or tot == 0:
+        w = [Fr(0)] * n_in
+      else:
+        w = [v / tot for v in w]
+      out.append(w)
+    return out
+
+  h, w = img.shape
+  rows, cols = taps(h, size), taps(w, size)
+  mid = [[sum(rows[o][j] * int(img[j, c]) for j in range(h)) for c in range(w)]
+         for o in range(size)]
+  res = np.zeros((size, size), np.int64)
+  for o in range(size):
+    for p in range(size):
+      v = sum(cols[p][c] * mid[o][c] for c in range(w))
+      res[o, p] = min(255, max(0, round(v)))
+  return res
+
+
+@pytest.mark.parametrize("shape,size,antialias", [
+    ((2, 28, 28), 32, False), ((2, 105, 105), 32, True), ((2, 105, 105), 32, False),
+    ((2, 9, 13), 5, True), ((2, 7, 5), 11, False), ((2, 6, 6), 6, True)])
+def test_resize_images_is_the_exact_bilinear_resize(shape, size, antialias):
+  """Up- and downsampling, with and without antialiasing, odd sizes: every pixel is the exact
+  rational result rounded half to even (ties included: 28 -> 32 makes exact halves)."""
+  rng = np.random.RandomState(sum(shape) + size)
+  x = rng.randint(0, 256, shape + (1,)).astype(np.uint8)
+  got = real.resize_images(x, size, channels=3, antialias=antialias)
+  assert got.shape == (shape[0], size, size, 3) and got.dtype == np.uint8
+  assert np.array_equal(got[..., 0], got[..., 2])
+  for i in range(shape[0]):
+    assert np.array_equal(got[i, ..., 0], _exact_resize(x[i, ..., 0], size, antialias))
+
+
+def test_resize_images_equals_jax_where_float32_is_exact():
+  """The 28 -> 32 resize of MNIST in the clusters suites (weights in sixteenths, exact in
+  float32): bit for bit ``jax.image.resize``, so snapshots written before and after agree."""
+  import jax
+  rng = np.random.RandomState(0)
+  x = rng.randint(0, 256, (64, 28, 28, 1)).astype(np.uint8)
+  ref = np.asarray(jax.image.resize(x.astype(np.float32), (64, 32, 32, 1), "bilinear"))
+  assert np.array_equal(real.resize_images(x, 32, channels=1),
+                        np.clip(np.rint(ref), 0, 255).astype(np.uint8))
+
+
+def test_resize_images_do_not_depend_on_the_xla_cpu_instruction_set(tmp_path):
+  """The data of a suite is the same wherever it is built: the resize runs no XLA code, so
+  limiting XLA:CPU's instruction set (which changed pixels of the float32 version's 105 -> 32
+  antialiased resize of these images) changes nothing."""
+  import subprocess
+  code = ("import hashlib, numpy as np; from gmr.data import real; "
+          "r = np.random.RandomState(0); "
+          "x = (r.rand(1000, 105, 105, 1) < 0.1).astype(np.uint8) * 255; "
+          "print(hashlib.sha256(real.resize_images(x, 32, 3, antialias=True).tobytes()).hexdigest())")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = []
+  for flags in ("", "--xla_cpu_max_isa=SSE4_2"):
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    out.append(subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip())
+  assert out[0] == out[1] and len(out[0]) == 64
+
+
 def test_pad_crop_shapes_and_content():
   import jax
   import jax.numpy as jnp

@@ -7,8 +7,8 @@ splits (the MNIST copies, the clusters suites) is stored once, and images whose 
 channels are identical (grey images broadcast to 3 channels) are stored with one channel and
 broadcast back on load. Rows of a pool that are the bilinear resize of a smaller source
 (MNIST and Fashion-MNIST's 28 x 28 images at 32 x 32 x 3 in the clusters suites) can be stored
-as that source and resized again on load (on the CPU, where the 28 -> 32 resize is exact
-arithmetic); every rebuilt pool is checked against the sha256 of the original. The file is an
+as that source and resized again on load (:func:`gmr.data.real.resize_images`, the same bits
+on every machine); every rebuilt pool is checked against the sha256 of the original. The file is an
 LZMA-compressed ``.npz``: the clusters40_offline suite is ~37 MB.
 
 A run records the file's sha256 (:func:`digest`) and the sha256 of its contents
@@ -99,12 +99,10 @@ def save(suite: TaskSuite, path: str, options: Optional[dict] = None,
 
 
 def _resize(images: np.ndarray, shape) -> np.ndarray:
-  """``resize_images`` of ``images`` to a pool of ``shape``, on the CPU (the same bits on any
-  machine: no TF32 or other reduced-precision GPU arithmetic)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """``resize_images`` of ``images`` to a pool of ``shape`` (numpy float64: the same bits on
+  any machine)."""
   from gmr.data.real import resize_images  # pylint: disable=g-import-not-at-top
-  with jax.default_device(jax.devices("cpu")[0]):
-    return resize_images(images, int(shape[1]), int(shape[-1]))
+  return resize_images(images, int(shape[1]), int(shape[-1]))
 
 
 def load(path: str) -> TaskSuite:
