@@ -15,10 +15,10 @@
 # seed 2 on core 1. A run already going on in a workdir refuses a second process (its lock).
 set -euo pipefail
 
-COMMIT=c55a21e855166481a1b229bd9cf88155873336f4                      # the code of every run (results record it)
+COMMIT=caa29036369868738f7d4db2dd172c905f23262b                      # the code of every run (results record it)
 # the data the runs train on: launch.snapshot digest's content_sha256 of the suite snapshot
-# (the file's own sha256 was 87a8a80ffbf02c70adeb112484d4a2551339d515cdb55800956865fcd19e5023)
-CONTENT_SHA=a1260704599547122f3ca4377dc2d1430afcf5b5edc43bf031ce999bbdcd1910
+# (the file's own sha256: ef9b936af7cc92087548c4f4c911e0650a48c74ead6774c13d57df29542ffaba)
+CONTENT_SHA=de49e4b2721b7ae873887f9c10139875397c5deeb8d516b509771960b1c83266
 # the numerical libraries of every run (a venv in the worktree; pip alone would give whatever
 # is newest on the day of each resume)
 PINS="jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8
