@@ -307,10 +307,9 @@ def test_clusters40_suites(dirs):
   assert off.train.x.shape[1:] == (32, 32, 3)
 
 
-def _exact_resize(img: np.ndarray, size: int, antialias: bool) -> np.ndarray:
-  """The bilinear resize of ``resize_images`` in exact rational arithmetic (``fractions``),
-  rounded half to even: what float64 must give wherever no output lies within ~1e-12 of a
-  half."""
+def _exact_resize(img: np.ndarray, size: int, antialias: bool) -> list:
+  """The bilinear resize of ``resize_images`` in exact rational arithmetic (``fractions``):
+  ``[size][size]`` Fractions, before rounding."""
   from fractions import Fraction as Fr
 
   def taps(n_in, n_out):
@@ -332,27 +331,36 @@ def _exact_resize(img: np.ndarray, size: int, antialias: bool) -> np.ndarray:
   rows, cols = taps(h, size), taps(w, size)
   mid = [[sum(rows[o][j] * int(img[j, c]) for j in range(h)) for c in range(w)]
          for o in range(size)]
-  res = np.zeros((size, size), np.int64)
-  for o in range(size):
-    for p in range(size):
-      v = sum(cols[p][c] * mid[o][c] for c in range(w))
-      res[o, p] = min(255, max(0, round(v)))
-  return res
+  return [[sum(cols[p][c] * mid[o][c] for c in range(w)) for p in range(size)]
+          for o in range(size)]
 
 
-@pytest.mark.parametrize("shape,size,antialias", [
-    ((2, 28, 28), 32, False), ((2, 105, 105), 32, True), ((2, 105, 105), 32, False),
-    ((2, 9, 13), 5, True), ((2, 7, 5), 11, False), ((2, 6, 6), 6, True)])
-def test_resize_images_is_the_exact_bilinear_resize(shape, size, antialias):
+@pytest.mark.parametrize("shape,size,antialias,dyadic", [
+    ((2, 28, 28), 32, False, True), ((2, 105, 105), 32, True, False),
+    ((2, 105, 105), 32, False, False), ((2, 9, 13), 5, True, False),
+    ((2, 7, 5), 11, False, False), ((2, 6, 6), 6, True, True), ((3, 1, 2), 5, False, False)])
+def test_resize_images_is_the_exact_bilinear_resize(shape, size, antialias, dyadic):
   """Up- and downsampling, with and without antialiasing, odd sizes: every pixel is the exact
-  rational result rounded half to even (ties included: 28 -> 32 makes exact halves)."""
+  rational result rounded half to even, but for exact ties with weights that are not binary
+  fractions, which may go to either neighbour (e.g. [0, 5] -> 5 pixels makes 5/2); with
+  binary-fraction weights (28 -> 32: sixteenths) ties are exact too."""
+  import math
   rng = np.random.RandomState(sum(shape) + size)
   x = rng.randint(0, 256, shape + (1,)).astype(np.uint8)
+  if shape[1:] == (1, 2):
+    x[0, 0, :, 0] = (0, 5)  # an exact tie (5/2 at the middle pixel) from non-dyadic weights
   got = real.resize_images(x, size, channels=3, antialias=antialias)
   assert got.shape == (shape[0], size, size, 3) and got.dtype == np.uint8
   assert np.array_equal(got[..., 0], got[..., 2])
   for i in range(shape[0]):
-    assert np.array_equal(got[i, ..., 0], _exact_resize(x[i, ..., 0], size, antialias))
+    exact = _exact_resize(x[i, ..., 0], size, antialias)
+    for o in range(size):
+      for p in range(size):
+        v, g = exact[o][p], int(got[i, o, p, 0])
+        if v - math.floor(v) == 0.5 and not dyadic:
+          assert g in (math.floor(v), math.ceil(v))
+        else:
+          assert g == min(255, max(0, round(v))), (i, o, p, v, g)
 
 
 def test_resize_images_equals_jax_where_float32_is_exact():
@@ -366,22 +374,47 @@ def test_resize_images_equals_jax_where_float32_is_exact():
                         np.clip(np.rint(ref), 0, 255).astype(np.uint8))
 
 
-def test_resize_images_do_not_depend_on_the_xla_cpu_instruction_set(tmp_path):
-  """The data of a suite is the same wherever it is built: the resize runs no XLA code, so
-  limiting XLA:CPU's instruction set (which changed pixels of the float32 version's 105 -> 32
-  antialiased resize of these images) changes nothing."""
-  import subprocess
-  code = ("import hashlib, numpy as np; from gmr.data import real; "
-          "r = np.random.RandomState(0); "
-          "x = (r.rand(1000, 105, 105, 1) < 0.1).astype(np.uint8) * 255; "
-          "print(hashlib.sha256(real.resize_images(x, 32, 3, antialias=True).tobytes()).hexdigest())")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = []
-  for flags in ("", "--xla_cpu_max_isa=SSE4_2"):
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    out.append(subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
-                              capture_output=True, text=True).stdout.strip())
-  assert out[0] == out[1] and len(out[0]) == 64
+@pytest.mark.parametrize("shape,size,antialias", [
+    ((4, 105, 105), 32, True), ((4, 9, 13), 5, True), ((4, 7, 5), 11, False),
+    ((4, 40, 40), 32, True)])
+def test_resize_images_is_jax_resize_in_float64(shape, size, antialias):
+  """An independent implementation of the same resize: ``jax.image.resize`` in float64 gives
+  the same pixels wherever its value is not within 1e-9 of a half (and never one grey level
+  further)."""
+  import jax
+  rng = np.random.RandomState(size)
+  x = rng.randint(0, 256, shape + (1,)).astype(np.uint8)
+  with jax.enable_x64(True):
+    ref = np.asarray(jax.image.resize(x.astype(np.float64), (shape[0], size, size, 1),
+                                      "bilinear", antialias=antialias))
+  got = real.resize_images(x, size, channels=1, antialias=antialias).astype(np.int64)
+  near_half = np.abs(ref - np.floor(ref) - 0.5) < 1e-9
+  assert ref.dtype == np.float64
+  assert np.array_equal(got[~near_half], np.clip(np.rint(ref[~near_half]), 0, 255))
+  assert np.all(np.abs(got - ref) <= 1)
+
+
+def test_resize_images_runs_no_xla_code(monkeypatch):
+  """The data of a suite is the same wherever it is built: XLA's float32 resize changed
+  pixels with the CPU's instruction set, so the resize must not run XLA at all."""
+  import jax
+  rng = np.random.RandomState(0)
+  x = (rng.rand(8, 105, 105, 1) < 0.1).astype(np.uint8) * 255
+  before = real.resize_images(x, 32, 3, antialias=True)
+
+  def refuse(*a, **k):
+    raise AssertionError("resize_images ran XLA code")
+  for name in ("jit", "device_put"):
+    monkeypatch.setattr(jax, name, refuse)
+  monkeypatch.setattr(jax.image, "resize", refuse)
+  assert np.array_equal(real.resize_images(x, 32, 3, antialias=True), before)
+
+
+@pytest.mark.parametrize("shape,size,channels", [
+    ((2, 28, 28), 32, 3), ((2, 0, 28, 1), 32, 3), ((2, 28, 28, 2), 32, 3), ((2, 28, 28, 1), 0, 3)])
+def test_resize_images_bad_input_is_a_value_error(shape, size, channels):
+  with pytest.raises(ValueError, match="resize_images"):
+    real.resize_images(np.zeros(shape, np.uint8), size, channels)
 
 
 def test_pad_crop_shapes_and_content():

@@ -213,24 +213,35 @@ def _resize_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray
 
 def resize_images(images: np.ndarray, size: int, channels: int = 3, antialias: bool = False,
                   chunk: int = 2048) -> np.ndarray:
-  """Bilinear resize of uint8 ``[N, H, W, 1|3]`` images to ``[N, size, size, channels]``
-  uint8 (grey images are repeated to ``channels``).
+  """Bilinear resize of uint8 ``[N, H, W, C]`` images (``C`` 1 or ``channels``) to uint8
+  ``[N, size, size, channels]`` (one-channel images are repeated to ``channels``).
 
-  The resize of ``jax.image.resize(..., "bilinear", antialias=antialias)`` (height, then
-  width; with ``antialias`` the kernel of a downsampling is widened to low-pass filter), in
-  float64 numpy with the taps summed one at a time in input order, then rounded half to even
-  and clipped to 0..255. The result is the same bits on every machine: the data of a suite
-  must not depend on where it was built. (XLA's float32 version differs with the CPU's
-  instruction set: a 105 -> 32 antialiased resize changed pixels under
-  ``--xla_cpu_max_isa=SSE4_2``.) Where the arithmetic is exact in float32, as for the 28 -> 32
-  resize of MNIST (weights in sixteenths), it equals ``jax.image.resize``'s result bit for bit.
+  The resize of ``jax.image.resize(..., "bilinear", antialias=antialias)`` (the same weights;
+  with ``antialias`` the kernel of a downsampling is widened to low-pass filter), computed in
+  float64 numpy, height then width, with the taps added one at a time in input order, then
+  ``np.rint`` (half to even) and clipped to 0..255. Every operation is a correctly rounded
+  elementwise float64 one (no reduction, BLAS or FMA), so the result is the same bits on
+  every machine: the data of a suite must not depend on where it was built. (XLA's float32
+  version differs with the CPU's instruction set: a 105 -> 32 antialiased resize changed
+  pixels under ``--xla_cpu_max_isa=SSE4_2``.) Each pixel is the exact rational result rounded
+  half to even, except where that result is within ~1e-12 of a half (exact ties included)
+  and the weights are not binary fractions: there float64 may round to the other neighbour,
+  the same way on every machine. Where the weights are binary fractions, as in the 28 -> 32
+  resize of MNIST (sixteenths), every step is exact and the result equals
+  ``jax.image.resize``'s bit for bit.
 
-  Raises ``ValueError`` for images that are not ``[N, H, W, C]``.
+  Raises ``ValueError`` for images that are not ``[N, H, W, C]`` with ``H, W >= 1`` and ``C``
+  1 or ``channels``, or for ``size < 1``.
   """
   images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"resize_images takes [N, H, W, C] images, got shape {images.shape}")
+  if images.ndim != 4 or images.shape[1] < 1 or images.shape[2] < 1:
+    raise ValueError(f"resize_images takes [N, H, W, C] images with H, W >= 1, got shape "
+                     f"{images.shape}")
   n, h, w, c = images.shape
+  if c not in (1, channels):
+    raise ValueError(f"resize_images: images have {c} channels; give 1 or channels={channels}")
+  if int(size) < 1:
+    raise ValueError(f"resize_images: size={size}; give a size >= 1")
   rows, cols = _bilinear_taps(h, size, antialias), _bilinear_taps(w, size, antialias)
   out = np.zeros((n, size, size, c), np.uint8)
   for s in range(0, n, chunk):
