@@ -52,6 +52,42 @@ def _cell(r: dict) -> str:
   return f"{r['loss_mean']:.3f} +- {r['loss_std']:.3f}"
 
 
+# Section V-C at the paper's schedule is reported once these runs have finished (the issue's
+# minimum: two Gumbel-Matrix seeds and one shared-bottom seed); until then, its progress.
+CLUSTERS40_PAPER_MIN_SEEDS = {"gumbel_matrix": 2, "shared_bottom": 1}
+
+
+def clusters40_paper_rows() -> list:
+  """The README rows of section V-C at the paper's schedule: from ``results/clusters40_paper
+  .json`` (``python -m launch.tables clusters40_paper``) once it holds the finished runs of
+  :data:`CLUSTERS40_PAPER_MIN_SEEDS`, Gumbel-Matrix with the paper's finding per seed
+  (distinct MNIST / Fashion embeddings, 1 / 1 in the paper's Fig. 5, and the 3-way clustering's
+  ARI); before that one row of the rounds reached, from ``results/clusters40_paper_progress
+  .json`` (``python -m launch.progress``). Raises ``FileNotFoundError`` when neither exists."""
+  label = "40 tasks in 3 clusters (V-C), paper's schedule"
+  path = os.path.join(ROOT, "results", "clusters40_paper.json")
+  table = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      table = json.load(f)
+  if all(table.get(k, {}).get("n", 0) >= n for k, n in CLUSTERS40_PAPER_MIN_SEEDS.items()):
+    gm, sb = table["gumbel_matrix"], table["shared_bottom"]
+    distinct = ", ".join(f"{d['mnist']} / {d['fashion']}" for d in gm["cluster_distinct"])
+    ari = ", ".join(f"{a:.2f}" for a in gm["cluster_ari"])
+    link = "[clusters40_paper.md](results/clusters40_paper.md)"
+    return [f"| {label}: Gumbel-Matrix | one embedding within MNIST and one within Fashion "
+            f"(1 / 1) | {_cell(gm)}; distinct MNIST / Fashion embeddings per seed {distinct}; "
+            f"3-way clustering ARI {ari} | {gm['n']} | {_combine('clusters40_paper', 'gumbel_matrix')}"
+            f" | {link}, [notes](results/clusters40_paper_notes.md) |",
+            f"| {label}: shared bottom | - | {_cell(sb)} | {sb['n']} | "
+            f"{_combine('clusters40_paper', 'shared_bottom')} | {link} |"]
+  with open(os.path.join(ROOT, "results", "clusters40_paper_progress.json")) as f:
+    runs = json.load(f)["runs"]
+  done = ", ".join(f"{k} {v['rounds']:,}" for k, v in sorted(runs.items()))
+  return [f"| {label} | identical embeddings per cluster | in progress, rounds reached: {done} "
+          "(of 20,000) | - | - | [notes](results/clusters40_paper_notes.md) |"]
+
+
 def table() -> str:
   """The Markdown block: one line per :data:`ROWS` entry, then V-C's progress and Table II."""
   lines = [START, "", "| benchmark | paper | gmr (mean +- std, active %) | seeds | combine | "
@@ -61,12 +97,7 @@ def table() -> str:
       r = json.load(f)[row]
     lines.append(f"| {label} | {paper} | {_cell(r)} | {r['n']} | {_combine(name, row)} | "
                  f"[{name}.md](results/{name}.md) |")
-  with open(os.path.join(ROOT, "results", "clusters40_paper_progress.json")) as f:
-    runs = json.load(f)["runs"]
-  done = ", ".join(f"{k} {v['rounds']:,}" for k, v in sorted(runs.items()))
-  lines.append("| 40 tasks in 3 clusters (V-C), paper's schedule | identical embeddings per "
-               f"cluster | in progress, rounds reached: {done} (of 20,000) | - | - | "
-               "[notes](results/clusters40_paper_notes.md) |")
+  lines += clusters40_paper_rows()
   lines.append("| Omniglot, 20 alphabets (Table II): Gumbel-Matrix test error | 6.48 +- 0.28 | "
                "not run yet (a GPU's work: 410 GFLOP per task step) | - | - | - |")
   lines += ["", "Accuracy is the mean test accuracy over the tasks, in %; the paper's 4-MNISTs "

@@ -77,7 +77,11 @@ RECIPES = {
                "batches of 500"),
         config=("experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,"
                 "eval_batch_size=500"),
-        methods="gumbel_matrix,shared_bottom", grid=[], pin=True),
+        methods="gumbel_matrix,shared_bottom", grid=[], pin=True,
+        runs_note=("Gumbel-Matrix on 2-vCPU AMD EPYC VMs (jax 0.10.2, one core per run); shared "
+                   "bottom seed 0 rounds 0-12,300 on one NVIDIA H200 (jax 0.11.2), rounds "
+                   "12,300-20,000 on a 2-vCPU AMD EPYC VM (jax 0.10.2): "
+                   "results/clusters40_paper_notes.md")),
     "clusters40_budget": dict(
         title=("Section V-C diagnosis, clusters40_offline cpu schedule, Gumbel-Matrix with the "
                "budget changed: budget=0.25 = a tighter budget (lambda 1); budget_lambda=0.0 = "
@@ -176,7 +180,9 @@ def main():
     md += ("\nDifferences between rows (row a minus row b over their seeds; Welch's interval "
            "does not pair seeds, the paired one compares runs of the same seed, which see the "
            "same task order and batches):\n\n" + tables.differences_markdown(diffs))
-  md += (f"\nMachine: {machine()}. Seeds asked: {seeds}; the seeds column counts the finished "
+  where = (f" (this command's); the runs' machines: {r['runs_note']}" if r.get("runs_note")
+           else "")
+  md += (f"\nMachine: {machine()}{where}. Seeds asked: {seeds}; the seeds column counts the finished "
          "runs of each row. Mean wall time per run: "
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
          + f". Code of the runs: {runs_code(collected, root)}; of this table: gmr commit "

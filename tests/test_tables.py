@@ -170,3 +170,23 @@ def test_checkout_commit_counts_code_changes_not_outputs(tmp_path):
   assert workdir.checkout_commit(str(tmp_path)) == (head, True)
   assert code_commit(str(tmp_path)) == f"{head} with uncommitted changes"
   assert workdir.checkout_commit(str(tmp_path), top=str(tmp_path / "results")) is None
+
+
+def test_a_table_names_the_machines_its_runs_ran_on(tmp_path):
+  """A recipe whose runs did not run where its table is made (``runs_note``) says where they
+  ran beside this command's machine."""
+  from launch.tables import RECIPES
+  d = tmp_path / "runs" / "gumbel_matrix" / "seed_0"
+  os.makedirs(d)
+  with open(d / "results.json", "w") as f:
+    json.dump(_results(0, 1.0, 0.9), f)
+  os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  p = subprocess.run([sys.executable, "-m", "launch.tables", "clusters40_paper", "--seeds=0",
+                      "--no_run", "--root=runs"], cwd=tmp_path, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  md = open(tmp_path / "results" / "clusters40_paper.md").read()
+  note = RECIPES["clusters40_paper"]["runs_note"]
+  assert f" (this command's); the runs' machines: {note}. Seeds asked: 0;" in md
+  assert "runs_note" not in RECIPES["four_mnists"]  # made where its runs ran: no note
