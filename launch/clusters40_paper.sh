@@ -12,7 +12,7 @@
 # between sessions) as archives in results/clusters40_paper_state/ (python -m launch.park),
 # committed with the progress table. The chain: Gumbel-Matrix seeds 0 and 1, one process per
 # core at nice 19; once both have finished, shared bottom seed 0 on core 0 and Gumbel-Matrix
-# seed 2 on core 1. A run already going on in a workdir refuses a second process (its lock).
+# seed 2 on core 1 (on both cores once shared bottom has finished). A run already going on in a workdir refuses a second process (its lock).
 set -euo pipefail
 
 COMMIT=caa29036369868738f7d4db2dd172c905f23262b                      # the code of every run (results record it)
@@ -51,6 +51,10 @@ chain() {
   wait $a || true
   wait $b || true
   finished gumbel_matrix 0 && finished gumbel_matrix 1 || exit 1  # stopped: start again
+  if finished shared_bottom 0; then  # the last run alone: both cores
+    run_one gumbel_matrix 2 0,1 || true
+    return
+  fi
   run_one shared_bottom 0 0 & a=$!
   run_one gumbel_matrix 2 1 & b=$!
   wait $a || true
