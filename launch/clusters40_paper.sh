@@ -12,7 +12,8 @@
 # between sessions) as archives in results/clusters40_paper_state/ (python -m launch.park),
 # committed with the progress table. The chain: Gumbel-Matrix seeds 0 and 1, one process per
 # core at nice 19; once both have finished, shared bottom seed 0 on core 0 and Gumbel-Matrix
-# seed 2 on core 1 (on both cores once shared bottom has finished). A run already going on in a workdir refuses a second process (its lock).
+# seed 2 on core 1 (on both cores once shared bottom has finished). A run already going on in
+# a workdir refuses a second process (its lock).
 set -euo pipefail
 
 COMMIT=caa29036369868738f7d4db2dd172c905f23262b                      # the code of every run (results record it)

@@ -78,7 +78,8 @@ RECIPES = {
         config=("experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,"
                 "eval_batch_size=500"),
         methods="gumbel_matrix,shared_bottom", grid=[], pin=True,
-        runs_note=("Gumbel-Matrix on 2-vCPU AMD EPYC VMs (jax 0.10.2, one core per run); shared "
+        runs_note=("Gumbel-Matrix seeds 0 and 1 on 2-vCPU AMD EPYC VMs (jax 0.10.2, one core "
+                   "per run); shared "
                    "bottom seed 0 rounds 0-12,300 on one NVIDIA H200 (jax 0.11.2), rounds "
                    "12,300-20,000 on a 2-vCPU AMD EPYC VM (jax 0.10.2): "
                    "results/clusters40_paper_notes.md")),
