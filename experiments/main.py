@@ -38,6 +38,11 @@ _CHANGE_OPT = flags.DEFINE_bool(
     "divergence; parameters and optimizer moments carry over, the change is recorded in "
     "<workdir>/optimizer_changes.jsonl and results.json. Any other config change is refused.",
     flag_values=FLAGS)
+_ACCEPT_ENV = flags.DEFINE_bool(
+    "accept_environment_change", False, "Continue the run in --workdir although this process's "
+    "settings that change numbers (JAX_ENABLE_X64, matmul precision, PRNG, XLA_FLAGS, the "
+    "backend) differ from those it was made with; the change is recorded in "
+    "<workdir>/environment.json and results.json.", flag_values=FLAGS)
 _COORD = flags.DEFINE_string(
     "coordinator_address", "", "Multi-host training: host:port of process 0 "
     "(jax.distributed.initialize), or 'auto' where JAX finds it itself (TPU pods, SLURM, ...). "
@@ -129,7 +134,8 @@ def main(argv):
     init_distributed(_COORD.value, _NPROC.value, _PID.value)
   try:
     experiment.run(_PARSED["config"], _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
-                   extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value)
+                   extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value,
+                   accept_environment_change=_ACCEPT_ENV.value)
   except (ConfigError, DataError, experiment.WorkdirError) as e:
     fail(str(e))
   except NonFiniteError as e:

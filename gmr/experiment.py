@@ -64,13 +64,16 @@ def use_compilation_cache(where: str) -> Optional[str]:
 
 
 def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
-        extend: bool = False, change_optimizer: bool = False) -> dict:
+        extend: bool = False, change_optimizer: bool = False,
+        accept_environment_change: bool = False) -> dict:
   """Train and evaluate ``config`` into ``workdir`` (see :func:`_run`), holding the workdir's
   lock: a second process on the same workdir is refused with :class:`WorkdirError`.
 
   Before anything is written or computed: the config is validated, the network's structure
   built abstractly and the data files checked (raising :class:`gmr.methods.ConfigError`,
-  :class:`gmr.data.raw.DataError` or :class:`WorkdirError`)."""
+  :class:`gmr.data.raw.DataError` or :class:`WorkdirError`). A run that continues in another
+  environment (x64, matmul precision, PRNG, XLA flags, backend: :func:`gmr.workdir.environment`)
+  is refused with :class:`WorkdirError` unless ``accept_environment_change``."""
   validate.validate(config)
   use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
   train_lib.check_structure(config, *data_lib.describe(config))
@@ -78,15 +81,16 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
   os.makedirs(workdir, exist_ok=True)
+  args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change)
   if jax.process_index() != 0:
-    return _run(config, workdir, quiet, stream, fresh, extend, change_optimizer)
+    return _run(config, workdir, *args)
   with open(os.path.join(workdir, ".lock"), "w") as lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
                          "end, or use another --workdir") from None
-    return _run(config, workdir, quiet, stream, fresh, extend, change_optimizer)
+    return _run(config, workdir, *args)
 
 
 class _Start(NamedTuple):
@@ -102,7 +106,8 @@ class _Start(NamedTuple):
 
 
 def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
-         extend: bool = False, change_optimizer: bool = False) -> dict:
+         extend: bool = False, change_optimizer: bool = False,
+         accept_environment_change: bool = False) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
@@ -121,8 +126,8 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   primary = jax.process_index() == 0
   quiet = quiet or not primary
   had_config = os.path.exists(os.path.join(workdir, "config.json"))
-  done = (workdir_lib.prepare(config, workdir, fresh, extend, change_optimizer)
-          if primary else None)
+  done = (workdir_lib.prepare(config, workdir, fresh, extend, change_optimizer,
+                              accept_environment_change) if primary else None)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("gmr: workdir prepared")
@@ -309,6 +314,16 @@ def _event_writer(mf, tb, config, suite, stream):
   return on_event
 
 
+def _environment_record(workdir: str) -> dict:
+  """``results.json``'s ``environment`` (:func:`gmr.workdir.environment` of the run's last
+  start) and, when a start accepted another environment, ``environment_changes``."""
+  rec = workdir_lib.read_environment(workdir)
+  out = {"environment": rec["environment"]}
+  if rec["changes"]:
+    out["environment_changes"] = rec["changes"]
+  return out
+
+
 def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start: _Start,
              changes, wall: float) -> dict:
   """``results.json``: the final (or ``select_by``'s best) test numbers, the learned
@@ -329,6 +344,7 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
       "checkpoint": os.path.join(ckpt.last_dir, str(int(config.num_rounds))),
       "backend": jax.default_backend(),
       "code": workdir_lib.code_version(),
+      **_environment_record(workdir),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
   if changes:

@@ -125,8 +125,8 @@ def pad_crop(x, key, pad: int):
   example (the 40-task benchmark's augmentation; no flips)."""
   b, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  offs = jax.random.randint(key, (b, 2), 0, 2 * pad + 1)
-  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1]))
+  offs = jax.random.randint(key, (b, 2), 0, 2 * pad + 1, jnp.int32)
+  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], jnp.int32(0)), (h, w, im.shape[-1]))
   return jax.vmap(crop)(xp, offs)
 
 

@@ -87,9 +87,93 @@ def config_json(config) -> dict:
   return json.loads(json.dumps(_jsonable(config.to_dict()), sort_keys=True))
 
 
+# ----------------------------------------------------------------------------- environment
+ENVIRONMENT_FILE = "environment.json"
+
+# What changes a run's numbers without being in its config: the process-wide jax settings and
+# the backend. Recorded at a run's first start (``environment.json``), compared at every later
+# start (resume, --extend, --change_optimizer) and refused when it differs.
+# A workdir made before gmr recorded them holds a run made with these values.
+ENVIRONMENT_BEFORE_RECORD = {"x64": False}
+
+
+def environment() -> dict:
+  """This process's settings that change a run's numbers and are not in its config:
+  ``{"x64": jax_enable_x64, "default_matmul_precision": <str or None>, "prng_impl":
+  jax_default_prng_impl, "threefry_partitionable": <bool>, "xla_flags": $XLA_FLAGS ("" when
+  unset), "backend": jax.default_backend()}``. gmr pins the dtype of every random draw and of
+  the arrays it makes, but a run's arithmetic still follows these (float64 under x64, another
+  matmul precision, other random bits, another compiler). JSON types; never raises."""
+  import jax  # pylint: disable=g-import-not-at-top
+  get = lambda name, default=None: getattr(jax.config, name, default)
+  return {"x64": bool(get("jax_enable_x64", False)),
+          "default_matmul_precision": (None if get("jax_default_matmul_precision") is None
+                                       else str(get("jax_default_matmul_precision"))),
+          "prng_impl": str(get("jax_default_prng_impl", "")),
+          "threefry_partitionable": bool(get("jax_threefry_partitionable", False)),
+          "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
+          "backend": jax.default_backend()}
+
+
+def read_environment(workdir: str) -> dict:
+  """What ``environment.json`` records: ``{"environment": <the environment the run continues
+  in>, "changes": [{"from": ..., "to": ...}, ...] (accepted with
+  --accept_environment_change)}``; for a run made before gmr recorded it, its environment is
+  :data:`ENVIRONMENT_BEFORE_RECORD` and it has no changes."""
+  try:
+    with open(os.path.join(workdir, ENVIRONMENT_FILE)) as f:
+      rec = json.load(f)
+    return {"environment": dict(rec["environment"]), "changes": list(rec.get("changes", []))}
+  except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    return {"environment": dict(ENVIRONMENT_BEFORE_RECORD), "changes": []}
+
+
+def environment_diff(recorded: dict, now: dict) -> list:
+  """``[(setting, recorded value, this process's value)]`` for every setting ``recorded``
+  names whose value differs now (a setting it does not name is not compared)."""
+  return [(k, v, now.get(k)) for k, v in sorted(recorded.items()) if now.get(k) != v]
+
+
+def check_environment(workdir: str, accept_change: bool = False) -> list:
+  """Compare this process's :func:`environment` with the one ``workdir``'s run was made in
+  (:func:`read_environment`).
+
+  Returns the differences (``[]`` when none). Raises :class:`WorkdirError` naming the first
+  difference unless ``accept_change`` (the run then continues here: :func:`record_environment`
+  records the change)."""
+  diff = environment_diff(read_environment(workdir)["environment"], environment())
+  if diff and not accept_change:
+    k, old, new = diff[0]
+    more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+    raise WorkdirError(
+        f"{workdir}: its run was made with {k}={old!r}, this process has {k}={new!r}{more}, "
+        "which changes its numbers; rerun with the settings it was made with (e.g. "
+        "JAX_ENABLE_X64, XLA_FLAGS, the jax platform as they were), or pass "
+        "--accept_environment_change to continue it here (recorded in results.json), or use "
+        "another --workdir")
+  return diff
+
+
+def record_environment(workdir: str, new_run: bool) -> None:
+  """Record this process's :func:`environment` in ``workdir``: as the environment of a run
+  that starts now (``new_run``), or, for a run that continues, as a change (when it differs
+  from the recorded one, which :func:`check_environment` accepted)."""
+  now = environment()
+  rec = {"environment": now, "changes": []}
+  if not new_run:
+    rec = read_environment(workdir)
+    if not environment_diff(rec["environment"], now):
+      if os.path.exists(os.path.join(workdir, ENVIRONMENT_FILE)):
+        return
+    else:
+      rec["changes"].append({"from": rec["environment"], "to": now})
+    rec["environment"] = now
+  write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), rec)
+
+
 CHANGES_FILE = "optimizer_changes.jsonl"
 _RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "checkpoints_best",
-              "tb", CHANGES_FILE)
+              "tb", CHANGES_FILE, ENVIRONMENT_FILE)
 
 
 def read_changes(workdir: str) -> list:
@@ -146,17 +230,21 @@ def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bo
 
 
 def prepare(config, workdir: str, fresh: bool, extend: bool = False,
-                     change_optimizer: bool = False):
+            change_optimizer: bool = False, accept_environment_change: bool = False):
   """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
   return the finished results if this very run is already done. ``extend``: a run whose
   config differs only in a smaller ``num_rounds`` is continued to this ``num_rounds`` (its
   results file is kept as ``results_round_<n>.json``). ``change_optimizer``: a run whose
   config differs in :data:`gmr.optim.OPTIMIZER_FIELDS` (and, with ``extend``, a larger
   ``num_rounds``) is continued under the new settings; the change is recorded in
-  ``optimizer_changes.jsonl``."""
+  ``optimizer_changes.jsonl``. A run that continues (resume, extend, changed optimizer) is
+  refused when this process's :func:`environment` differs from the one it was made in, unless
+  ``accept_environment_change`` (then recorded in ``environment.json``); before anything in
+  the workdir is changed."""
   os.makedirs(workdir, exist_ok=True)
   cfg = config_json(config)
   path = os.path.join(workdir, "config.json")
+  continues = lambda: check_environment(workdir, accept_environment_change)
   if os.path.exists(path):
     try:
       with open(path) as f:
@@ -165,7 +253,9 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
       old = {"<unreadable config.json>": True}
     diff = config_diff(old, cfg)
     if change_optimizer and diff and not fresh and diff != ["num_rounds"]:
+      continues()
       _change_optimizer(workdir, old, cfg, diff, extend)
+      record_environment(workdir, new_run=False)
       return None
     if diff == ["num_rounds"] and not fresh:
       n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
@@ -174,10 +264,12 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
                "a run can be extended, never shortened")
         raise WorkdirError(f"{workdir}: holds a run of num_rounds={n_old} (this one: {n_new}); "
                            f"{how}, or use another --workdir, or --fresh to start again")
+      continues()
       done = os.path.join(workdir, "results.json")
       if os.path.exists(done):  # kept: the shorter run's numbers stay readable
         os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
       write_json_atomic(path, cfg)
+      record_environment(workdir, new_run=False)
       return None
     if diff and not fresh:
       shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
@@ -196,7 +288,13 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
     elif os.path.exists(os.path.join(workdir, "results.json")):
       with open(os.path.join(workdir, "results.json")) as f:
         return json.load(f)
+    else:  # the same run, interrupted: it resumes
+      continues()
+      write_json_atomic(path, cfg)
+      record_environment(workdir, new_run=False)
+      return None
   write_json_atomic(path, cfg)
+  record_environment(workdir, new_run=True)
   return None
 
 

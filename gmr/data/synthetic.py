@@ -9,6 +9,9 @@ because the authors' public generator (google-research ``learning_parameter_allo
 draws ``np.random.normal(scale=noise_std)`` with ``noise_std=0.01``. Under the usual
 ``N(mu, sigma^2)`` notation it would be a variance (std 0.1): set ``noise_std=0.1`` for that.
 Either way the noise is small next to the signal (variance about 4).
+
+Every draw and array here is float32 whatever ``jax_enable_x64`` says, so a seed gives the same
+data in every process.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from gmr.data.suite import Split, TaskSuite
 
 def orthonormal_vectors(key, d: int, k: int) -> np.ndarray:
   """``k`` mutually orthogonal unit vectors in R^d, ``[k, d]`` (QR of a Gaussian matrix)."""
-  q, _ = np.linalg.qr(np.asarray(jax.random.normal(key, (d, k)), np.float64))
+  q, _ = np.linalg.qr(np.asarray(jax.random.normal(key, (d, k), jnp.float32), np.float64))
   return q.T.astype(np.float32)
 
 
@@ -35,10 +38,10 @@ def pair_weights(u1, u2, rho: float, c: float = 1.0):
 
 def labels(key, x, w, m: int = 6, noise_std: float = 0.01):
   """Eqs. (2)-(3): ``y = w.x + sum_i sin(i w.x + (i-1)^2) + eps``; ``x: [N, d] -> [N]``."""
-  z = jnp.asarray(x) @ jnp.asarray(w)
+  z = jnp.asarray(x, jnp.float32) @ jnp.asarray(w, jnp.float32)
   i = jnp.arange(1, m + 1, dtype=jnp.float32)
   y = z + jnp.sin(z[:, None] * i + (i - 1.0) ** 2).sum(-1)
-  return np.asarray(y + noise_std * jax.random.normal(key, z.shape), np.float32)
+  return np.asarray(y + noise_std * jax.random.normal(key, z.shape, jnp.float32), np.float32)
 
 
 def make_suite(key, weights: Sequence[np.ndarray], num_train: int, num_test: int,
@@ -58,7 +61,7 @@ def make_suite(key, weights: Sequence[np.ndarray], num_train: int, num_test: int
     d = int(np.shape(weights[0])[0])
     xs, ys = [], []
     for i, w in enumerate(weights):
-      x = np.asarray(jax.random.normal(kxs[0 if shared_inputs else i], (n, d)), np.float32)
+      x = np.asarray(jax.random.normal(kxs[0 if shared_inputs else i], (n, d), jnp.float32))
       xs.append(x)
       ys.append(labels(kns[i], x, w, m, noise_std))
     splits.append(Split.from_tasks(xs, ys))
