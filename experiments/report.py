@@ -7,8 +7,8 @@
 (``<name>/seed_<s>/`` below it). For every group of seeds (a run is a group of one) it writes,
 under ``<out>/<group>/``:
 
-* ``loss_curves.png`` / ``.csv`` (Fig. 1 / 7): training loss per task, mean over seeds with the
-  90% t-interval of the mean as a band; the logged values (each already a mean over
+* ``loss_curves.png`` / ``.csv`` (Fig. 1 / 7): training loss per task, mean over seeds with a
+  band by the band rule below; the logged values (each already a mean over
   ``log_every`` rounds) are smoothed with a moving average spanning ``--smooth`` (100) task
   steps. Test loss at the evaluations is a second panel where a run evaluated more than once.
 * ``allocation.png`` / ``.json`` (Fig. 5): the greedy binary allocation of one seed
@@ -37,6 +37,19 @@ under ``<out>/<group>/``:
   carry the clusters), plotted in the second panel.
 * for a sweep, ``comparison.png`` / ``.csv`` (Fig. 1 / 7 across methods: loss averaged over
   tasks, one band per group) and ``table.md`` / ``.json`` (the Table I / II style summary).
+
+The band rule (:func:`band`): a curve over ``n`` seeds is their mean, with
+
+* no band for one seed;
+* for 2 to 4 seeds the range over the seeds (lowest to highest seed), labelled "range over n
+  seeds": a t-interval from so few seeds is mostly its quantile (6.31 for two seeds) and
+  would hide the curves;
+* from 5 seeds the 90% t-interval of the mean (:func:`gmr.analysis.stats.interval90`),
+  labelled "90% t-interval over n seeds". A loss cannot be negative: where the interval
+  reaches below 0 it is clipped at 0, and its label says "clipped at 0".
+
+Every panel's title (or, in ``comparison.png``, every legend entry) says what its line and its
+band are; the CSVs hold the band's edges (``band_lo``, ``band_hi``) and its label.
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ import csv
 import glob
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import matplotlib
 
@@ -116,17 +129,57 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
   return (c[n] - c[lo]) / (n - lo)
 
 
-def band(curves: np.ndarray):
-  """Mean and 90% t-interval half-width over axis 0 (seeds)."""
-  mean = curves.mean(0)
-  if len(curves) < 2:
-    return mean, np.zeros_like(mean)
+T_BAND_MIN_SEEDS = 5  # fewer seeds: the range over the seeds, not a t-interval
+LOSS_FLOOR = 0.0  # the losses gmr logs (cross-entropy, squared error) are nonnegative
+
+
+class Band(NamedTuple):
+  """One curve over seeds as a figure draws it: ``mean`` (float64 ``[P]``, the line), the band's
+  edges ``lo`` / ``hi`` (``[P]``, ``None`` where there is no band), ``n`` (seeds) and
+  ``label`` (what the band is, ``""`` without one)."""
+  mean: np.ndarray
+  lo: Optional[np.ndarray]
+  hi: Optional[np.ndarray]
+  n: int
+  label: str
+
+  def describe(self) -> str:
+    """What is drawn, for a title or a legend: ``"1 seed, no band"`` or ``"mean of <n> seeds,
+    band: <label>"``."""
+    return "1 seed, no band" if self.lo is None else f"mean of {self.n} seeds, band: {self.label}"
+
+
+def band(curves, floor: Optional[float] = None) -> Band:
+  """The mean of ``curves`` (``[seeds, P]``, e.g. a loss per seed at ``P`` points) and its band
+  by the module's band rule: none for one seed, the range over the seeds for 2 to 4, the 90%
+  t-interval of the mean from 5. ``floor``: the smallest value the quantity can take
+  (:data:`LOSS_FLOOR` for a loss; ``None``, the default: no bound); a t-interval reaching
+  below it is clipped there, and the label says so. Raises ``ValueError`` for ``curves`` that is not 2-D with at least one seed."""
+  curves = np.asarray(curves, np.float64)
+  if curves.ndim != 2 or not len(curves):
+    raise ValueError(f"curves must be [seeds, points] with a seed, got shape {curves.shape}")
+  n, mean = len(curves), curves.mean(0)
+  if n == 1:
+    return Band(mean, None, None, 1, "")
+  if n < T_BAND_MIN_SEEDS:
+    return Band(mean, curves.min(0), curves.max(0), n, f"range over {n} seeds")
   half = np.array([stats.interval90(curves[:, i]) for i in range(curves.shape[1])])
-  return mean, half
+  lo, label = mean - half, f"90% t-interval over {n} seeds"
+  if floor is not None and np.any(lo < floor):
+    lo, label = np.maximum(lo, floor), f"{label}, clipped at {floor:g}"
+  return Band(mean, lo, mean + half, n, label)
+
+
+def describe(bands: Sequence[Band]) -> str:
+  """What a panel of ``bands`` draws, each distinct :meth:`Band.describe` once, joined by
+  "; "."""
+  return "; ".join(dict.fromkeys(b.describe() for b in bands))
 
 
 def loss_curves(runs: List[dict], smooth_steps: int):
-  """Per task: x (task steps of that task), mean and half-width of the smoothed training loss."""
+  """The loss curves of ``runs`` (one group's seeds): ``{"x": rounds [P], "window_points",
+  "tasks": {task: Band of the smoothed training loss}}``, and where the runs evaluated more
+  than once ``"eval_x"`` and ``"eval": {task: Band of the test loss}``; ``None`` without logs."""
   logs = [r["log"] for r in runs if r["log"]]
   if not logs:
     return None
@@ -139,21 +192,31 @@ def loss_curves(runs: List[dict], smooth_steps: int):
   out = {"x": rounds, "window_points": window, "tasks": {}}
   for t in tasks:
     curves = np.array([smooth([e["train_loss"][t] for e in l[:n]], window) for l in logs])
-    out["tasks"][t] = band(curves)
+    out["tasks"][t] = band(curves, LOSS_FLOOR)
   evals = [r["eval"] for r in runs if len(r["eval"]) > 1]
   if evals:
     m = min(len(e) for e in evals)
     out["eval_x"] = np.array([e["round"] for e in evals[0][:m]])
-    out["eval"] = {t: band(np.array([[e["test"]["loss"][t] for e in ev[:m]] for ev in evals]))
+    out["eval"] = {t: band(np.array([[e["test"]["loss"][t] for e in ev[:m]] for ev in evals]),
+                           LOSS_FLOOR)
                    for t in tasks}
   return out
 
 
 # ----------------------------------------------------------------------------- figures
-def _band_line(ax, x, mean, half, label, **kw):
-  """One curve with its 90% CI band in the curve's colour."""
-  line, = ax.plot(x, mean, label=label, **kw)
-  ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.25, lw=0)
+def _band_line(ax, x, b: Band, label, **kw):
+  """The line of ``b`` and its band (if any) in the line's colour."""
+  line, = ax.plot(x, b.mean, label=label, **kw)
+  if b.lo is not None:
+    ax.fill_between(x, b.lo, b.hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _band_rows(x, b: Band):
+  """CSV cells per point: round, mean, band_lo, band_hi, band (empty without a band)."""
+  none = [""] * len(b.mean)
+  lo = none if b.lo is None else [f"{v:.6g}" for v in b.lo]
+  hi = none if b.hi is None else [f"{v:.6g}" for v in b.hi]
+  return [[int(r), f"{m:.6g}", l, h, b.label] for r, m, l, h in zip(x, b.mean, lo, hi)]
 
 
 def _save(fig, path):
@@ -162,36 +225,40 @@ def _save(fig, path):
   plt.close(fig)
 
 
-def plot_loss_curves(curves, title, out_dir, n_seeds):
+def plot_loss_curves(curves, title, out_dir):
+  """``loss_curves.png`` / ``.csv`` from :func:`loss_curves`; each panel's title says what its
+  lines and bands are (:func:`describe`)."""
   panels = 2 if "eval" in curves else 1
   fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
   ax = axes[0, 0]
-  for t, (m, h) in curves["tasks"].items():
-    _band_line(ax, curves["x"], m, h, t, lw=1.4)
+  for t, b in curves["tasks"].items():
+    _band_line(ax, curves["x"], b, t, lw=1.4)
   ax.set_xlabel("round (one step per task)")
   ax.set_ylabel("training loss (smoothed)")
-  ax.set_title(f"{title}: training loss, mean of {n_seeds} seed(s), 90% CI band")
+  ax.set_title(f"{title}: training loss\n{describe(curves['tasks'].values())}", fontsize=9)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   if panels == 2:
     ax = axes[0, 1]
-    for t, (m, h) in curves["eval"].items():
-      _band_line(ax, curves["eval_x"], m, h, t, marker=".", lw=1.4)
+    for t, b in curves["eval"].items():
+      _band_line(ax, curves["eval_x"], b, t, marker=".", lw=1.4)
     ax.set_xlabel("round")
     ax.set_ylabel("test loss")
-    ax.set_title("test loss at the evaluations")
+    ax.set_title(f"test loss at the evaluations\n{describe(curves['eval'].values())}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   _save(fig, os.path.join(out_dir, "loss_curves.png"))
   with open(os.path.join(out_dir, "loss_curves.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["split", "round", "task", "mean", "ci90_half_width", "smoothing_points"])
-    for t, (m, h) in curves["tasks"].items():
-      for x, a, b in zip(curves["x"], m, h):
-        w.writerow(["train", int(x), t, f"{a:.6g}", f"{b:.6g}", curves["window_points"]])
-    for t, (m, h) in curves.get("eval", {}).items():
-      for x, a, b in zip(curves["eval_x"], m, h):
-        w.writerow(["test", int(x), t, f"{a:.6g}", f"{b:.6g}", 1])
+    w.writerow(["split", "round", "task", "mean", "band_lo", "band_hi", "band",
+                "smoothing_points"])
+    for t, b in curves["tasks"].items():
+      for r, *rest in _band_rows(curves["x"], b):
+        w.writerow(["train", r, t, *rest, curves["window_points"]])
+    for t, b in curves.get("eval", {}).items():
+      for r, *rest in _band_rows(curves["eval_x"], b):
+        w.writerow(["test", r, t, *rest, 1])
 
 
 def plot_taps_layers(results, title, out_dir, name="allocation"):
@@ -480,8 +547,9 @@ def plot_clusters_over_training(runs: List[dict], title: str, out_dir: str) -> O
 
 
 def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: str, title: str):
-  """Fig. 1 / 7 across methods: the loss averaged over tasks, one curve (mean of seeds, 90%
-  CI band) per group; training loss, and test loss where evaluated more than once."""
+  """Fig. 1 / 7 across methods: the loss averaged over tasks, one curve (mean of seeds with a
+  band by :func:`band`) per group, its legend entry saying what both are; training loss, and
+  test loss where evaluated more than once."""
   series = {}
   for name, runs in group_runs.items():
     c = loss_curves(runs, smooth_steps)
@@ -491,12 +559,13 @@ def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: s
     n = len(c["x"])
     per_seed = np.array([smooth([e["train_loss_mean"] for e in l[:n]], c["window_points"])
                          for l in logs])
-    entry = {"x": c["x"], "train": band(per_seed), "n": len(logs)}
+    entry = {"x": c["x"], "train": band(per_seed, LOSS_FLOOR)}
     if "eval" in c:
       evals = [r["eval"] for r in runs if len(r["eval"]) > 1]
       m = len(c["eval_x"])
       entry["eval_x"] = c["eval_x"]
-      entry["eval"] = band(np.array([[e["test"]["loss"]["mean"] for e in ev[:m]] for ev in evals]))
+      entry["eval"] = band(np.array([[e["test"]["loss"]["mean"] for e in ev[:m]] for ev in evals]),
+                           LOSS_FLOOR)
     series[name] = entry
   if len(series) < 2:
     return None
@@ -507,11 +576,10 @@ def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: s
     for ax, key, xkey in zip(axes[0], ("train", "eval"), ("x", "eval_x")):
       if key not in e:
         continue
-      m, h = e[key]
-      _band_line(ax, e[xkey], m, h, f"{name} ({e['n']} seeds)", lw=1.5)
-      rows += [(name, key, int(x), float(a), float(b)) for x, a, b in zip(e[xkey], m, h)]
+      _band_line(ax, e[xkey], e[key], f"{name}: {e[key].describe()}", lw=1.5)
+      rows += [[name, key, *r] for r in _band_rows(e[xkey], e[key])]
   axes[0, 0].set_ylabel("training loss, mean over tasks (smoothed)")
-  axes[0, 0].set_title(f"{title}: training loss, mean of seeds, 90% CI band", fontsize=9)
+  axes[0, 0].set_title(f"{title}: training loss", fontsize=9)
   if panels == 2:
     axes[0, 1].set_ylabel("test loss, mean over tasks")
     axes[0, 1].set_title("test loss at the evaluations", fontsize=9)
@@ -522,7 +590,7 @@ def plot_comparison(group_runs: Dict[str, List[dict]], smooth_steps: int, out: s
   _save(fig, os.path.join(out, "comparison.png"))
   with open(os.path.join(out, "comparison.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["group", "split", "round", "mean", "ci90_half_width"])
+    w.writerow(["group", "split", "round", "mean", "band_lo", "band_hi", "band"])
     w.writerows(rows)
   return "comparison.png"
 
@@ -542,7 +610,7 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
     files = []
     curves = loss_curves(runs, smooth_steps)
     if curves is not None:
-      plot_loss_curves(curves, name, out_dir, len([r for r in runs if r["log"]]))
+      plot_loss_curves(curves, name, out_dir)
       files.append("loss_curves.png")
     if finished:
       table[name] = tables.summarize([r["results"] for r in finished])

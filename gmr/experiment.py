@@ -297,15 +297,21 @@ class _Saver:
 
 def _event_writer(mf, tb, config, suite, stream):
   """``on_event`` of a run: each event a line of ``metrics.jsonl`` (``mf``), TensorBoard
-  scalars, and a progress line on ``stream`` (``None``: quiet)."""
+  scalars, and a progress line on ``stream`` (``None``: quiet). The temperature is shown and
+  written to TensorBoard only for a method that has one (``has_temperature``)."""
+  from gmr import methods  # pylint: disable=g-import-not-at-top
+  has_t = methods.METHODS[config.method].has_temperature
+
   def on_event(ev):
     workdir_lib.append_line(mf, {"kind": ev.kind, **ev.data})
     if ev.kind == "log":
-      tb.scalars(ev.data["step"], "train", {
-          "loss": ev.data["train_loss"], "temperature": ev.data["temperature"],
-          "steps_per_s": ev.data["steps_per_s"], "penalty": ev.data["penalty"]})
+      train = {"loss": ev.data["train_loss"], "steps_per_s": ev.data["steps_per_s"],
+               "penalty": ev.data["penalty"]}
+      if has_t:
+        train["temperature"] = ev.data["temperature"]
+      tb.scalars(ev.data["step"], "train", train)
       if stream is not None:
-        logs.progress_line(ev.data, config.num_rounds, stream)
+        logs.progress_line(ev.data, config.num_rounds, stream, has_t)
     elif ev.kind == "alloc":
       tb.allocation(ev.data["step"], ev.data, suite.task_names)
     else:

@@ -23,7 +23,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class TensorBoard:
   """Event files in ``<workdir>/tb`` when the optional ``tensorboardX`` is installed: the config
   as hyperparameters; per task the training loss, the penalty terms, test (and validation)
-  loss and accuracy; temperature and steps/s; from the allocation history, P(on) per (layer,
+  loss and accuracy; steps/s and (methods with one) the temperature; from the allocation history, P(on) per (layer,
   task) as histograms and each task's expected active fraction (TAPS: its layer scores)."""
 
   def __init__(self, workdir):
@@ -78,10 +78,15 @@ class TensorBoard:
       self.w.close()
 
 
-def progress_line(d, total, out):
+def progress_line(d, total, out, temperature: bool):
+  """Write one progress line for the ``log`` event ``d`` (its ``round``, ``step``,
+  ``train_loss_mean``, ``temperature``, ``steps_per_s``, ``eta_s`` in seconds) of a run of
+  ``total`` rounds to ``out``; the temperature only when ``temperature`` (the method's
+  ``has_temperature``: a method without a sampled allocation has none)."""
   eta = d["eta_s"]
+  temp = f"temp {d['temperature']:.2f}  " if temperature else ""
   out.write(f"round {d['round']}/{total}  step {d['step']}  loss {d['train_loss_mean']:.4f}  "
-            f"temp {d['temperature']:.2f}  {d['steps_per_s']:.0f} steps/s  "
+            f"{temp}{d['steps_per_s']:.0f} steps/s  "
             f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s\n")
   out.flush()
 

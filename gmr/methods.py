@@ -63,6 +63,8 @@ class Method:
 
   Besides the allocation, a method owns what the rest of gmr needs to know about it:
 
+  * ``has_temperature``: whether its allocation is sampled at a Gumbel-Softmax temperature
+    (only then do progress lines and TensorBoard show the temperature);
   * ``default_combine``: how a layer combines its active components under ``combine="auto"``
     (the authors' code: "mean", or "sum" for the shared bottom);
   * ``task_row_keys``: subtrees of ``params["alloc"]`` whose leaves have a leading task axis
@@ -75,6 +77,7 @@ class Method:
   """
   name = "?"
   learned = False
+  has_temperature = False
   default_combine = "mean"
   task_row_keys: Sequence[str] = ()
 
@@ -267,6 +270,7 @@ class Fixed(Method):
 class GumbelMatrix(Method):
   """Learned allocations: straight-through Gumbel-Softmax samples of factorised Bernoullis."""
   learned = True
+  has_temperature = True
 
   def matrices_fixed(self):
     return []

@@ -134,6 +134,21 @@ def test_tfds_builder_without_tensorflow(dirs):
   assert "tensorflow" not in sys.modules
 
 
+@pytest.mark.parametrize("name", sorted(tfds_builders.BUILDERS))
+def test_preparing_prints_one_true_line(dirs, tmp_path, capfd, name):
+  """Preparing says which raw files go into which folder, and no word of a download (nothing
+  is downloaded); loading the prepared data again prints nothing."""
+  tfds_dir = str(tmp_path / "tfds")
+  tfds_builders.load_arrays(name, SPLITS.get(name, ("train",))[0], dirs[0], tfds_dir)
+  out, err = capfd.readouterr()
+  files = ", ".join(os.path.join(dirs[0], rel) for rel in tfds_builders.BUILDERS[name].raw_files())
+  assert out.splitlines() == [f"preparing {name} from {files} into "
+                              f"{os.path.join(tfds_dir, name, '1.0.0')}"]
+  assert "download" not in (out + err).lower()
+  tfds_builders.load_arrays(name, SPLITS.get(name, ("train",))[0], dirs[0], tfds_dir)
+  assert capfd.readouterr() == ("", "")
+
+
 # ----------------------------------------------------------------------------- provenance
 RAW_FILES = [(name, rel) for name, b in sorted(tfds_builders.BUILDERS.items())
              for rel in b.raw_files()]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import synthetic as synthetic_cfg
-from gmr import data as data_lib, experiment, train as T, workdir as workdir_lib
+from gmr import data as data_lib, experiment, methods, train as T, workdir as workdir_lib
 
 
 def small(**kw):
@@ -130,24 +130,59 @@ def _event_tags(folder):
 @pytest.mark.parametrize("method", ["gumbel_matrix", "taps"])
 def test_tensorboard_shows_the_method(tmp_path, method):
   """The event file holds what a user of the method looks at: the config as hyperparameters,
-  training loss and penalty terms per task, temperature and steps/s, test loss (and accuracy
-  where there is one), P(on) histograms and expected active fractions (TAPS: layer scores)."""
+  training loss and penalty terms per task, steps/s (and the temperature for Gumbel-Matrix
+  only), test loss (and accuracy where there is one), P(on) histograms and expected active
+  fractions (TAPS: layer scores)."""
   c = small(method=method, alloc_history_every=10)
   wd = tmp_path / "w"
   experiment.run(c, str(wd), quiet=True)
   tags = _event_tags(wd / "tb")
   names = data_lib.load_suite(c).task_names
-  want = {"_hparams_/experiment", "_hparams_/session_start_info", "train/temperature",
-          "train/steps_per_s", "eval/test/loss/mean"}
+  want = {"_hparams_/experiment", "_hparams_/session_start_info", "train/steps_per_s",
+          "eval/test/loss/mean"}
   want |= {f"train/loss/{n}" for n in names} | {f"eval/test/loss/{n}" for n in names}
   if method == "gumbel_matrix":
+    want |= {"train/temperature"}
     want |= {f"train/penalty/budget/{n}" for n in names} | {"train/penalty/budget/mean"}
     want |= {f"alloc/p_on/layer_0/{n}" for n in names}
     want |= {f"alloc/expected_active/{n}" for n in names}
   else:
     want |= {f"train/penalty/taps_l1/{n}" for n in names}
     assert any(t.startswith("taps/score/") and t.endswith(f"/{names[0]}") for t in tags), tags
+    assert "train/temperature" not in tags
   assert want <= tags, sorted(want - tags)
+
+
+class _Scalars:
+  """A stand-in for :class:`gmr.logs.TensorBoard` that keeps the scalars' tags."""
+
+  def __init__(self):
+    self.tags = []
+
+  def scalars(self, step, prefix, values):
+    self.tags += [f"{prefix}/{k}" for k in values]
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_a_temperature_is_shown_only_for_a_method_that_has_one(method):
+  """Every registered method: the progress line and the TensorBoard scalars carry the
+  temperature exactly when the method samples its allocation at one (Gumbel-Matrix); the
+  rest of the line is the same for every method."""
+  import types
+  config = types.SimpleNamespace(method=method, num_rounds=40)
+  suite = types.SimpleNamespace(task_names=("a", "b"))
+  tb, out = _Scalars(), io.StringIO()
+  on_event = experiment._event_writer(io.StringIO(), tb, config, suite, out)  # pylint: disable=protected-access
+  on_event(T.Event("log", {"round": 10, "step": 20, "train_loss": {"a": 0.5, "b": 0.25},
+                           "train_loss_mean": 0.375, "temperature": 10.91, "penalty": {},
+                           "steps_per_s": 123.0, "eta_s": 75.0}))
+  has = method == "gumbel_matrix"
+  assert methods.METHODS[method].has_temperature == has
+  temp = "temp 10.91  " if has else ""
+  assert out.getvalue() == (f"round 10/40  step 20  loss 0.3750  {temp}123 steps/s  "
+                            f"ETA 1m15s\n")
+  assert sorted(tb.tags) == sorted(["train/loss", "train/steps_per_s", "train/penalty"]
+                                   + ["train/temperature"] * has)
 
 
 def test_penalty_terms_are_logged_and_sum_to_the_penalty(tmp_path):

@@ -13,12 +13,85 @@ from gmr import experiment
 from gmr.analysis import stats
 
 
-def test_smooth_and_band():
+def test_smooth():
   np.testing.assert_allclose(report.smooth([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
   np.testing.assert_allclose(report.smooth([1, 2, 3], 1), [1, 2, 3])
-  m, h = report.band(np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]]))
-  np.testing.assert_allclose(m, [3.0, 2.0])
-  np.testing.assert_allclose(h, [stats.interval90([1, 3, 5]), 0.0])
+
+
+def test_band_rule():
+  """One seed: the curve, no band; 2 to 4 seeds: the range over them; from 5: the 90%
+  t-interval of the mean, clipped at the floor (0 for a loss) where it reaches below it."""
+  one = report.band([[1.0, 2.0]], report.LOSS_FLOOR)
+  np.testing.assert_allclose(one.mean, [1.0, 2.0])
+  assert one.lo is None and one.hi is None and one.label == ""
+  assert one.describe() == "1 seed, no band"
+  two = report.band([[0.1, 2.0], [0.9, 2.0]], report.LOSS_FLOOR)  # a t-band: 0.5 +- 2.53
+  np.testing.assert_allclose(two.mean, [0.5, 2.0])
+  np.testing.assert_allclose(two.lo, [0.1, 2.0])
+  np.testing.assert_allclose(two.hi, [0.9, 2.0])
+  assert two.describe() == "mean of 2 seeds, band: range over 2 seeds"
+  assert report.band(np.ones((4, 3))).label == "range over 4 seeds"
+  five = np.array([[1.0, 10.0], [2.0, 10.5], [3.0, 11.0], [4.0, 11.5], [5.0, 12.0]])
+  b = report.band(five, report.LOSS_FLOOR)
+  half = [stats.interval90(five[:, 0]), stats.interval90(five[:, 1])]
+  np.testing.assert_allclose(b.mean, [3.0, 11.0])
+  np.testing.assert_allclose(b.lo, np.array([3.0, 11.0]) - half)
+  np.testing.assert_allclose(b.hi, np.array([3.0, 11.0]) + half)
+  assert b.describe() == "mean of 5 seeds, band: 90% t-interval over 5 seeds"
+  # a nonnegative loss with one seed far off: the interval (0.5 +- 1.73) stops at 0
+  skewed = np.array([[0.1], [0.1], [0.1], [0.1], [2.1]])
+  lower = 0.5 - stats.interval90(skewed[:, 0])
+  assert lower < 0
+  clipped = report.band(skewed, report.LOSS_FLOOR)
+  assert clipped.lo[0] == 0.0 and clipped.hi[0] == pytest.approx(1.0 - lower)
+  assert clipped.label == "90% t-interval over 5 seeds, clipped at 0"
+  assert report.band(skewed).lo[0] == pytest.approx(lower)  # no floor: not clipped
+  for n in (2, 3, 5, 8):  # any spread of a nonnegative loss: never a band below 0
+    curves = np.random.default_rng(n).exponential(1.0, (n, 50)) ** 3
+    assert report.band(curves, report.LOSS_FLOOR).lo.min() >= 0.0
+  with pytest.raises(ValueError, match="seeds, points"):
+    report.band(np.zeros((0, 3)))
+
+
+def test_figures_say_what_their_bands_are(tmp_path, monkeypatch):
+  """A sweep of groups of 1, 2 and 5 seeds: each loss-curve panel's title and each legend
+  entry of comparison.png state the band the rule gives, and the drawn bands are those:
+  none for one seed, none below 0."""
+  root = tmp_path / "sweep"
+  for g, seeds in (("one", 1), ("two", 2), ("five", 5)):
+    for s in range(seeds):
+      _fake_run(str(root / g / f"seed_{s}"), s, 20.0 if s == 4 else 1.0 + 0.1 * s)
+  drawn = {}
+  real_save = report._save  # pylint: disable=protected-access
+
+  def keep(fig, path):
+    drawn[os.path.relpath(path, tmp_path / "out")] = [
+        {"title": ax.get_title(), "legend": [t.get_text() for t in ax.get_legend().get_texts()],
+         "bands": [c.get_paths()[0].vertices[:, 1] for c in ax.collections]}
+        for ax in fig.axes if ax.get_legend() is not None]
+    real_save(fig, path)
+  monkeypatch.setattr(report, "_save", keep)
+  report.report(str(root), str(tmp_path / "out"), smooth_steps=100)
+  what = {"one": "1 seed, no band", "two": "mean of 2 seeds, band: range over 2 seeds",
+          "five": "mean of 5 seeds, band: 90% t-interval over 5 seeds"}
+  for g in what:
+    train, test = drawn[os.path.join(g, "loss_curves.png")]
+    assert train["legend"] == test["legend"] == ["a", "b", "c", "d"]
+    assert len(train["bands"]) == len(test["bands"]) == (0 if g == "one" else 4)
+    assert all(v.min() >= 0 for p in (train, test) for v in p["bands"])
+    if g != "five":
+      assert train["title"] == f"{g}: training loss\n{what[g]}"
+      assert test["title"] == f"test loss at the evaluations\n{what[g]}"
+  # five seeds, one far off: every test loss's interval reaches below 0 and is clipped there
+  train, test = drawn[os.path.join("five", "loss_curves.png")]
+  assert test["title"] == f"test loss at the evaluations\n{what['five']}, clipped at 0"
+  assert min(v.min() for v in test["bands"]) == 0.0
+  assert what["five"] in train["title"]
+  for panel in drawn["comparison.png"]:  # groups in sorted order
+    assert panel["legend"][1:] == [f"one: {what['one']}", f"two: {what['two']}"]
+    assert panel["legend"][0].startswith(f"five: {what['five']}")
+    assert len(panel["bands"]) == 2 and all(v.min() >= 0 for v in panel["bands"])
+  assert drawn["comparison.png"][1]["legend"][0] == f"five: {what['five']}, clipped at 0"
 
 
 def _fake_run(d, seed, loss0, clusters=None):
@@ -68,14 +141,15 @@ def test_sweep_report_files_and_numbers(tmp_path):
   for g in ("gm", "ns"):
     for f in written[g]:
       assert os.path.getsize(os.path.join(out, g, f)) > 5000  # a real PNG, not an empty one
-  # loss curves: smoothing 200 steps = 2 logged points; mean and 90% CI over the 3 seeds
+  # loss curves: smoothing 200 steps = 2 logged points; mean and range over the 3 seeds
   with open(os.path.join(out, "gm", "loss_curves.csv")) as f:
     rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["task"] == "b"]
   seeds = np.array([[(1.0 + 0.1 * s) / (i + 1) + 1 for i in range(4)] for s in range(3)])
   sm = np.array([report.smooth(x, 2) for x in seeds])
   np.testing.assert_allclose([float(r["mean"]) for r in rows], sm.mean(0), rtol=1e-5)
-  np.testing.assert_allclose([float(r["ci90_half_width"]) for r in rows],
-                             [stats.interval90(sm[:, i]) for i in range(4)], rtol=1e-5)
+  np.testing.assert_allclose([float(r["band_lo"]) for r in rows], sm.min(0), rtol=1e-5)
+  np.testing.assert_allclose([float(r["band_hi"]) for r in rows], sm.max(0), rtol=1e-5)
+  assert {r["band"] for r in rows} == {"range over 3 seeds"}
   # similarity: identical embeddings of a/b and of c/d; clusters recovered in every seed
   with open(os.path.join(out, "gm", "similarity.json")) as f:
     sim = json.load(f)

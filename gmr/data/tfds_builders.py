@@ -5,7 +5,9 @@ Each builder reads the canonical raw files from a manual directory laid out like
 TFDS dataset (random access through ``as_data_source``; preparing and reading need only numpy).
 When a file is absent and ``download=True`` it is fetched from its canonical location and
 checked. :func:`load_arrays` prepares a dataset once and returns a split as numpy arrays in
-canonical order (every record carries its ``index``).
+canonical order (every record carries its ``index``). Preparing prints one line on stdout,
+``preparing <dataset> from <raw files> into <folder>``, in place of TFDS's "Downloading and
+preparing dataset ..." (nothing is downloaded then); loading prepared data prints nothing.
 
 Provenance: preparing checks every raw file against its canonical digest (a non-canonical
 file is refused unless ``accept_noncanonical``) and records the files' sizes and sha256 in
@@ -46,6 +48,21 @@ class _Base(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, raw_dir: str, download: bool = False, **kwargs):
     self._raw_dir, self._download = raw_dir, download
     super().__init__(file_format="array_record", **kwargs)
+
+  def preparing_line(self) -> str:
+    """The one line printed when this dataset is prepared: its name, the raw files it is read
+    from (absolute paths) and the folder it is written to."""
+    files = ", ".join(os.path.join(self._raw_dir, rel) for rel in self.raw_files())
+    return f"preparing {self.name} from {files} into {self.data_dir}"
+
+  def _log_download_bytes(self) -> None:
+    # TFDS's hook prints "Downloading and preparing dataset Unknown size ..."; a gmr builder
+    # downloads nothing here (missing raw files are fetched before, by :func:`prepare`)
+    print(self.preparing_line(), flush=True)
+
+  def _log_download_done(self) -> None:
+    # TFDS's "Dataset ... downloaded and prepared to ...": the line before says it all
+    pass
 
 
 class GmrMnist(_Base, skip_registration=True):
