@@ -297,21 +297,18 @@ class _Saver:
 
 def _event_writer(mf, tb, config, suite, stream):
   """``on_event`` of a run: each event a line of ``metrics.jsonl`` (``mf``), TensorBoard
-  scalars, and a progress line on ``stream`` (``None``: quiet). The temperature is shown and
-  written to TensorBoard only for a method that has one (``has_temperature``)."""
-  from gmr import methods  # pylint: disable=g-import-not-at-top
-  has_t = methods.METHODS[config.method].has_temperature
-
+  scalars, and a progress line on ``stream`` (``None``: quiet). The temperature (only a method
+  that has one logs it) goes where the log event has it."""
   def on_event(ev):
     workdir_lib.append_line(mf, {"kind": ev.kind, **ev.data})
     if ev.kind == "log":
       train = {"loss": ev.data["train_loss"], "steps_per_s": ev.data["steps_per_s"],
                "penalty": ev.data["penalty"]}
-      if has_t:
+      if "temperature" in ev.data:
         train["temperature"] = ev.data["temperature"]
       tb.scalars(ev.data["step"], "train", train)
       if stream is not None:
-        logs.progress_line(ev.data, config.num_rounds, stream, has_t)
+        logs.progress_line(ev.data, config.num_rounds, stream)
     elif ev.kind == "alloc":
       tb.allocation(ev.data["step"], ev.data, suite.task_names)
     else:

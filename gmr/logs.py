@@ -78,13 +78,12 @@ class TensorBoard:
       self.w.close()
 
 
-def progress_line(d, total, out, temperature: bool):
+def progress_line(d, total, out):
   """Write one progress line for the ``log`` event ``d`` (its ``round``, ``step``,
-  ``train_loss_mean``, ``temperature``, ``steps_per_s``, ``eta_s`` in seconds) of a run of
-  ``total`` rounds to ``out``; the temperature only when ``temperature`` (the method's
-  ``has_temperature``: a method without a sampled allocation has none)."""
+  ``train_loss_mean``, ``steps_per_s``, ``eta_s`` in seconds, and ``temperature`` for a method
+  that has one: the event carries it only then) of a run of ``total`` rounds to ``out``."""
   eta = d["eta_s"]
-  temp = f"temp {d['temperature']:.2f}  " if temperature else ""
+  temp = f"temp {d['temperature']:.2f}  " if "temperature" in d else ""
   out.write(f"round {d['round']}/{total}  step {d['step']}  loss {d['train_loss_mean']:.4f}  "
             f"{temp}{d['steps_per_s']:.0f} steps/s  "
             f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s\n")

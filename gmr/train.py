@@ -234,8 +234,9 @@ class _Loop:
     self.on_event(Event("log", {
         "round": r, "step": int(state.step), "train_loss": per_task,
         "train_loss_mean": float(np.mean(list(per_task.values()))),
-        "temperature": float(A.temperature(int(state.step), self.config.t_init,
-                                           self.config.t_min)),
+        **({"temperature": float(A.temperature(int(state.step), self.config.t_init,
+                                               self.config.t_min))}
+           if self.setup.method.has_temperature else {}),
         "penalty": self.penalty_report(state),
         "steps_per_s": rate, "eta_s": eta,
         "elapsed_s": now - self.t_start,
@@ -296,7 +297,8 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
   Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds (training loss per
-  task since the last one, temperature, the method's penalty terms per task at this round) and
+  task since the last one, the temperature for a method that has one (``has_temperature``),
+  the method's penalty terms per task at this round) and
   ``Event("eval", ...)`` every ``eval_every`` rounds and at the end: the test split, and the
   validation split (if the suite has one) at the end and, when ``select_by`` ranks by it, at
   every evaluation. Log events carry ``wall_s``: seconds since the previous log line spent in
