@@ -152,9 +152,20 @@ def runs_code(collected: dict, root: str) -> str:
   return "; ".join(parts) or "no runs"
 
 
+USAGE = (f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2] "
+         "[--root=runs/<table>] [--no_run]")
+
+
 def main():
+  """``python -m launch.tables <table> ...`` (see the module's doc); ``--help``: the usage,
+  nothing written."""
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in sys.argv[1:]):
+    print(f"{__doc__.strip()}\n\n{USAGE}")
+    sys.exit(0)
   if len(sys.argv) < 2 or sys.argv[1] not in RECIPES:
-    raise SystemExit(f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2]")
+    got = repr(sys.argv[1]) if len(sys.argv) > 1 else "none"
+    print(f"error: table: unknown table {got}; {USAGE}", file=sys.stderr)
+    sys.exit(2)
   name = sys.argv[1]
   extra = dict((a[2:].split("=", 1) + [""])[:2] for a in sys.argv[2:] if a.startswith("--"))
   r = RECIPES[name]
