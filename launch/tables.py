@@ -156,6 +156,22 @@ USAGE = (f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] 
          "[--root=runs/<table>] [--no_run]")
 
 
+def skipped_lines(status: dict) -> list:
+  """One line per workdir of ``status`` (``launch.sweep.statuses``) that holds another config
+  than its planned one (its numbers are not this table's): the workdir and the differing
+  fields."""
+  return [workdir.conflict_line(wd, st) for wd, st in sorted(status.items())
+          if st.state == "conflict"]
+
+
+def skipped_note(lines: list) -> str:
+  """The table's note of the runs :func:`skipped_lines` left out (``""`` for none)."""
+  if not lines:
+    return ""
+  return ("\nNot in the table (their workdirs hold another config than this table's): "
+          + "; ".join(lines) + ".\n")
+
+
 def main():
   """``python -m launch.tables <table> ...`` (see the module's doc); ``--help``: the usage,
   nothing written."""
@@ -180,8 +196,16 @@ def main():
       if not os.path.exists(os.path.join(wd, "results.json")):
         subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
                                f"--workdir={wd}", "--quiet"])
-    subprocess.check_call(argv)
-  collected = tables.collect(root)
+    rc = subprocess.call(argv)
+    if rc:  # its error line, or its failed runs, are above
+      sys.exit(rc)
+  from launch import sweep  # pylint: disable=g-import-not-at-top
+  status = sweep.statuses(sweep.plan(r["config"], r["methods"].split(","),
+                                     sweep.parse_seeds(seeds), r["grid"], [], root))
+  skipped = skipped_lines(status)
+  for line in skipped:
+    print(f"skipped {line}", file=sys.stderr)
+  collected = tables.collect(root, status)
   table = {n: dict(tables.summarize(runs), combine=row_combine(r["config"], n))
            for n, runs in collected.items()}
   cmd = (f"python -m launch.tables {name} --seeds={seeds}"
@@ -199,6 +223,7 @@ def main():
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
          + f". Code of the runs: {runs_code(collected, root)}; of this table: gmr commit "
          f"{code_commit()}.\n")
+  md += skipped_note(skipped)
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)
