@@ -24,7 +24,7 @@ import sys
 
 import jax
 
-from gmr import workdir
+from gmr import cli, workdir
 from gmr.analysis import tables
 
 RECIPES = {
@@ -117,7 +117,7 @@ def row_combine(config_spec: str, row: str) -> str:
   """How the layers of the runs of table row ``row`` (``<method>[__<key>=<value>...]``, as
   launch.sweep names them) combine their active components, from the recipe's config: "mean"
   or "sum" (``combine="auto"`` resolved by the method)."""
-  from gmr import cli, train  # pylint: disable=g-import-not-at-top
+  from gmr import train  # pylint: disable=g-import-not-at-top
   tokens = [t for part in row.split("__") for t in part.split(",") if t]
   config = cli.load_config(config_spec + ("," if ":" in config_spec else ":") + ",".join(tokens))
   return train.resolve_combine(config)
@@ -193,9 +193,11 @@ def main():
     argv.append("--pin_cpus")
   if "no_run" not in extra:  # --no_run: aggregate the finished runs only
     for cfg, wd in r.get("pre", []):  # runs the sweep starts from (a fine-tuning source)
-      if not os.path.exists(os.path.join(wd, "results.json")):
-        subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
-                               f"--workdir={wd}", "--quiet"])
+      if workdir.run_status(cli.load_config(cfg), wd).state != "finished":
+        rc = subprocess.call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
+                              f"--workdir={wd}"])
+        if rc:  # its error line is above
+          sys.exit(rc)
     rc = subprocess.call(argv)
     if rc:  # its error line, or its failed runs, are above
       sys.exit(rc)
