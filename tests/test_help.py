@@ -76,8 +76,8 @@ def test_every_command_prints_its_usage_for_help_and_writes_nothing(tmp_path):
     assert not os.listdir(d), (shown, os.listdir(d))
 
 
-def test_main_help_lists_every_config_field_with_its_doc():
-  p = _help(["experiments.main", "--help"], ROOT)
+def test_main_help_lists_every_config_field_with_its_doc(tmp_path):
+  p = _help(["experiments.main", "--help"], str(tmp_path))
   assert p.returncode == 0, p.stderr
   for field, doc in config_schema.docs().items():
     assert any(line.strip().startswith(f"{field} = ") and doc in line
