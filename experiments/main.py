@@ -86,9 +86,32 @@ def _flag_error(e: flags.Error) -> str:
   return f"flags: {msg}; see python -m experiments.main --helpshort"
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def usage(config=None, spec: str = "") -> str:
+  """``--help``'s text: this command's flags and the config's fields with their values (those
+  of ``config``, loaded from ``spec``, or the schema's defaults) and one-line docs."""
+  where = f"the values of {spec}" if spec else "their defaults (gmr/config.py)"
+  return (f"{__doc__.strip()}\n\nflags:\n{FLAGS.get_help()}\n\nconfig fields "
+          f"(--config.<field>=<value>), {where}:\n{cli.fields_help(config)}\n\n"
+          "absl's own flags: --helpfull\n")
+
+
 def parse_args(argv):
   """absl's flags, then the config and its ``--config.<field>`` overrides (any order, as
-  ``--config.f=v`` or ``--config.f v``); the config is locked. Any error: :func:`fail`."""
+  ``--config.f=v`` or ``--config.f v``); the config is locked. Any error: :func:`fail`.
+  ``--help``: :func:`usage` on stdout, exit status 0."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), "")
+    config = None
+    if spec:
+      try:
+        config = cli.load_config(spec)
+      except ConfigError as e:
+        fail(str(e))
+    print(usage(config, spec), end="")
+    sys.exit(0)
   overrides, rest, i = [], [argv[0]], 1
   while i < len(argv):
     a = argv[i]

@@ -168,3 +168,30 @@ def load_config(spec: str) -> config_dict.ConfigDict:
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ConfigError("--config", f"variant {variant!r} of {path}: {e}",
                       "see the variants the file's get_config accepts") from None
+
+
+def fields_help(config: config_dict.ConfigDict = None) -> str:
+  """The config's fields for ``--help``: one line ``<dotted field> = <value>  <doc>`` per field
+  (nested fields such as ``data.*`` and ``synthetic.*`` by their dotted names), docs from
+  :func:`gmr.config.docs`. ``config``: the values to list; None: :func:`gmr.config.defaults`
+  with :func:`gmr.config.synthetic_defaults` as ``synthetic``."""
+  from gmr import config as config_schema  # pylint: disable=g-import-not-at-top
+  if config is None:
+    config = config_schema.defaults()
+    config.synthetic = config_schema.synthetic_defaults()
+  docs = config_schema.docs()
+  rows = []
+
+  def walk(c, prefix):
+    for k in sorted(c.keys()) if prefix else list(c.keys()):
+      v = c[k]
+      if isinstance(v, config_dict.ConfigDict) and len(v):
+        walk(v, f"{prefix}{k}.")
+      else:
+        shown = v.to_dict() if isinstance(v, config_dict.ConfigDict) else v
+        rows.append((f"{prefix}{k}", repr(shown), docs.get(f"{prefix}{k}", "")))
+
+  walk(config, "")
+  width = max(len(f"{n} = {v}") for n, v, _ in rows)
+  return "\n".join(f"  {n} = {v}".ljust(width + 4) + (f"  {d}" if d else "")
+                   for n, v, d in rows)

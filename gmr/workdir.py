@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -299,15 +300,53 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
 
 
 def finished_results(config, workdir: str):
-  """The results of ``workdir`` if it holds this very config, finished (else ``None``)."""
-  cfg = config_json(config)
+  """The results of ``workdir`` if it holds this very config, finished (else ``None``;
+  :func:`run_status`)."""
+  return run_status(config, workdir).results
+
+
+class RunStatus(NamedTuple):
+  """What a workdir holds for a run of a given config (:func:`run_status`).
+
+  ``state``: ``"missing"`` (no run there yet), ``"unfinished"`` (this run, started, no
+  ``results.json`` yet: running, stopped or killed; a rerun resumes it), ``"finished"`` (this
+  run, with its results) or ``"conflict"`` (a run of another config: its numbers are not this
+  run's). ``diff``: the differing fields for a conflict (:func:`config_diff`), else ``[]``.
+  ``results``: the ``results.json`` dict when finished, else None."""
+  state: str
+  diff: list
+  results: Optional[dict] = None
+
+
+def run_status(config, workdir: str) -> RunStatus:
+  """Whether ``workdir`` holds the run of ``config``, finished or not, or another run: the one
+  rule of what counts as finished (finished with this config), as :func:`prepare` applies it
+  when the run starts. A stored config differing only in ``num_rounds`` is a conflict (another
+  run until ``--extend`` continues it); an unreadable ``config.json`` differs in every field."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    if os.path.exists(os.path.join(workdir, "results.json")):
+      return RunStatus("conflict", ["<no config.json>"])
+    return RunStatus("missing", [])
   try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      same = not config_diff(json.load(f), cfg)
-    with open(os.path.join(workdir, "results.json")) as f:
-      return json.load(f) if same else None
+    with open(path) as f:
+      old = json.load(f)
   except (OSError, json.JSONDecodeError):
-    return None
+    old = {"<unreadable config.json>": True}
+  diff = config_diff(old, config_json(config))
+  if diff:
+    return RunStatus("conflict", diff)
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      return RunStatus("finished", [], json.load(f))
+  except (OSError, json.JSONDecodeError):  # none yet (a kill before the rename leaves none)
+    return RunStatus("unfinished", [])
+
+
+def conflict_line(workdir: str, status: RunStatus) -> str:
+  """One line naming a workdir that holds another config, and the fields that differ."""
+  shown = ", ".join(status.diff[:5]) + (" ..." if len(status.diff) > 5 else "")
+  return f"{workdir}: holds a run with a different config (differs in {shown})"
 
 
 def truncate_metrics(path: str, last_round: int, config):

@@ -107,6 +107,17 @@ def table() -> str:
 
 
 def main(argv) -> int:
+  """``python -m launch.front [--check]``: the exit status (0; 1 when ``--check`` finds the
+  README's block out of date; 2 with one line ``error: ...`` for any other argument).
+  ``--help``: the usage, nothing written."""
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv):
+    print(__doc__.strip())
+    return 0
+  if any(a != "--check" for a in argv):
+    bad = next(a for a in argv if a != "--check")
+    print(f"error: arguments: unexpected {bad!r}; give --check or nothing (see --help)",
+          file=sys.stderr)
+    return 2
   path = os.path.join(ROOT, "README.md")
   with open(path) as f:
     text = f.read()

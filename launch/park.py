@@ -281,7 +281,10 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
 
 def main(argv) -> int:
   """``python -m launch.park save|restore ...``: the exit status (0, or 2 with one line
-  ``error: ...`` on stderr for bad input)."""
+  ``error: ...`` on stderr for bad input). ``--help``: the usage, nothing written."""
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv):
+    print(__doc__.strip())
+    return 0
   if not argv or argv[0] not in ("save", "restore"):
     print(f"error: command: give save or restore; {USAGE}", file=sys.stderr)
     return 2

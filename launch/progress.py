@@ -10,8 +10,15 @@ fraction of the steps' time. For suites with known task clusters (section V-C), 
 in the greedy allocations at the last allocation-history point
 (:func:`gmr.analysis.embeddings.history_cluster_row`): ARI of the 3-way clustering, the tasks
 whose nearest task is of their own cluster, the decided fraction of P(on), and per cluster the
-distinct embeddings and the components in which two of its tasks differ. The code commit of
-the runs is read from the git checkout holding ``<root>``.
+distinct embeddings and the components in which two of its tasks differ. The code of the
+runs is the commits their ``results.json`` record (:func:`launch.tables.runs_code`; a run
+records it when it finishes).
+
+Given the sweep's flags (``--config``, ``--methods``, ``--seeds``, ``--grid``, ``--set``, as
+``launch.sweep`` takes them), a run is finished only when finished with its planned config
+(:func:`gmr.workdir.run_status`), and a workdir holding another config is left out of the
+table and named with the differing fields. A root with no run in this layout is an error that
+says what is there.
 """
 
 from __future__ import annotations
@@ -20,22 +27,25 @@ import glob
 import json
 import os
 import shlex
+import sys
 from typing import Dict, Optional
 
 from absl import app, flags
 
 from gmr import data
 from gmr.analysis import embeddings
-from launch.tables import code_commit
+from gmr.methods import ConfigError
+from launch import sweep
+from launch.park import runs_under
+from launch.tables import runs_code, skipped_lines, skipped_note
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():  # only when run as a script: importers (tests, notebooks) define their own
-  flags.DEFINE_string("root", None, "Directory of the runs.")
+  sweep.define_plan_flags(required=False)
   flags.DEFINE_string("out", None, "Output prefix: writes <out>.md and .json (else stdout only).")
   flags.DEFINE_string("title", "", "Table title.")
-  flags.mark_flags_as_required(["root"])
 
 
 def run_progress(workdir: str) -> Dict:
@@ -91,15 +101,53 @@ def _clusters_at(config: dict, alloc: Optional[dict]) -> Optional[Dict]:
           **embeddings.history_cluster_row(alloc["probabilities"], clusters)}
 
 
-def table(root: str) -> Dict[str, Dict]:
+def table(root: str, status: Optional[Dict] = None) -> Dict[str, Dict]:
+  """``{<name>/seed_<s>: run_progress(...)}`` of the started runs under ``root``. ``status``:
+  ``{workdir: gmr.workdir.RunStatus}`` of a sweep's planned runs (``launch.sweep.statuses``):
+  then only those, finished when finished with their config, and none holding another config
+  (the caller names those)."""
   out = {}
-  for wd in sorted(glob.glob(os.path.join(root, "*", "seed_*"))):
-    if os.path.exists(os.path.join(wd, "config.json")):
-      out[os.path.relpath(wd, root)] = run_progress(wd)
+  if status is None:
+    found = [wd for wd in sorted(glob.glob(os.path.join(root, "*", "seed_*")))
+             if os.path.exists(os.path.join(wd, "config.json"))]
+  else:
+    found = [wd for wd, st in sorted(status.items()) if st.state in ("unfinished", "finished")]
+  for wd in found:
+    row = run_progress(wd)
+    if status is not None:
+      row["finished"] = status[wd].state == "finished"
+    out[os.path.relpath(wd, root)] = row
   return out
 
 
+def runs_commits(root: str, rows: Dict[str, Dict]) -> str:
+  """The code of the runs ``rows`` (:func:`table`): :func:`launch.tables.runs_code` of their
+  ``results.json`` (unfinished runs have none yet)."""
+  collected = {}
+  for name, r in rows.items():
+    results = {}
+    if r["finished"]:
+      with open(os.path.join(root, name, "results.json")) as f:
+        results = json.load(f)
+    collected.setdefault(name, []).append(results)
+  return runs_code(collected, root)
+
+
+def no_runs_line(root: str) -> str:
+  """The error line for a root without runs in ``<root>/<name>/seed_<s>/``: what is there."""
+  if not os.path.isdir(root):
+    return f"--root: {root} is not a folder; give the sweep's root (<root>/<name>/seed_<s>/)"
+  elsewhere = runs_under(root)
+  found = (f"it holds {len(elsewhere)} run folders in another layout ("
+           + ", ".join(elsewhere[:3]) + (", ..." if len(elsewhere) > 3 else "") + ")"
+           if elsewhere else "it holds no run folder (one with a config.json)")
+  return (f"--root: no runs under {root} in the layout <root>/<name>/seed_<s>/config.json "
+          f"(launch.sweep's); {found}; give the sweep's root")
+
+
 def to_markdown(rows: Dict[str, Dict], title: str, command: str, commit: str) -> str:
+  """The progress table of ``rows`` (:func:`table`); ``commit``: the runs' code
+  (:func:`runs_commits`)."""
   def f(v, fmt):
     return "-" if v is None else format(v, fmt)
   md = [f"# {title}" if title else "# Progress", "",
@@ -137,18 +185,36 @@ def to_markdown(rows: Dict[str, Dict], title: str, command: str, commit: str) ->
                 + " | ".join(str(c[f"distinct_{n}"]) for n in names) + " | "
                 + " | ".join(f"{c[f'differing_{n}']:.1f} ({c[f'differing_decided_{n}']:.1f})"
                              for n in names) + " |")
-  md += ["", f"Generated by `{command}`; the runs' code: commit {commit}.", ""]
+  md += ["", f"Generated by `{command}`; the runs' code: {commit}.", ""]
   return "\n".join(md)
 
 
 def main(argv):
   del argv
   root, out = FLAGS.root, FLAGS.out
-  rows = table(root)
-  commit = code_commit(root)
+  runs, status, skipped = sweep.plan_from_flags(), None, []
+  if runs is not None:
+    try:
+      status = sweep.statuses(runs)
+    except ConfigError as e:  # a wrong --config, --grid or --set
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    skipped = skipped_lines(status)
+    for line in skipped:
+      print(f"skipped {line}", file=sys.stderr)
+  rows = table(root, status)
+  if not rows and not skipped:
+    print(f"error: {no_runs_line(root)}", file=sys.stderr)
+    sys.exit(2)
+  commit = runs_commits(root, rows)
   command = (f"python -m launch.progress --root={root}" + (f" --out={out}" if out else "")
-             + (f" --title={shlex.quote(FLAGS.title)}" if FLAGS.title else ""))
-  md = to_markdown(rows, FLAGS.title, command, commit)
+             + (f" --title={shlex.quote(FLAGS.title)}" if FLAGS.title else "")
+             + "".join(f" --{k}={shlex.quote(str(v))}" for k, v in (
+                 ("config", FLAGS.config), ("methods", ",".join(FLAGS.methods)),
+                 ("seeds", FLAGS.seeds)) if FLAGS.config and v)
+             + "".join(f" --{k}={shlex.quote(v)}" for k in ("grid", "set")
+                       for v in (FLAGS[k].value if FLAGS.config else [])))
+  md = to_markdown(rows, FLAGS.title, command, commit) + skipped_note(skipped)
   if out:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".md", "w") as f:

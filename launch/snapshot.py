@@ -218,6 +218,10 @@ def digest_main(argv) -> None:
 
 if __name__ == "__main__":
   COMMANDS = {"save": save_main, "run": run_main, "digest": digest_main}
+  ours = sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in ours):
+    print(f"{__doc__.strip()}\n\n{USAGE}")  # (``run ... -- --help``: experiments.main's)
+    sys.exit(0)
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
     fail(f"error: command: give save, run or digest; {USAGE}")
   COMMANDS[sys.argv[1]](sys.argv[2:])

@@ -9,7 +9,9 @@ Slurm as one job array through submitit, or printed.
 
 ``--methods`` takes method names or other variant tokens of the config file (``budget``),
 appended to the config's variant. Each run gets ``<root>/<method>[__key=value...]/seed_<s>``.
-Runs whose workdir already holds a ``results.json`` are skipped. ``--print_only`` prints one
+Runs finished with their config (:func:`gmr.workdir.run_status`) are skipped; a workdir that
+holds a run of another config stops the sweep before any run, naming it and the differing
+fields. Each run's progress lines and errors go to its ``log.txt``. ``--print_only`` prints one
 command per run (for another scheduler).
 
 ``--launcher=submitit``: one job per run, submitted as one job array (``submitit.AutoExecutor``:
@@ -36,31 +38,42 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file (with optional :variant).")
-_METHODS = flags.DEFINE_list("methods", [], "Methods (empty: the config's own).")
-_SEEDS = flags.DEFINE_string("seeds", "0-4", "Seeds: '0-4' or '0,3,7'.")
-_GRID = flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: one sweep axis (repeatable).")
-_SET = flags.DEFINE_multi_string("set", [], "key=value applied to every run (repeatable).")
-_ROOT = flags.DEFINE_string("root", None, "Sweep directory.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
-_PRINT = flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
-_PIN = flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU "
-                         "core (taskset), among the cores this process may use. On small CPUs "
-                         "N one-core runs beat one N-core run.")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
-                              "local: a thread pool here; submitit: a job array (see above).")
-_PARTITION = flags.DEFINE_string("slurm_partition", "", "submitit: the Slurm partition.")
-_TIMEOUT = flags.DEFINE_integer("timeout_min", 240, "submitit: minutes per job (then it "
-                                "checkpoints and is requeued).")
-_GPUS = flags.DEFINE_integer("gpus_per_node", 0, "submitit: GPUs per node.")
-_CPUS = flags.DEFINE_integer("cpus_per_task", 1, "submitit: CPU cores per task.")
-_ARRAY = flags.DEFINE_integer("array_parallelism", 16, "submitit: jobs of the array at once.")
-_NODES = flags.DEFINE_integer("nodes", 1, "submitit: nodes per run (multi-host).")
-_TASKS = flags.DEFINE_integer("tasks_per_node", 1, "submitit: processes per node and run.")
-_WAIT = flags.DEFINE_bool("wait", False, "submitit: wait for every job and report them.")
-_CLUSTER = flags.DEFINE_string("cluster", "", "submitit: force 'slurm' or 'local' (default: "
-                               "Slurm where srun exists).")
-flags.mark_flags_as_required(["config", "root"])
+FLAGS = flags.FLAGS
+
+
+def define_plan_flags(required: bool = True) -> None:
+  """The flags that name a sweep's runs (``--config``, ``--methods``, ``--seeds``, ``--grid``,
+  ``--set``, ``--root``): this command's, and ``launch.aggregate``'s and ``launch.progress``'s,
+  which compare the runs they find with these configs (:func:`plan_from_flags`)."""
+  flags.DEFINE_string("config", None, "Config file (with optional :variant).")
+  flags.DEFINE_list("methods", [], "Methods (empty: the config's own).")
+  flags.DEFINE_string("seeds", "0-4", "Seeds: '0-4' or '0,3,7'.")
+  flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: one sweep axis (repeatable).")
+  flags.DEFINE_multi_string("set", [], "key=value applied to every run (repeatable).")
+  flags.DEFINE_string("root", None, "Sweep directory.")
+  flags.mark_flags_as_required(["config", "root"] if required else ["root"])
+
+
+def _define_flags():  # only when run as a script
+  define_plan_flags()
+  flags.DEFINE_integer("parallel", 1, "Runs at once.")
+  flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
+  flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU core "
+                    "(taskset), among the cores this process may use. On small CPUs N "
+                    "one-core runs beat one N-core run.")
+  flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
+                    "local: a thread pool here; submitit: a job array (see above).")
+  flags.DEFINE_string("slurm_partition", "", "submitit: the Slurm partition.")
+  flags.DEFINE_integer("timeout_min", 240, "submitit: minutes per job (then it checkpoints and "
+                       "is requeued).")
+  flags.DEFINE_integer("gpus_per_node", 0, "submitit: GPUs per node.")
+  flags.DEFINE_integer("cpus_per_task", 1, "submitit: CPU cores per task.")
+  flags.DEFINE_integer("array_parallelism", 16, "submitit: jobs of the array at once.")
+  flags.DEFINE_integer("nodes", 1, "submitit: nodes per run (multi-host).")
+  flags.DEFINE_integer("tasks_per_node", 1, "submitit: processes per node and run.")
+  flags.DEFINE_bool("wait", False, "submitit: wait for every job and report them.")
+  flags.DEFINE_string("cluster", "", "submitit: force 'slurm' or 'local' (default: Slurm "
+                      "where srun exists).")
 
 
 class RunJob:
@@ -182,33 +195,76 @@ def plan(config, methods, seeds, grid, fixed, root):
         if method:  # a method name or another variant token of the config file
           cfg = f"{config},{method}" if ":" in config else f"{config}:{method}"
         argv = [sys.executable, "-m", "experiments.main", f"--config={cfg}",
-                f"--workdir={wd}", f"--config.seed={seed}", "--quiet"]
+                f"--workdir={wd}", f"--config.seed={seed}"]
         argv += [f"--config.{kv}" for kv in fixed] + [f"--config.{k}={v}" for k, v in combo]
         runs.append((wd, argv))
   return runs
 
 
+def planned_config(argv):
+  """The config a run of :func:`plan` gets from its command line ``argv`` (its ``--config``
+  and ``--config.<field>=<value>`` overrides, as ``experiments.main`` reads them). Raises
+  :class:`gmr.methods.ConfigError` for a wrong config or override."""
+  from gmr import cli  # pylint: disable=g-import-not-at-top
+  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  config = cli.load_config(spec)
+  for a in argv:
+    if a.startswith("--config."):
+      name, _, value = a[len("--config."):].partition("=")
+      cli.set_field(config, name, value)
+  return config
+
+
+def statuses(runs) -> dict:
+  """``{workdir: gmr.workdir.RunStatus}`` of every run of :func:`plan` (``[(workdir, argv)]``):
+  missing, unfinished, finished with its config, or holding another config."""
+  from gmr import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return {wd: workdir_lib.run_status(planned_config(a), wd) for wd, a in runs}
+
+
+def plan_from_flags():
+  """:func:`plan` of the flags of :func:`define_plan_flags`, or None without ``--config``."""
+  if not FLAGS.config:
+    return None
+  return plan(FLAGS.config, FLAGS.methods, parse_seeds(FLAGS.seeds), FLAGS.grid, FLAGS.set,
+              FLAGS.root)
+
+
 def main(argv):
   del argv
-  runs = plan(_CONFIG.value, _METHODS.value, parse_seeds(_SEEDS.value), _GRID.value, _SET.value,
-              _ROOT.value)
-  if _PRINT.value:
+  from gmr import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from gmr.methods import ConfigError  # pylint: disable=g-import-not-at-top
+  runs = plan_from_flags()
+  if FLAGS.print_only:
     for _, a in runs:
       print(shlex.join(a))
     return
-  todo = [(wd, a) for wd, a in runs if not os.path.exists(os.path.join(wd, "results.json"))]
+  try:
+    status = statuses(runs)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  conflicts = [workdir_lib.conflict_line(wd, st) for wd, st in status.items()
+               if st.state == "conflict"]
+  if conflicts:
+    print(f"error: --root: {len(conflicts)} of the sweep's workdirs hold another config ("
+          + "; ".join(conflicts) + "); use another --root, or move those runs away "
+          "(experiments.main --fresh moves one to <workdir>/previous_<n>/)", file=sys.stderr)
+    sys.exit(2)
+  todo = [(wd, a) for wd, a in runs if status[wd].state != "finished"]
   # seed-major order: a sweep cut short still has every method at the first seeds
   todo.sort(key=lambda item: int(item[0].rsplit("seed_", 1)[1]))
   print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
-  if _LAUNCHER.value == "submitit":
+  if FLAGS.launcher == "submitit":
     if not todo:
       return
-    jobs = submit(todo, os.path.join(_ROOT.value, "_submitit"), _CLUSTER.value, _PARTITION.value,
-                  _TIMEOUT.value, _GPUS.value, _CPUS.value, _ARRAY.value, _NODES.value,
-                  _TASKS.value)
+    jobs = submit(todo, os.path.join(FLAGS.root, "_submitit"), FLAGS.cluster,
+                  FLAGS.slurm_partition, FLAGS.timeout_min, FLAGS.gpus_per_node,
+                  FLAGS.cpus_per_task, FLAGS.array_parallelism, FLAGS.nodes,
+                  FLAGS.tasks_per_node)
     print(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}...): logs in "
-          f"{_ROOT.value}/_submitit and each run's log.txt", flush=True)
-    if _WAIT.value:
+          f"{FLAGS.root}/_submitit and each run's log.txt", flush=True)
+    if FLAGS.wait:
       failed = 0
       for (wd, _), job in zip(todo, jobs):
         try:
@@ -225,7 +281,7 @@ def main(argv):
 
   free = queue.Queue()
   cpus = sorted(os.sched_getaffinity(0))  # the cores this process may use (`taskset -c 1 ...`)
-  for i in range(max(1, _PARALLEL.value)):
+  for i in range(max(1, FLAGS.parallel)):
     free.put(cpus[i % len(cpus)])
 
   def one(item):
@@ -233,7 +289,7 @@ def main(argv):
     os.makedirs(wd, exist_ok=True)
     t = time.time()
     cpu = free.get()
-    if _PIN.value and shutil.which("taskset"):
+    if FLAGS.pin_cpus and shutil.which("taskset"):
       a = ["taskset", "-c", str(cpu)] + a
     with open(os.path.join(wd, "log.txt"), "a") as log:
       rc = subprocess.call(a, stdout=log, stderr=subprocess.STDOUT)
@@ -241,7 +297,7 @@ def main(argv):
     print(f"{'ok ' if rc == 0 else 'FAILED'} {wd} ({time.time() - t:.0f}s)", flush=True)
     return rc
 
-  with ThreadPoolExecutor(max(1, _PARALLEL.value)) as ex:
+  with ThreadPoolExecutor(max(1, FLAGS.parallel)) as ex:
     failed = sum(rc != 0 for rc in ex.map(one, todo))
   if failed:
     print(f"{failed} runs failed: see their log.txt", file=sys.stderr)
@@ -249,4 +305,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -24,7 +24,7 @@ import sys
 
 import jax
 
-from gmr import workdir
+from gmr import cli, workdir
 from gmr.analysis import tables
 
 RECIPES = {
@@ -117,7 +117,7 @@ def row_combine(config_spec: str, row: str) -> str:
   """How the layers of the runs of table row ``row`` (``<method>[__<key>=<value>...]``, as
   launch.sweep names them) combine their active components, from the recipe's config: "mean"
   or "sum" (``combine="auto"`` resolved by the method)."""
-  from gmr import cli, train  # pylint: disable=g-import-not-at-top
+  from gmr import train  # pylint: disable=g-import-not-at-top
   tokens = [t for part in row.split("__") for t in part.split(",") if t]
   config = cli.load_config(config_spec + ("," if ":" in config_spec else ":") + ",".join(tokens))
   return train.resolve_combine(config)
@@ -152,9 +152,36 @@ def runs_code(collected: dict, root: str) -> str:
   return "; ".join(parts) or "no runs"
 
 
+USAGE = (f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2] "
+         "[--root=runs/<table>] [--no_run]")
+
+
+def skipped_lines(status: dict) -> list:
+  """One line per workdir of ``status`` (``launch.sweep.statuses``) that holds another config
+  than its planned one (its numbers are not this table's): the workdir and the differing
+  fields."""
+  return [workdir.conflict_line(wd, st) for wd, st in sorted(status.items())
+          if st.state == "conflict"]
+
+
+def skipped_note(lines: list) -> str:
+  """The table's note of the runs :func:`skipped_lines` left out (``""`` for none)."""
+  if not lines:
+    return ""
+  return ("\nNot in the table (their workdirs hold another config than this table's): "
+          + "; ".join(lines) + ".\n")
+
+
 def main():
+  """``python -m launch.tables <table> ...`` (see the module's doc); ``--help``: the usage,
+  nothing written."""
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in sys.argv[1:]):
+    print(f"{__doc__.strip()}\n\n{USAGE}")
+    sys.exit(0)
   if len(sys.argv) < 2 or sys.argv[1] not in RECIPES:
-    raise SystemExit(f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2]")
+    got = repr(sys.argv[1]) if len(sys.argv) > 1 else "none"
+    print(f"error: table: unknown table {got}; {USAGE}", file=sys.stderr)
+    sys.exit(2)
   name = sys.argv[1]
   extra = dict((a[2:].split("=", 1) + [""])[:2] for a in sys.argv[2:] if a.startswith("--"))
   r = RECIPES[name]
@@ -166,11 +193,21 @@ def main():
     argv.append("--pin_cpus")
   if "no_run" not in extra:  # --no_run: aggregate the finished runs only
     for cfg, wd in r.get("pre", []):  # runs the sweep starts from (a fine-tuning source)
-      if not os.path.exists(os.path.join(wd, "results.json")):
-        subprocess.check_call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
-                               f"--workdir={wd}", "--quiet"])
-    subprocess.check_call(argv)
-  collected = tables.collect(root)
+      if workdir.run_status(cli.load_config(cfg), wd).state != "finished":
+        rc = subprocess.call([sys.executable, "-m", "experiments.main", f"--config={cfg}",
+                              f"--workdir={wd}"])
+        if rc:  # its error line is above
+          sys.exit(rc)
+    rc = subprocess.call(argv)
+    if rc:  # its error line, or its failed runs, are above
+      sys.exit(rc)
+  from launch import sweep  # pylint: disable=g-import-not-at-top
+  status = sweep.statuses(sweep.plan(r["config"], r["methods"].split(","),
+                                     sweep.parse_seeds(seeds), r["grid"], [], root))
+  skipped = skipped_lines(status)
+  for line in skipped:
+    print(f"skipped {line}", file=sys.stderr)
+  collected = tables.collect(root, status)
   table = {n: dict(tables.summarize(runs), combine=row_combine(r["config"], n))
            for n, runs in collected.items()}
   cmd = (f"python -m launch.tables {name} --seeds={seeds}"
@@ -188,6 +225,7 @@ def main():
          + ", ".join(f"{n} {s['wall_time_s']:.0f}s" for n, s in table.items())
          + f". Code of the runs: {runs_code(collected, root)}; of this table: gmr commit "
          f"{code_commit()}.\n")
+  md += skipped_note(skipped)
   os.makedirs("results", exist_ok=True)
   with open(os.path.join("results", f"{name}.md"), "w") as f:
     f.write(md)

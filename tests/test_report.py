@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from experiments import report
 from experiments.configs import transfer
 from gmr import experiment
 from gmr.analysis import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_smooth():
@@ -383,3 +387,38 @@ def test_clusters_of_runs_in_progress(tmp_path):
   assert "clusters_over_training.png" not in written["taps"] + written["synthetic"]
   assert embeddings.embeds_allocation({"method": "gumbel_matrix"})
   assert not embeddings.embeds_allocation({"method": "taps"})
+
+
+def test_progress_says_when_a_root_holds_no_runs_in_its_layout(tmp_path):
+  """A root without ``<name>/seed_<s>/`` runs is one error line saying what is there (runs in
+  another layout, or none), exit 2, nothing written."""
+  os.makedirs(tmp_path / "flat" / "seed_0")
+  (tmp_path / "flat" / "seed_0" / "config.json").write_text(json.dumps({"num_rounds": 4}))
+  os.makedirs(tmp_path / "empty")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for root, says in ((tmp_path / "flat", "it holds 1 run folders in another layout (seed_0)"),
+                     (tmp_path / "empty", "it holds no run folder"),
+                     (tmp_path / "none", "is not a folder")):
+    p = subprocess.run([sys.executable, "-m", "launch.progress", f"--root={root}",
+                        f"--out={tmp_path / 'out' / 'p'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith("error: --root: ") and says in p.stderr, (
+        p.stderr)
+    assert len(p.stderr.strip().splitlines()) == 1 and not p.stdout
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_progress_reports_the_commits_its_runs_record(tmp_path):
+  from launch import progress
+  for name, code in (("a", {"commit": "abc1234", "dirty": False}),
+                     ("b", {"commit": "abc1234", "dirty": True}), ("c", None)):
+    wd = tmp_path / name / "seed_0"
+    os.makedirs(wd)
+    (wd / "config.json").write_text(json.dumps({"num_rounds": 4}))
+    if code:
+      (wd / "results.json").write_text(json.dumps({"code": code}))
+  rows = progress.table(str(tmp_path))
+  commits = progress.runs_commits(str(tmp_path), rows)
+  assert commits.startswith("abc1234 (1 runs); abc1234 with uncommitted changes (1 runs); "
+                            "not recorded in 1 runs")
+  assert f"the runs' code: {commits}." in progress.to_markdown(rows, "t", "cmd", commits)

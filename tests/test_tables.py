@@ -94,7 +94,7 @@ def test_collect_and_the_aggregate_command_line(tmp_path):
       {n: tables.summarize(r) for n, r in runs.items()})
   p = subprocess.run([sys.executable, "-m", "launch.aggregate", f"--root={tmp_path / 'none'}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert p.returncode != 0 and "no results.json" in p.stderr
+  assert p.returncode == 2 and "error: --root: no finished run under" in p.stderr
 
 
 def test_every_table_row_names_its_combination_rule():
@@ -175,11 +175,17 @@ def test_checkout_commit_counts_code_changes_not_outputs(tmp_path):
 def test_a_table_names_the_machines_its_runs_ran_on(tmp_path):
   """A recipe whose runs did not run where its table is made (``runs_note``) says where they
   ran beside this command's machine."""
+  from gmr import workdir
+  from launch import sweep
   from launch.tables import RECIPES
   d = tmp_path / "runs" / "gumbel_matrix" / "seed_0"
   os.makedirs(d)
   with open(d / "results.json", "w") as f:
     json.dump(_results(0, 1.0, 0.9), f)
+  (_, argv), = sweep.plan(os.path.join(ROOT, RECIPES["clusters40_paper"]["config"]),
+                          ["gumbel_matrix"], [0], [], [], "runs")
+  workdir.write_json_atomic(str(d / "config.json"),
+                            workdir.config_json(sweep.planned_config(argv)))
   os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
   env = dict(os.environ, PYTHONPATH=ROOT)
   p = subprocess.run([sys.executable, "-m", "launch.tables", "clusters40_paper", "--seeds=0",
@@ -188,5 +194,6 @@ def test_a_table_names_the_machines_its_runs_ran_on(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   md = open(tmp_path / "results" / "clusters40_paper.md").read()
   note = RECIPES["clusters40_paper"]["runs_note"]
+  assert "| gumbel_matrix | 1 |" in md
   assert f" (this command's); the runs' machines: {note}. Seeds asked: 0;" in md
   assert "runs_note" not in RECIPES["four_mnists"]  # made where its runs ran: no note

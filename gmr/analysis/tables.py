@@ -14,11 +14,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from gmr import methods
+from gmr.workdir import RunStatus
 from gmr.analysis import embeddings
 from gmr.analysis.stats import difference90, interval90, sample_std
 
@@ -63,13 +64,22 @@ def groups_identical(results: dict) -> bool:
   return all(len({emb[t] for t in g}) == 1 for g in groups)
 
 
-def collect(root: str) -> Dict[str, List[dict]]:
+def collect(root: str, statuses: Optional[Dict[str, RunStatus]] = None
+            ) -> Dict[str, List[dict]]:
   """A sweep's finished runs: ``{name: [results.json dict per seed]}`` from
   ``<root>/<name>/seed_*/results.json``, names in sorted order, seeds in path order.
 
-  Empty if nothing matches (a missing ``root`` included). Raises ``OSError`` for an
-  unreadable file and ``json.JSONDecodeError`` for a malformed one."""
+  ``statuses``: ``{workdir: gmr.workdir.RunStatus}`` of the sweep's planned runs
+  (``launch.sweep.statuses``): then only the runs finished with their planned config count
+  (a workdir holding another config is the caller's to report). Empty if nothing matches (a
+  missing ``root`` included). Raises ``OSError`` for an unreadable file and
+  ``json.JSONDecodeError`` for a malformed one."""
   out: Dict[str, List[dict]] = {}
+  if statuses is not None:
+    for wd in sorted(statuses):
+      if statuses[wd].state == "finished":
+        out.setdefault(os.path.basename(os.path.dirname(wd)), []).append(statuses[wd].results)
+    return dict(sorted(out.items()))
   for path in sorted(glob.glob(os.path.join(root, "*", "seed_*", "results.json"))):
     name = os.path.basename(os.path.dirname(os.path.dirname(path)))
     with open(path) as f:
