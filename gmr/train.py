@@ -166,10 +166,14 @@ class _Loop:
     self.t_start = time.time()
 
   def initial_state(self, state: Optional[TrainState]) -> TrainState:
+    """A fresh state (or ``init_from``'s backbone), or a copy of the caller's ``state``: the
+    compiled steps donate their input state, and the caller's arrays must stay readable."""
     if state is None:
       state = init_state(self.setup, self.keys.init)
       if self.config.init_from:
         state = checkpoint_lib.init_from(self.setup, state, self.config.init_from)
+    else:
+      state = jax.tree_util.tree_map(jnp.copy, state)
     return replicate(state, self.mesh)
 
   def next_boundary(self, r: int) -> Optional[int]:
@@ -324,7 +328,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   evaluation's duration.
   ``setup``: :func:`make_setup` of ``config`` and ``suite`` when the caller has built it
   already (the run builds it once); ``state``: the state to continue (default: a fresh one,
-  or ``init_from``'s backbone).
+  or ``init_from``'s backbone); it is copied, not consumed, so the caller may use it after.
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
   loop = _Loop(config, suite, setup or make_setup(config, suite),

@@ -262,3 +262,21 @@ def test_task_loss_refuses_targets_that_would_broadcast():
     T.task_loss("mse", out, np.zeros((5, 1), np.float32))
   loss, _ = T.task_loss("mse", out, np.ones(5, np.float32))
   assert loss.shape == (5,)
+
+
+def test_a_state_the_caller_passes_is_not_consumed():
+  """train() continues from a caller's state without deleting it (the compiled steps donate
+  their input): the caller reads it after, and training from it twice gives the same state."""
+  c = tiny(num_rounds=20)
+  suite = data_lib.load_suite(c)
+  setup = T.make_setup(c, suite)
+  s = T.init_state(setup, jax.random.key(0))
+  # (a numpy view of s would keep XLA from donating its buffers, hiding the fault)
+  before = jax.tree_util.tree_map(np.asarray, T.init_state(setup, jax.random.key(0)))
+  _, a, _, _ = T.train(c, suite, state=s, setup=setup)
+  _, b, _, _ = T.train(c, suite, state=s, setup=setup)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before,
+                         jax.tree_util.tree_map(np.asarray, s))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.asarray, a),
+                         jax.tree_util.tree_map(np.asarray, b))
+  assert int(a.step) == 80
