@@ -176,9 +176,16 @@ def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
   initialised (new tasks), the method's own parameters too; the optimizer starts afresh.
 
   Raises :class:`InitFromError` when the source is not a finished run, its checkpoint is
-  missing, or a parameter is missing or shaped otherwise there (another architecture)."""
+  missing, or its backbone's parameters are not exactly this network's (one missing, one
+  more, or one shaped otherwise: another architecture)."""
   src = traverse_util.flatten_dict(source_model_params(workdir))
   ours = traverse_util.flatten_dict(state.params["model"])
+  extra = sorted("/".join(p) for p in src if "heads" not in p and p not in ours)
+  if extra:
+    raise InitFromError(f"init_from: {workdir} has parameters this network lacks ({extra[0]}"
+                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+                        + "); the source run must use the same architecture (arch and "
+                        "arch_kwargs)")
   new = {}
   for p, v in ours.items():
     if "heads" in p:

@@ -18,6 +18,10 @@ from gmr import taps
 # synthetic_defaults()) and ``rho`` (the transfer experiment's task similarity).
 SUITE_FIELDS = ("data", "synthetic", "rho")
 
+# Fields that define the network's parameters: a run that starts from another run's backbone
+# (``init_from``) must have the same values (compared before any compute).
+NETWORK_FIELDS = ("arch", "arch_kwargs")
+
 # Fields added after runs were made: the value that reproduces a run made before (its stored
 # config.json lacks the field). Compared by gmr.experiment when a workdir is resumed.
 UPGRADES = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",

@@ -146,10 +146,27 @@ def _fine_tuning(c) -> None:
     raise ConfigError("init_from", f"must be a workdir path, got {init_from!r}",
                       "set --config.init_from=<workdir of a finished run> or ''")
   if init_from:
+    import json  # pylint: disable=g-import-not-at-top
     import os  # pylint: disable=g-import-not-at-top
+    from gmr import config as config_schema  # pylint: disable=g-import-not-at-top
     if not os.path.exists(os.path.join(init_from, "results.json")):
       raise ConfigError("init_from", f"{init_from} has no results.json (not a finished run)",
                         "finish the source run first, or fix the path")
+    try:
+      with open(os.path.join(init_from, "config.json")) as f:
+        source = json.load(f)
+    except (OSError, ValueError):
+      raise ConfigError("init_from", f"{init_from}/config.json cannot be read (not a gmr "
+                        "workdir)", "point init_from at a finished gmr run's workdir") from None
+    mine = c.to_dict()
+    for f in config_schema.NETWORK_FIELDS:
+      theirs = source.get(f)
+      ours = mine[f].to_dict() if hasattr(mine[f], "to_dict") else mine[f]
+      if theirs != ours:
+        raise ConfigError("init_from", f"{init_from} was trained with {f}={theirs!r}, this run "
+                          f"has {f}={ours!r}; its backbone does not fit this network",
+                          f"set --config.{f} as in the source run, or start from a run of "
+                          "this network")
   if c.freeze_backbone and not init_from:
     raise ConfigError("freeze_backbone", "is true but init_from is empty (a frozen random "
                       "backbone)", "set --config.init_from=<source run> or freeze_backbone=false")

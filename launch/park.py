@@ -19,7 +19,8 @@ one ahead of its workdir (a newer checkpoint) is never replaced by it.
 
 ``restore`` unpacks each archive into ``<root>/<run>``. A workdir already there is never
 overwritten: one at or beyond the archive's checkpoint is kept (one line says so); one behind
-it is an error (move it away to take the archive).
+it is an error (move it away to take the archive). A workdir and an archive of one path that
+hold runs of different configs are an error for both commands (nothing is written).
 
 Errors are one line ``error: <field>: <what>; <fix>``, exit 2, before anything is written.
 """
@@ -153,6 +154,7 @@ def save(root: str, out: str, say=print) -> Dict[str, Optional[int]]:
     mine = rounds[-1] if rounds else None
     if os.path.exists(path):
       theirs = _archive_round_or_fail(path)
+      _same_run(os.path.join(root, rel), path)
       if theirs is not None and (mine is None or mine < theirs):
         raise ParkError(f"root: {os.path.join(root, rel)} {_at(mine)}, behind its archive {path} "
                         f"(checkpoint {theirs}); restore the archive (move the workdir away, "
@@ -216,6 +218,27 @@ def _archive_round_or_fail(path: str) -> Optional[int]:
                     "from git (`git checkout -- <file>`) or delete it") from None
 
 
+def _same_run(workdir: str, archive_path: str) -> None:
+  """Raise :class:`ParkError` when ``workdir`` and the archive at ``archive_path`` hold runs
+  of different configs (:func:`gmr.workdir.identity_of`: ``num_rounds`` aside, so a run
+  extended since is the same run); nothing to compare when either has no config.json."""
+  from gmr import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      mine = json.load(f)
+    theirs = json.loads(_read_members(archive_path).get("config.json", b"null"))
+  except (OSError, ValueError):
+    return
+  if theirs is None:
+    return
+  diff = workdir_lib.config_diff(theirs, mine)
+  if workdir_lib.identity_of(mine) != workdir_lib.identity_of(theirs):
+    shown = ", ".join([k for k in diff if k != "num_rounds"][:5]) or "its identity"
+    raise ParkError(f"root: {workdir} holds another run than its archive {archive_path} "
+                    f"(configs differ in {shown}); move {workdir} away, or park into another "
+                    "folder")
+
+
 def _at(round_: Optional[int]) -> str:
   return "has no checkpoint" if round_ is None else f"is at checkpoint {round_}"
 
@@ -251,6 +274,7 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
                       "from git (`git checkout -- <file>`) or write it again") from None
     target = os.path.join(root, rel)
     if os.path.exists(target):
+      _same_run(target, path)
       ours = checkpoint_rounds(target)
       mine = ours[-1] if ours else None
       if (theirs is not None and (mine is None or mine < theirs)):

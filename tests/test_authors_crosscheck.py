@@ -46,10 +46,14 @@ def test_table_from_fake_runs(tmp_path):
   _run_file(runs / "a1.json", "authors_tf1", "shared_bottom", 1, [96.0, 96.0, 97.0, 97.0])
   _run_file(runs / "g0.json", "gmr", "shared_bottom", 0, [96.0] * 4,
             variant="sparse_head_updates=false")
+  ref = tmp_path / "four_mnists.json"
+  json.dump({"shared_bottom": {"seeds": [0, 1, 2], "acc_per_seed": [96.0, 96.5, 97.0],
+                               "active_fraction": 1.0}}, open(ref, "w"))
   out = str(tmp_path / "out" / "table")
-  assert ac.main(["table", f"--runs={runs}", f"--out={out}"]) == 0
+  assert ac.main(["table", f"--runs={runs}", f"--out={out}", f"--reference={ref}"]) == 0
   table = json.load(open(out + ".json"))
   rows = {r["implementation"]: r for r in table["rows"]}
+  assert rows["gmr (default config; four_mnists.json)"]["mean"] == pytest.approx(96.5)
   a = rows["authors' TF1 code"]
   assert a["n"] == 2 and a["seeds"] == [0, 1] and a["mean"] == pytest.approx(96.0)
   assert a["std"] == pytest.approx(2 ** 0.5 / 2)
@@ -60,7 +64,7 @@ def test_table_from_fake_runs(tmp_path):
   md = open(out + ".md").read()
   assert "| shared bottom | authors' TF1 code | 2 | 96.00 +- 0.71 |" in md
   assert "95.7 +- 0.5" in md and "`cmd shared_bottom 1`" in md
-  assert table["command"].endswith(f"table --runs={runs} --out={out}")
+  assert table["command"].endswith(f"table --runs={runs} --out={out} --reference={ref}")
 
 
 def test_gmr_results_become_a_run_file(tmp_path):

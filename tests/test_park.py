@@ -170,6 +170,28 @@ def test_save_is_stable_and_neither_save_nor_restore_loses_work(tmp_path, capsys
     park.save(str(root), out)
 
 
+def test_a_workdir_and_an_archive_of_another_run_are_refused_both_ways(tmp_path):
+  """Same path, another config (here the learning rate): save would replace the other run's
+  archive, restore would call the other run 'kept'; both are refused before anything is
+  written. A run extended since it was parked (num_rounds only) is the same run."""
+  import json
+  root, out = tmp_path / "runs", str(tmp_path / "park")
+  wd = root / "gm" / "seed_0"
+  experiment.run(small(num_rounds=10), str(wd), quiet=True)
+  park.save(str(root), out, say=lambda _: None)
+  archived = open(os.path.join(out, "gm", "seed_0.tar.xz"), "rb").read()
+  cfg = json.load(open(wd / "config.json"))
+  other = dict(cfg, learning_rate=cfg["learning_rate"] * 2)
+  (wd / "config.json").write_text(json.dumps(other))
+  for call in (lambda: park.save(str(root), out), lambda: park.restore(out, str(root))):
+    with pytest.raises(park.ParkError, match=r"^root: .*gm/seed_0 holds another run than its "
+                       r"archive .* \(configs differ in learning_rate\); move"):
+      call()
+  assert open(os.path.join(out, "gm", "seed_0.tar.xz"), "rb").read() == archived
+  (wd / "config.json").write_text(json.dumps(dict(cfg, num_rounds=20)))
+  assert park.restore(out, str(root), say=lambda _: None) == {"gm/seed_0": "kept"}
+
+
 def test_a_finished_run_restored_elsewhere_reads_its_own_checkpoint(tmp_path):
   """results.json names the checkpoint where the run wrote it; restored under another root,
   the run's numbers come from its own copy, even while the old folder still exists."""

@@ -202,3 +202,29 @@ def test_init_from_errors(tmp_path):
   shutil.rmtree(res["checkpoint"])
   with pytest.raises(train_lib.InitFromError, match="missing"):
     train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
+
+
+def test_init_from_refuses_a_source_of_another_network(tmp_path):
+  """A source whose network has more (here: one more hidden layer per component, arch_kwargs
+  depth 3 -> 2) is refused before compute by validation (one line naming the field), and by
+  init_from itself when called directly (a parameter this network lacks), not silently cut."""
+  from experiments.configs import synthetic
+
+  def cfg(depth, **kw):
+    c = synthetic.get_config("shared_bottom,smoke")
+    c.synthetic.d, c.synthetic.num_train, c.synthetic.num_test = 8, 64, 16
+    c.num_rounds, c.rounds_per_call, c.alloc_history_every = 10, 10, 0
+    c.arch_kwargs = {"depth": depth}
+    for k, v in kw.items():
+      c[k] = v
+    return c
+  src = str(tmp_path / "src")
+  experiment.run(cfg(3), src, quiet=True)
+  c = cfg(2, init_from=src)
+  with pytest.raises(ConfigError, match=r"init_from: .* was trained with arch_kwargs=\{'depth': "
+                     r"3\}, this run has arch_kwargs=\{'depth': 2\}; .*; set --config.arch_kwargs"):
+    validate(c)
+  suite = data_lib.load_suite(c)
+  setup = train_lib.make_setup(c, suite)
+  with pytest.raises(train_lib.InitFromError, match="has parameters this network lacks"):
+    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
