@@ -154,6 +154,12 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
     workdir_lib.write_changes(workdir, changes)
   if not quiet:
     _report_start(start, ckpt, stream)
+    if config.init_from and start.resumed_from is None:
+      stream.write(f"backbone from {checkpoint_lib.source_checkpoint(config.init_from)}"
+                   + (", frozen (only the heads" + (" and TAPS's deltas and scores"
+                                                     if config.method == "taps" else "")
+                      + " learn)" if config.freeze_backbone else ", trained further")
+                   + "\n")
   # the workdir as the checkpoint we start from left it: what a killed run wrote after it
   # (metric lines, best checkpoints) goes, and is written again, identical
   ckpt.keep_best_only((start.best or {}).get("round"))
@@ -350,6 +356,9 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
       **_environment_record(workdir),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
+  if config.init_from:
+    results["init_from"] = {"workdir": config.init_from, "frozen": bool(config.freeze_backbone),
+                            "checkpoint": checkpoint_lib.source_checkpoint(config.init_from)}
   if changes:
     results["optimizer_changes"] = [{"round": c["round"], "changed": c["changed"]}
                                     for c in changes]

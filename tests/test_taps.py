@@ -228,3 +228,17 @@ def test_init_from_refuses_a_source_of_another_network(tmp_path):
   setup = train_lib.make_setup(c, suite)
   with pytest.raises(train_lib.InitFromError, match="has parameters this network lacks"):
     train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
+
+
+def test_a_fine_tuning_run_says_which_backbone_it_starts_from(tmp_path):
+  """The start lines name the source checkpoint and whether it is frozen; results.json too."""
+  import io
+  src = str(tmp_path / "src")
+  experiment.run(_cfg("shared_bottom,smoke", num_rounds=20), src, quiet=True)
+  out = io.StringIO()
+  res = experiment.run(_cfg("taps,smoke", num_rounds=20, init_from=src, freeze_backbone=True),
+                       str(tmp_path / "ft"), stream=out)
+  ckpt = os.path.join(src, "checkpoints", "20")
+  assert (f"backbone from {ckpt}, frozen (only the heads and TAPS's deltas and scores learn)\n"
+          in out.getvalue()), out.getvalue()
+  assert res["init_from"] == {"workdir": src, "frozen": True, "checkpoint": ckpt}
