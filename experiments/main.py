@@ -7,6 +7,7 @@ any training.
 """
 
 import difflib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -159,6 +160,10 @@ def main(argv):
     experiment.run(_PARSED["config"], _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
                    extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value,
                    accept_environment_change=_ACCEPT_ENV.value)
+  except experiment.WriteFailure as e:  # the machine: end now, before library threads retry
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)  # pylint: disable=protected-access
   except (ConfigError, DataError, experiment.WorkdirError) as e:
     fail(str(e))
   except NonFiniteError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from gmr import optim as optim_lib
 from gmr import train as train_lib
 from gmr import validate
 from gmr import workdir as workdir_lib
-from gmr.workdir import WorkdirError, read_changes, run_identity
+from gmr.workdir import WorkdirError, WriteFailure, read_changes, run_identity
 
 
 class Preempted(Exception):
@@ -80,17 +81,56 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   data_lib.check_data_available(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
-  os.makedirs(workdir, exist_ok=True)
   args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change)
-  if jax.process_index() != 0:
-    return _run(config, workdir, *args)
-  with open(os.path.join(workdir, ".lock"), "w") as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
-                         "end, or use another --workdir") from None
-    return _run(config, workdir, *args)
+  with _machine_failures(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() != 0:
+      return _run(config, workdir, *args)
+    with open(os.path.join(workdir, ".lock"), "w") as lock:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
+                           "end, or use another --workdir") from None
+      return _run(config, workdir, *args)
+
+
+class _QuietLibraryWriteErrors(logging.Filter):
+  """Drops the error records orbax logs from its writer threads: the same failure reaches the
+  run as an exception, reported in one line (:func:`gmr.workdir.write_failure`)."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+@contextlib.contextmanager
+def _machine_failures(workdir: str):
+  """A write the machine refuses (full disk, read-only or removed workdir, ...) anywhere in
+  the run becomes one :class:`WorkdirError` line naming the path and the fix; the checkpoints
+  written before it stay (orbax renames a complete checkpoint into place). Library threads'
+  reports of the same failure (orbax's error log, tensorboardX's writer thread) are kept off
+  the terminal while the run goes on."""
+  quiet = _QuietLibraryWriteErrors()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  prev_hook = threading.excepthook
+  held = []  # other threads' exceptions: shown at the end unless the run failed on a write
+  threading.excepthook = held.append
+  failed_write = False
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (classified; others re-raised)
+    err = workdir_lib.write_failure(e, workdir)
+    if err is None:
+      raise
+    failed_write = True
+    raise err from None
+  finally:
+    threading.excepthook = prev_hook
+    absl_logger.removeFilter(quiet)
+    if not failed_write:
+      for args in held:
+        prev_hook(args)
 
 
 class _Start(NamedTuple):
@@ -167,7 +207,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   if primary:
     workdir_lib.truncate_metrics(metrics_path, start.round, config)
   t0 = time.time()
-  saver = _Saver(config, ckpt, start, t0)
+  saver = _Saver(config, ckpt, start, t0, workdir)
   tb = logs.TensorBoard(workdir if primary else None)
   tb.hparams(workdir_lib.config_json(config))
   try:
@@ -187,6 +227,7 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   results = _results(config, workdir, suite, setup, state, final, best, ckpt, start, changes,
                      wall)
   if primary:
+    saver.check_workdir()
     workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
   if not quiet:
     acc = results["final"].get("accuracy", {}).get("mean")
@@ -252,11 +293,30 @@ class _Saver:
   rounds and at the end, the best one by ``select_by``, and one when SIGTERM arrived (then
   :class:`Preempted` ends the run)."""
 
-  def __init__(self, config, ckpt, start: _Start, t0: float):
+  def __init__(self, config, ckpt, start: _Start, t0: float, workdir: str):
     self.config, self.ckpt, self.start, self.t0 = config, ckpt, start, t0
     self.identity = run_identity(config)
     self.signal = None
     self.good_round = start.resumed_from  # the last checkpoint written (or resumed from)
+    self.workdir = workdir
+    self.folder = self._folder()
+
+  def _folder(self):
+    st = os.stat(self.workdir)
+    return st.st_dev, st.st_ino
+
+  def check_workdir(self) -> None:
+    """Raise :class:`WorkdirError` when the workdir was removed (or replaced) since the run
+    started: appends to its open files would go nowhere, and a checkpoint saved now would
+    recreate the folder without the run's other files."""
+    try:
+      same = self._folder() == self.folder
+    except OSError:
+      same = False
+    if not same:
+      raise WriteFailure(f"{self.workdir}: was removed while the run was going on (its files "
+                         "are gone); rerun the same command to start again, or restore the "
+                         "workdir (launch.park restore) and rerun to resume")
 
   @contextlib.contextmanager
   def on_sigterm(self):
@@ -276,6 +336,7 @@ class _Saver:
     self.signal = signum
 
   def on_chunk(self, r, st, best_now, evaluated, carry):
+    self.check_workdir()
     every = int(self.config.checkpoint_every)
     meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None,
             "wall_time_s": self.start.wall_before + time.time() - self.t0, "log_carry": carry,

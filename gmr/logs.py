@@ -74,8 +74,27 @@ class TensorBoard:
         self.w.add_scalar(f"{prefix}/{k}", v, step)
 
   def close(self):
-    if self.w is not None:
+    """Flush and close the event file. A failing disk does not fail the run here (the run's
+    own files report it): the writer is then marked closed so that nothing retries at exit."""
+    if self.w is None:
+      return
+    try:
       self.w.close()
+    except OSError:  # tensorboardX's internals: stop its writer thread, skip its exit flush
+      # pylint: disable=protected-access
+      for fw in (getattr(self.w, "file_writer", None),) + tuple(
+          (getattr(self.w, "all_writers", None) or {}).values()):
+        ev = getattr(fw, "event_writer", None)
+        if ev is None:
+          continue
+        worker = getattr(ev, "_worker", None)
+        if worker is not None and worker.is_alive():
+          try:
+            worker.stop()
+          except Exception:  # pylint: disable=broad-except
+            pass
+        ev._closed = True
+    self.w = None
 
 
 def progress_line(d, total, out):

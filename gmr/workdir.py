@@ -10,6 +10,7 @@ leaves a workdir a rerun resumes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,6 +36,58 @@ def _jsonable(x):
   return x
 
 
+# A write that fails because of the machine, by errno: what to do about it.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on its disk or use another --workdir, then rerun the same command",
+    errno.EDQUOT: "free space within your quota or use another --workdir, then rerun the same "
+                  "command",
+    errno.EROFS: "make its file system writable or use another --workdir, then rerun the same "
+                 "command",
+    errno.EACCES: "give this user write access to it or use another --workdir, then rerun the "
+                  "same command",
+    errno.EPERM: "give this user write access to it or use another --workdir, then rerun the "
+                 "same command",
+    errno.EIO: "check the disk (an I/O error), then rerun the same command",
+    errno.ENAMETOOLONG: "use a shorter --workdir path",
+    errno.ENOTDIR: "a part of the path is a file; use another --workdir",
+}
+_STRERRORS = {os.strerror(n): n for n in _WRITE_FIXES}
+
+
+def write_failure(error: BaseException, workdir: str):
+  """A :class:`WriteFailure` of one line for ``error`` if it (or an exception it was raised
+  from) is a write the machine refused: no space, a quota, a read-only file system, no
+  permission, an I/O error, a path too long, or the workdir removed while the run went on;
+  ``None`` for any other error. Libraries that write in threads (orbax, tensorstore) may carry
+  the cause only in their message, which is read too."""
+  seen, e = set(), error
+  found = None
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and (e.errno in _WRITE_FIXES or e.errno == errno.ENOENT):
+      found = (e.errno, e.filename)
+      break
+    text = str(e)
+    hit = next((n for msg, n in _STRERRORS.items() if msg in text), None)
+    if hit is not None:
+      found = (hit, None)
+      break
+    e = e.__cause__ or e.__context__
+  if found is None:
+    return None
+  code, filename = found
+  if code == errno.ENOENT or not os.path.isdir(workdir):
+    if os.path.isdir(workdir):
+      return None  # a file missing inside an intact workdir: not the machine's doing
+    return WriteFailure(f"{workdir}: was removed while the run was going on (its files are "
+                        "gone); rerun the same command to start again, or restore the workdir "
+                        "(launch.park restore) and rerun to resume")
+  where = filename if isinstance(filename, str) and filename else workdir
+  keep = "; its last checkpoint is kept" if os.path.isdir(os.path.join(workdir, "checkpoints")) else ""
+  return WriteFailure(f"{where}: cannot be written ({os.strerror(code)}){keep}; "
+                      f"{_WRITE_FIXES[code]}")
+
+
 def write_json_atomic(path: str, obj) -> None:
   """``obj`` as indented JSON (sorted keys) at ``path``, written to ``<path>.tmp`` and renamed:
   a kill leaves the old file or the new one, never a part."""
@@ -53,6 +106,11 @@ def append_line(f, obj) -> None:
 
 class WorkdirError(Exception):
   """A workdir that cannot take this run: ``<workdir>: <problem>; <fix>``."""
+
+
+class WriteFailure(WorkdirError):
+  """The machine refused a write of a running run (:func:`write_failure`); the process should
+  end at once: library threads may still hold writes that fail too."""
 
 
 # A workdir whose config.json lacks a field of :data:`gmr.config.UPGRADES`, while this run has it
