@@ -24,10 +24,12 @@ import jax.numpy as jnp
 from gmr import checkpoint as checkpoint_lib
 from gmr import data as data_lib
 from gmr import logs
+from gmr import schedule
 from gmr import optim as optim_lib
 from gmr import train as train_lib
 from gmr import validate
 from gmr import workdir as workdir_lib
+from gmr.methods import ConfigError
 from gmr.workdir import WorkdirError, WriteFailure, read_changes, run_identity
 
 
@@ -79,11 +81,9 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
   train_lib.check_structure(config, *data_lib.describe(config))
   data_lib.check_data_available(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"{workdir}: is a file, not a directory; give a directory as --workdir")
+  workdir_lib.make_workdir(workdir)
   args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change)
   with _machine_failures(workdir):
-    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() != 0:
       return _run(config, workdir, *args)
     with open(os.path.join(workdir, ".lock"), "w") as lock:
@@ -177,15 +177,23 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
     if not quiet:
       stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
     return done
-  if not quiet:
-    stream.write(f"gmr: {config.method} on {config.suite} ({data_lib.describe(config)[0]} tasks), "
-                 f"{config.num_rounds} rounds x batch {config.batch_size}, seed {config.seed}, "
-                 f"{jax.default_backend()} -> {workdir}\n")
-    stream.flush()
   t_data = time.time()
   suite = data_lib.load_suite(config)
-  if not quiet and time.time() - t_data > 1.0:
-    stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
+  try:  # what only the data tells: refused as bad input, leaving the workdir as it was
+    schedule.check_batch_size(suite.train, int(config.batch_size))
+  except ConfigError:
+    if primary and not had_config:
+      for name in ("config.json", workdir_lib.ENVIRONMENT_FILE):
+        if os.path.exists(os.path.join(workdir, name)):
+          os.remove(os.path.join(workdir, name))
+    raise
+  if not quiet:
+    stream.write(f"gmr: {config.method} on {config.suite} ({suite.num_tasks} tasks), "
+                 f"{config.num_rounds} rounds x batch {config.batch_size}, seed {config.seed}, "
+                 f"{jax.default_backend()} -> {workdir}\n")
+    if time.time() - t_data > 1.0:
+      stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
+    stream.flush()
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
   setup = train_lib.make_setup(config, suite)  # built once: restore template and training
   start = _restore(config, workdir, suite, setup, ckpt, primary and not had_config)

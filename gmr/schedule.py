@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr.data.suite import Split
+from gmr.methods import ConfigError
 from gmr.step import Setup, make_joint_step, make_train_step
 
 
@@ -141,14 +142,21 @@ def round_orders(key, first_round: int, num_rounds: int, num_tasks: int) -> np.n
   return np.asarray(_orders(key, jnp.arange(first_round, first_round + num_rounds), num_tasks))
 
 
+def check_batch_size(split: Split, batch_size: int) -> None:
+  """Raise :class:`~gmr.methods.ConfigError` (``batch_size``) when a task of ``split`` has
+  fewer examples than one batch."""
+  for t, n in enumerate(split.sizes):
+    if n < batch_size:
+      raise ConfigError("batch_size", f"{batch_size} exceeds the {n} training examples of "
+                        f"task {t}", f"use --config.batch_size <= {min(split.sizes)}")
+
+
 class BatchSampler:
   """Epoch-wise shuffled batches per task, as a pure function of (key, task, round)."""
 
   def __init__(self, key, split: Split, batch_size: int):
     self.key, self.split, self.batch_size = key, split, batch_size
-    for t, n in enumerate(split.sizes):
-      if n < batch_size:
-        raise ValueError(f"task {t} has {n} training examples, fewer than batch_size={batch_size}")
+    check_batch_size(split, batch_size)
     self._cache: Dict = {}
 
   def _perm(self, task, epoch):

@@ -73,9 +73,16 @@ def check_structure(config, num_tasks: int, head_dims, input_dim: int) -> None:
   shapes only, no compute, no data), so a structure that cannot work fails before data is
   prepared.
 
-  Raises :class:`~gmr.methods.ConfigError`: the method's own (``fixed_allocation``,
-  ``taps_layers``, ...), or one naming ``arch_kwargs`` (``arch`` when it is empty) for any
+  Raises :class:`~gmr.methods.ConfigError`: ``num_rounds`` whose steps overflow the int32 step
+  counter, the method's own (``fixed_allocation``, ``taps_layers``, ...), or one naming
+  ``arch_kwargs`` (``arch`` when it is empty) for any
   failure of the architecture (e.g. GroupNorm with channels not divisible by its groups)."""
+  steps = int(config.num_rounds) * int(num_tasks)
+  if steps > np.iinfo(np.int32).max:  # TrainState.step, the temperature's clock
+    raise methods_lib.ConfigError(
+        "num_rounds", f"{config.num_rounds} rounds of {num_tasks} tasks are {steps} steps, more "
+        f"than the int32 step counter holds ({np.iinfo(np.int32).max})",
+        f"use --config.num_rounds <= {np.iinfo(np.int32).max // num_tasks}")
   try:
     setup = build_setup(config, num_tasks, head_dims, input_dim)
     jax.eval_shape(lambda k: init_state(setup, k), jax.random.key(0))

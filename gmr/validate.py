@@ -27,6 +27,21 @@ def _num(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False
                       fix or f"set --config.{field} to a smaller value")
 
 
+# Integers gmr hands to jax are int32 (jax's default without x64: keys, step counters, indices);
+# a larger value would wrap around or alias another (seed 2**32 is seed 0's key).
+INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+def _ints_in_range(c, prefix="") -> None:
+  """Every integer field, nested ones included, fits in int32."""
+  for k, v in c.items():
+    if hasattr(v, "items"):
+      _ints_in_range(v, f"{prefix}{k}.")
+    elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
+      raise ConfigError(f"{prefix}{k}", f"{v} is outside the 32-bit integers jax computes with "
+                        f"([{INT_MIN}, {INT_MAX}])", f"set --config.{prefix}{k} to a smaller value")
+
+
 def _finite_everywhere(c, prefix="") -> None:
   """Every float field, nested ones included and whatever the method, is finite."""
   for k, v in c.items():
@@ -51,6 +66,7 @@ def _names_and_run(c) -> None:
   """Names (method, suite, architecture) and the run's counts."""
   from gmr import data, models  # lazy: keep this module light
   _finite_everywhere(c)
+  _ints_in_range(c)
   if c.method not in METHODS:
     raise ConfigError("method", f"unknown method {c.method!r}", f"choose one of {sorted(METHODS)}")
   if c.suite not in data.SUITES:
@@ -194,6 +210,7 @@ def _suite_groups(c) -> None:
       _num(syn, "c", name="synthetic.c")
     if "noise_std" in syn:
       _num(syn, "noise_std", 0, name="synthetic.noise_std")
+    _synthetic_fits(c, syn)
   data = c.get("data", None)
   if data is not None:
     if "rotate_k" in data and data.rotate_k not in (-3, -2, -1, 1, 2, 3):
@@ -216,6 +233,26 @@ def _suite_groups(c) -> None:
       if bad or not data.alphabets:
         raise ConfigError("data.alphabets", f"must be a non-empty list of names, got "
                           f"{data.alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
+
+
+def _synthetic_fits(c, syn) -> None:
+  """The generated suite fits in this machine's memory: its float32 inputs and labels, about
+  three times over while they are drawn (the draw, its host copy, the labels' work)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if not all(f in syn for f in ("num_train", "num_test", "d")):
+    return
+  tasks = 2 * int(syn.get("num_pairs", 1)) if c.suite == "synthetic_pairs" else 2
+  n = int(syn.num_train) + int(syn.num_test)
+  need = 3 * 4 * n * (int(syn.d) + tasks)
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return
+  if need > have:
+    field = "synthetic.d" if int(syn.d) > 128 and int(syn.d) * 1000 > n else "synthetic.num_train"
+    raise ConfigError(field, f"the generated data would take {need / 2**30:.1f} GiB while it is "
+                      f"drawn, this machine has {have / 2**30:.1f} GiB",
+                      "use fewer examples (synthetic.num_train) or fewer features (synthetic.d)")
 
 
 def _selection(c) -> None:

@@ -88,6 +88,55 @@ def write_failure(error: BaseException, workdir: str):
                       f"{_WRITE_FIXES[code]}")
 
 
+def make_workdir(workdir: str) -> None:
+  """Create ``workdir`` (and its parents) for a run, or raise :class:`WorkdirError` with one
+  line for every way the path cannot hold one: empty, not a directory (a file, a device, a
+  broken symbolic link), a part of it a file, a name or path too long, inside another run's
+  workdir, or a place this user or file system cannot write (read-only, no permission, no
+  space). Nothing is written when it raises."""
+  fix = "give a directory path as --workdir"
+  if not workdir or not workdir.strip():
+    raise WorkdirError(f"--workdir: is empty; {fix}")
+  path = os.path.abspath(workdir)
+  if os.path.islink(workdir) and not os.path.exists(workdir):
+    raise WorkdirError(f"{workdir}: is a broken symbolic link (to {os.readlink(workdir)}); "
+                       f"remove it or {fix}")
+  if os.path.exists(path) and not os.path.isdir(path):
+    kind = "a file" if os.path.isfile(path) else "a device or other special file"
+    raise WorkdirError(f"{workdir}: is {kind}, not a directory; {fix}")
+  try:
+    name_max = os.pathconf("/", "PC_NAME_MAX")
+    path_max = os.pathconf("/", "PC_PATH_MAX")
+  except (OSError, ValueError):
+    name_max, path_max = 255, 4096
+  long_part = next((p for p in path.split(os.sep) if len(p.encode()) > name_max), None)
+  if long_part is not None or len(path.encode()) >= path_max:
+    raise WorkdirError(f"{workdir}: is too long for the file system (names up to {name_max} "
+                       f"bytes, paths up to {path_max}); use a shorter --workdir path")
+  here = os.path.dirname(path)
+  while True:
+    if os.path.exists(here) and not os.path.isdir(here):
+      raise WorkdirError(f"{workdir}: {here} is a file, not a directory; {fix}")
+    if os.path.isfile(os.path.join(here, "config.json")) and os.path.isfile(
+        os.path.join(here, "metrics.jsonl")):
+      raise WorkdirError(f"{workdir}: is inside the workdir of another run ({here}); use a "
+                         "folder outside it")
+    parent = os.path.dirname(here)
+    if parent == here:
+      break
+    here = parent
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".gmr-write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    why = e.strerror or type(e).__name__
+    how = _WRITE_FIXES.get(e.errno, "use another --workdir").split(", then rerun")[0]
+    raise WorkdirError(f"{workdir}: cannot be used for a run ({why}); {how}") from None
+
+
 def write_json_atomic(path: str, obj) -> None:
   """``obj`` as indented JSON (sorted keys) at ``path``, written to ``<path>.tmp`` and renamed:
   a kill leaves the old file or the new one, never a part."""

@@ -46,11 +46,15 @@ def _fields(c, prefix=""):
   return out
 
 
+INT32_PAST = str(2 ** 31)  # past the 32-bit integers jax computes with
+INT64_PAST = str(2 ** 63)  # past what numpy's int64 holds
+
+
 def _bad_values(name, typ):
   if typ is bool:
     return ["maybe"]
   if typ is int:
-    return ["1.5", "abc"]
+    return ["1.5", "abc", INT32_PAST, INT64_PAST]
   if typ is float:
     return ["abc", "nan", "inf"]
   if typ in (list, tuple):
@@ -125,6 +129,68 @@ def test_bad_field_value_or_name_is_one_line_exit_2(tmp_path, capsys, monkeypatc
   assert not os.path.exists(tmp_path / "w" / "metrics.jsonl")
 
 
+# ----------------------------------------------------------------------------- limits and paths
+# integers inside int32 that still cannot run: the step counter, and what memory holds
+LIMIT_CASES = [
+    ("num_rounds", "--config.num_rounds=2147483647", "num_rounds: 2147483647 rounds of 4 tasks"),
+    ("synthetic.num_train", "--config.synthetic.num_train=2147483647",
+     "synthetic.num_train: the generated data would take"),
+    ("synthetic.d", "--config.synthetic.d=2147483647", "synthetic.d: the generated data would"),
+    ("synthetic.num_pairs", "--config.synthetic.num_pairs=1073741824",
+     "synthetic.num_train: the generated data would take"),
+]
+
+
+@pytest.mark.parametrize("field,arg,expected", LIMIT_CASES, ids=[c[1] for c in LIMIT_CASES])
+def test_integers_at_the_limits_are_one_line(tmp_path, capsys, monkeypatch, field, arg,
+                                             expected):
+  monkeypatch.chdir(ROOT)
+  status, out, err = _cli([f"--config={SYN}:smoke", arg, f"--workdir={tmp_path / 'w'}"],
+                          capsys, monkeypatch)
+  assert status == 2 and out == "" and err.count("\n") == 1, err
+  assert err.startswith(f"error: {expected}"), err
+  assert not os.path.exists(tmp_path / "w")
+
+
+def _workdir_kinds(tmp_path):
+  """``(--workdir value, expected start of the line after "error: ")`` for every way the
+  path itself cannot hold a run."""
+  (tmp_path / "a_file").write_text("x")
+  os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  (run / "metrics.jsonl").write_text("")
+  long = tmp_path / ("x" * 300)
+  return [
+      ("", "--workdir: is empty"),
+      (str(tmp_path / "a_file"), f"{tmp_path / 'a_file'}: is a file, not a directory"),
+      (str(tmp_path / "a_file" / "sub"), f"{tmp_path / 'a_file' / 'sub'}: {tmp_path / 'a_file'} "
+                                         "is a file, not a directory"),
+      ("/dev/null", "/dev/null: is a device or other special file, not a directory"),
+      (str(tmp_path / "dangling"), f"{tmp_path / 'dangling'}: is a broken symbolic link"),
+      (str(long), f"{long}: is too long for the file system"),
+      (str(run / "inner"), f"{run / 'inner'}: is inside the workdir of another run ({run})"),
+      ("/proc/gmr_workdir", "/proc/gmr_workdir: cannot be used for a run"),
+  ]
+
+
+WORKDIR_KIND_IDS = ["empty", "file", "under_a_file", "device", "dangling_link", "too_long",
+                    "inside_a_run", "unwritable_fs"]
+
+
+@pytest.mark.parametrize("kind", range(len(WORKDIR_KIND_IDS)), ids=WORKDIR_KIND_IDS)
+def test_every_unusable_workdir_path_is_one_line(tmp_path, capsys, monkeypatch, kind):
+  monkeypatch.chdir(ROOT)
+  workdir, expected = _workdir_kinds(tmp_path)[kind]
+  before = sorted(os.listdir(tmp_path))
+  status, out, err = _cli([f"--config={SYN}:smoke", f"--workdir={workdir}"], capsys, monkeypatch)
+  assert status == 2 and out == "" and err.count("\n") == 1, err
+  assert err.startswith(f"error: {expected}"), err
+  assert "; " in err, err
+  assert sorted(os.listdir(tmp_path)) == before  # nothing made
+
+
 # ----------------------------------------------------------------------------- real processes
 SYN = "experiments/configs/synthetic.py"
 PROCESS_CASES = [  # (arguments, expected start of the line after "error: ")
@@ -150,6 +216,9 @@ PROCESS_CASES = [  # (arguments, expected start of the line after "error: ")
     ([f"--config={SYN}:smoke", "stray"], "arguments: unexpected ['stray']"),
     ([f"--config={SYN}:smoke", "--config.learning_rate=nan"], "learning_rate: must be a finite"),
     ([f"--config={SYN}:smoke", "--config.synthetic.num_train=0"], "synthetic.num_train: must be >= 1"),
+    # what only the data tells, refused before training (and config.json taken back)
+    ([f"--config={SYN}:smoke", "--config.batch_size=100000"],
+     "batch_size: 100000 exceeds the 512 training examples of task 0"),
     # the network's structure, before any data (the data directory is empty)
     (["--config=experiments/configs/omniglot.py:smoke", "--config.arch_kwargs.filters=6",
       "--config.data_dir=<empty>"], "arch_kwargs: the 'omniglot' network with"),
