@@ -92,8 +92,9 @@ def _fields():
       ("adam_eps", 1e-8, "Adam's epsilon (TF1 Adam uses 1e-8)"),
       ("l2", 0.0, "L2 weight decay of the weights"),
       ("clip_norm", 0.0, "global gradient norm clipping; 0 = off"),
-      ("sparse_head_updates", True,
-       "untouched heads keep weights and Adam moments (as in TF)"),
+      ("sparse_head_updates", False,
+       "true: the heads of tasks not in the batch keep their weights and Adam moments; false "
+       "(the authors' code): they get a zero gradient and Adam's momentum still moves them"),
       # --- Gumbel-Matrix
       ("p_init", 0.5, "initial P(on) of every connection"),
       ("t_init", 50.0, "initial Gumbel-softmax temperature (annealed to t_min)"),

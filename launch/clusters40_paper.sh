@@ -38,7 +38,7 @@ fail() { echo "error: $1" >&2; exit 2; }
 park() { (cd "$MAIN" && python -m launch.park save --root="$ROOT" --out="$STATE"); }
 
 run_one() {  # <method> <seed> <cpus>: one run, resumed from its checkpoint if it has one
-  local v=experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250
+  local v=experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,sparse_head_updates=true
   (cd "$WT" && taskset -c "$3" nice -n 19 "$PY" -m launch.snapshot run --snapshot="$SNAP" -- \
       --config="$v,$1" --workdir="runs/clusters40_paper/$1/seed_$2" --config.seed="$2" \
       --config.eval_batch_size=500 >> "$LOGS/$1_$2.log" 2>&1)

@@ -78,7 +78,7 @@ else
   echo "no archives in $IN: every run starts at round 0"
 fi
 
-V=${GMR_CLUSTERS40_CONFIG:-experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250}
+V=${GMR_CLUSTERS40_CONFIG:-experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,sparse_head_updates=true}
 pids=()
 for r in "${RUNS[@]}"; do
   m=${r%%:*}; s=${r##*:}

@@ -76,7 +76,7 @@ RECIPES = {
                "budget 0.5 with lambda 1, p_init 0.5; checkpoints every 1,000 rounds, evaluation "
                "batches of 500"),
         config=("experiments/configs/clusters40.py:offline,checkpoint_every=1000,log_every=250,"
-                "eval_batch_size=500"),
+                "eval_batch_size=500,sparse_head_updates=true"),
         methods="gumbel_matrix,shared_bottom", grid=[], pin=True,
         runs_note=("Gumbel-Matrix seeds 0 and 1 on 2-vCPU AMD EPYC VMs (jax 0.10.2, one core "
                    "per run); shared "
