@@ -30,11 +30,14 @@ from gmr.analysis import tables
 RECIPES = {
     "synthetic": dict(
         title="Synthetic Gumbel-Matrix experiment (appendix A3): mean test loss over the 4 tasks",
-        config="experiments/configs/synthetic.py", methods="gumbel_matrix,no_sharing", grid=[]),
+        config="experiments/configs/synthetic.py", methods="gumbel_matrix,no_sharing", grid=[],
+        compare=[("gumbel_matrix", "no_sharing")], metric="loss"),
     "transfer": dict(
         title="Positive and negative transfer (section II): mean test loss over the 2 tasks",
         config="experiments/configs/transfer.py", methods="shared_bottom,no_sharing",
-        grid=["rho=0.0,1.0"]),
+        grid=["rho=0.0,1.0"], compare=[("shared_bottom__rho=0.0", "no_sharing__rho=0.0"),
+                                       ("shared_bottom__rho=1.0", "no_sharing__rho=1.0")],
+        metric="loss"),
     "four_mnists": dict(
         title=("Table I, 4-MNISTs: mean test accuracy over the 4 tasks (combine: how a layer "
                "combines its active components; shared_bottom_mean is the shared bottom with "
@@ -213,7 +216,7 @@ def main():
   cmd = (f"python -m launch.tables {name} --seeds={seeds}"
          + (f" --root={root}" if "root" in extra else "") + (" --no_run" if "no_run" in extra else ""))
   md = tables.to_markdown(table, r["title"], cmd)
-  diffs = tables.differences(collected, r.get("compare", []))
+  diffs = tables.differences(collected, r.get("compare", []), r.get("metric", "accuracy"))
   if diffs:
     md += ("\nDifferences between rows (row a minus row b over their seeds; Welch's interval "
            "does not pair seeds, the paired one compares runs of the same seed, which see the "

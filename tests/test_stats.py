@@ -99,3 +99,13 @@ def test_differences_of_collected_rows_and_their_table():
   from gmr.analysis.stats import difference90
   with pytest.raises(ValueError, match="seeds"):
     difference90([1, 2], [1, 2], [0], [0, 1])
+
+
+def test_difference_has_95_percent_intervals_by_the_formula():
+  a, b = [1.0, 2.0, 4.0, 3.5], [0.5, 1.0, 3.0, 3.6]
+  d = np.subtract(a, b)
+  half = scipy_stats.t.ppf(0.975, 3) * d.std(ddof=1) / np.sqrt(4)
+  out = stats.difference90(a, b, [0, 1, 2, 3], [0, 1, 2, 3])
+  np.testing.assert_allclose(out["paired_ci95"], [d.mean() - half, d.mean() + half], rtol=1e-12)
+  assert out["paired_ci95"][0] < out["paired_ci90"][0] < out["paired_ci90"][1] < out["paired_ci95"][1]
+  assert out["welch_ci95"][0] < out["welch_ci90"][0]

@@ -1,5 +1,5 @@
 """Summary statistics over seeds: the sample standard deviation, the 90% t-interval, and the
-difference of two rows with its 90% intervals (Welch, and paired by seed).
+difference of two rows with its 90% and 95% intervals (Welch, and paired by seed).
 
 The interval is the two-sided 90% Student-t confidence interval of the mean of ``n``
 independent values: ``mean +- t_{0.95, n-1} * std(ddof=1) / sqrt(n)``, the quantile from
@@ -57,23 +57,23 @@ def difference90(a: Sequence[float], b: Sequence[float], seeds_a: Sequence[int] 
   """The difference ``mean(a) - mean(b)`` of two rows' per-seed values with its two-sided 90%
   intervals.
 
-  ``welch_ci90`` / ``welch_p``: Welch's unequal-variance t-interval and two-sided p-value
-  (``scipy.stats.ttest_ind(a, b, equal_var=False)``), valid without pairing. With
-  ``seeds_a`` / ``seeds_b`` (the seed of each value), the seeds both rows have are paired
-  (in gmr, runs of one seed see the same task order and batches): ``paired_n``,
-  ``paired_delta``, ``paired_ci90``, ``paired_p`` from ``scipy.stats.ttest_rel``. Values are
-  Python floats (``[lo, hi]`` lists; nan where fewer than two values, or two pairs, exist).
+  ``welch_ci90`` / ``welch_ci95`` / ``welch_p``: Welch's unequal-variance t-intervals and
+  two-sided p-value (``scipy.stats.ttest_ind(a, b, equal_var=False)``), valid without
+  pairing. With ``seeds_a`` / ``seeds_b`` (the seed of each value), the seeds both rows have
+  are paired (in gmr, runs of one seed see the same task order and batches): ``paired_n``,
+  ``paired_delta``, ``paired_ci90``, ``paired_ci95``, ``paired_p`` from
+  ``scipy.stats.ttest_rel``. Values are Python floats (``[lo, hi]`` lists; nan where fewer
+  than two values, or two pairs, exist).
   Raises ``ValueError`` when ``seeds_a`` / ``seeds_b`` are given with other lengths than
   ``a`` / ``b``."""
   a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
   nan = float("nan")
   out = {"n_a": int(a64.size), "n_b": int(b64.size),
          "delta": float(a64.mean() - b64.mean()) if a64.size and b64.size else nan,
-         "welch_ci90": [nan, nan], "welch_p": nan}
+         "welch_ci90": [nan, nan], "welch_ci95": [nan, nan], "welch_p": nan}
   if a64.size >= 2 and b64.size >= 2:
     res = _scipy_stats.ttest_ind(a64, b64, equal_var=False)
-    ci = res.confidence_interval(0.90)
-    out.update(welch_ci90=[float(ci.low), float(ci.high)], welch_p=float(res.pvalue))
+    out.update(welch_ci90=_ci(res, 0.90), welch_ci95=_ci(res, 0.95), welch_p=float(res.pvalue))
   if len(seeds_a) or len(seeds_b):
     if len(seeds_a) != a64.size or len(seeds_b) != b64.size:
       raise ValueError(f"seeds: {len(seeds_a)} and {len(seeds_b)} seeds for {a64.size} and "
@@ -83,9 +83,14 @@ def difference90(a: Sequence[float], b: Sequence[float], seeds_a: Sequence[int] 
     pb = np.array([b64[list(seeds_b).index(s)] for s in common])
     out.update(paired_n=len(common),
                paired_delta=float((pa - pb).mean()) if common else nan,
-               paired_ci90=[nan, nan], paired_p=nan)
+               paired_ci90=[nan, nan], paired_ci95=[nan, nan], paired_p=nan)
     if len(common) >= 2:
       res = _scipy_stats.ttest_rel(pa, pb)
-      ci = res.confidence_interval(0.90)
-      out.update(paired_ci90=[float(ci.low), float(ci.high)], paired_p=float(res.pvalue))
+      out.update(paired_ci90=_ci(res, 0.90), paired_ci95=_ci(res, 0.95),
+                 paired_p=float(res.pvalue))
   return out
+
+
+def _ci(res, level: float) -> list:
+  ci = res.confidence_interval(level)
+  return [float(ci.low), float(ci.high)]

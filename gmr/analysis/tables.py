@@ -226,11 +226,15 @@ def differences_markdown(rows: List[dict]) -> str:
   if not rows:
     return ""
   unit = "points" if rows[0]["metric"] == "accuracy" else "loss"
-  ci = lambda v: f"[{v[0]:+.2f}, {v[1]:+.2f}]"
-  lines = [f"| a - b | test {rows[0]['metric']} difference ({unit}) | 90% CI (Welch) | p (Welch) "
-           "| seeds paired | paired 90% CI | p (paired) |", "|---|---|---|---|---|---|---|"]
+  f = "+.2f" if unit == "points" else "+.4f"
+  ci = lambda v: f"[{v[0]:{f}}, {v[1]:{f}}]"
+  lines = [f"| a - b | test {rows[0]['metric']} difference ({unit}) | 90% CI (Welch) | 95% CI "
+           "(Welch) | p (Welch) | seeds paired | paired 90% CI | paired 95% CI | p (paired) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  nan2 = [np.nan] * 2
   for d in rows:
-    lines.append(f"| {d['a']} - {d['b']} | {d['delta']:+.2f} | {ci(d['welch_ci90'])} | "
-                 f"{d['welch_p']:.3f} | {d.get('paired_n', 0)} | {ci(d.get('paired_ci90', [np.nan] * 2))} | "
+    lines.append(f"| {d['a']} - {d['b']} | {d['delta']:{f}} | {ci(d['welch_ci90'])} | "
+                 f"{ci(d.get('welch_ci95', nan2))} | {d['welch_p']:.3f} | {d.get('paired_n', 0)} "
+                 f"| {ci(d.get('paired_ci90', nan2))} | {ci(d.get('paired_ci95', nan2))} | "
                  f"{d.get('paired_p', np.nan):.3f} |")
   return "\n".join(lines) + "\n"
