@@ -1,8 +1,11 @@
 """Regenerate a results table of the repository: run its sweep (finished runs are skipped),
-aggregate it, and write ``results/<name>.md`` / ``.json`` with the command and the machine.
+aggregate it, and write ``results/<name>.md`` / ``.json`` (``--out=<prefix>``: elsewhere) with
+the command and the machine.
 
-  python -m launch.tables synthetic        # appendix A3 / Fig. 7
-  python -m launch.tables transfer         # section II / Fig. 1
+  python -m launch.tables synthetic --seeds=0-19   # appendix A3 / Fig. 7 (the paper's 20 runs)
+  python -m launch.tables transfer --seeds=0-29    # section II / Fig. 1 (the paper's 30 runs)
+  python -m launch.tables synthetic --seeds=0-19 --root=results/runs/synthetic --no_run
+      # the same table from the runs kept in the repository (launch.archive)
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists   # Table I (+ TAPS)
   GMR_DATA_DIR=../shared/datasets python -m launch.tables four_mnists_taps_lambda --seeds=0
   GMR_DATA_DIR=../shared/datasets python -m launch.tables clusters40_offline --seeds=0-2  # V-C
@@ -156,7 +159,7 @@ def runs_code(collected: dict, root: str) -> str:
 
 
 USAGE = (f"usage: python -m launch.tables {{{','.join(RECIPES)}}} [--seeds=0-4] [--parallel=2] "
-         "[--root=runs/<table>] [--no_run]")
+         "[--root=runs/<table>] [--no_run] [--out=results/<table>]")
 
 
 def skipped_lines(status: dict) -> list:
@@ -229,10 +232,11 @@ def main():
          + f". Code of the runs: {runs_code(collected, root)}; of this table: gmr commit "
          f"{code_commit()}.\n")
   md += skipped_note(skipped)
-  os.makedirs("results", exist_ok=True)
-  with open(os.path.join("results", f"{name}.md"), "w") as f:
+  out = extra.get("out") or os.path.join("results", name)
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(f"{out}.md", "w") as f:
     f.write(md)
-  with open(os.path.join("results", f"{name}.json"), "w") as f:
+  with open(f"{out}.json", "w") as f:
     json.dump(dict(table, **({"differences": diffs} if diffs else {})), f, indent=1)
   print(md)
 
