@@ -52,19 +52,20 @@ def _cell(r: dict) -> str:
   return f"{r['loss_mean']:.3f} +- {r['loss_std']:.3f}"
 
 
-# Section V-C at the paper's schedule is reported once these runs have finished (the issue's
+# Section V-C at the authors' code's schedule is reported once these runs have finished (the issue's
 # minimum: two Gumbel-Matrix seeds and one shared-bottom seed); until then, its progress.
 CLUSTERS40_PAPER_MIN_SEEDS = {"gumbel_matrix": 2, "shared_bottom": 1}
 
 
 def clusters40_paper_rows() -> list:
-  """The README rows of section V-C at the paper's schedule: from ``results/clusters40_paper
+  """The README rows of section V-C at the authors' code's schedule: from ``results/clusters40_paper
   .json`` (``python -m launch.tables clusters40_paper``) once it holds the finished runs of
   :data:`CLUSTERS40_PAPER_MIN_SEEDS`, Gumbel-Matrix with the paper's finding per seed
   (distinct MNIST / Fashion embeddings, 1 / 1 in the paper's Fig. 5, and the 3-way clustering's
   ARI); before that one row of the rounds reached, from ``results/clusters40_paper_progress
   .json`` (``python -m launch.progress``). Raises ``FileNotFoundError`` when neither exists."""
-  label = "40 tasks in 3 clusters (V-C), paper's schedule"
+  label = ("40 tasks in 3 clusters (V-C; Omniglot in place of CIFAR-100), the authors' code's "
+           "schedule")
   path = os.path.join(ROOT, "results", "clusters40_paper.json")
   table = {}
   if os.path.exists(path):
