@@ -203,11 +203,10 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   if not quiet:
     _report_start(start, ckpt, stream)
     if config.init_from and start.resumed_from is None:
+      own = (" and the method's own parameters" if setup.method.learned else "")
       stream.write(f"backbone from {checkpoint_lib.source_checkpoint(config.init_from)}"
-                   + (", frozen (only the heads" + (" and TAPS's deltas and scores"
-                                                     if config.method == "taps" else "")
-                      + " learn)" if config.freeze_backbone else ", trained further")
-                   + "\n")
+                   + (f", frozen (only the heads{own} learn)" if config.freeze_backbone
+                      else ", trained further") + "\n")
   # the workdir as the checkpoint we start from left it: what a killed run wrote after it
   # (metric lines, best checkpoints) goes, and is written again, identical
   ckpt.keep_best_only((start.best or {}).get("round"))

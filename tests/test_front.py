@@ -42,7 +42,8 @@ def test_clusters40_paper_rows_report_the_finished_table(tmp_path, monkeypatch):
   monkeypatch.setattr(front, "ROOT", _root(tmp_path, {"gumbel_matrix": gm,
                                                       "shared_bottom": _row(1, 92.25)}))
   gm_row, sb_row = front.clusters40_paper_rows()
-  assert gm_row.startswith("| 40 tasks in 3 clusters (V-C), paper's schedule: Gumbel-Matrix |")
+  assert gm_row.startswith("| 40 tasks in 3 clusters (V-C; Omniglot in place of CIFAR-100), "
+                           "the authors' code's schedule: Gumbel-Matrix |")
   assert ("| 91.50 +- 0.50 (50.0%); distinct MNIST / Fashion embeddings per seed 1 / 2, 4 / 10; "
           "3-way clustering ARI 1.00, 0.49 | 2 | mean |") in gm_row
   # the recipe's config leaves combine at "mean" for every method (launch.tables.row_combine)

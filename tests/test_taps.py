@@ -239,6 +239,7 @@ def test_a_fine_tuning_run_says_which_backbone_it_starts_from(tmp_path):
   res = experiment.run(_cfg("taps,smoke", num_rounds=20, init_from=src, freeze_backbone=True),
                        str(tmp_path / "ft"), stream=out)
   ckpt = os.path.join(src, "checkpoints", "20")
-  assert (f"backbone from {ckpt}, frozen (only the heads and TAPS's deltas and scores learn)\n"
+  assert (f"backbone from {ckpt}, frozen (only the heads and the method's own parameters "
+          "learn)\n"
           in out.getvalue()), out.getvalue()
   assert res["init_from"] == {"workdir": src, "frozen": True, "checkpoint": ckpt}
