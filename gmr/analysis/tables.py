@@ -232,9 +232,10 @@ def differences_markdown(rows: List[dict]) -> str:
            "(Welch) | p (Welch) | seeds paired | paired 90% CI | paired 95% CI | p (paired) |",
            "|---|---|---|---|---|---|---|---|---|"]
   nan2 = [np.nan] * 2
+  pv = lambda p: "<0.001" if p < 0.001 else f"{p:.3f}"
   for d in rows:
     lines.append(f"| {d['a']} - {d['b']} | {d['delta']:{f}} | {ci(d['welch_ci90'])} | "
-                 f"{ci(d.get('welch_ci95', nan2))} | {d['welch_p']:.3f} | {d.get('paired_n', 0)} "
+                 f"{ci(d.get('welch_ci95', nan2))} | {pv(d['welch_p'])} | {d.get('paired_n', 0)} "
                  f"| {ci(d.get('paired_ci90', nan2))} | {ci(d.get('paired_ci95', nan2))} | "
-                 f"{d.get('paired_p', np.nan):.3f} |")
+                 f"{pv(d.get('paired_p', np.nan))} |")
   return "\n".join(lines) + "\n"
