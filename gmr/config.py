@@ -25,7 +25,8 @@ NETWORK_FIELDS = ("arch", "arch_kwargs")
 # Fields added after runs were made: the value that reproduces a run made before (its stored
 # config.json lacks the field). Compared by gmr.experiment when a workdir is resumed.
 UPGRADES = {"schedule": "round_robin", "data_parallel": 1, "layout": "auto",
-            "conv_dtype": "float32", "accept_noncanonical_data": False}
+            "conv_dtype": "float32", "accept_noncanonical_data": False,
+            "fixed_allocation_from": ""}
 
 
 def _fields():
@@ -122,6 +123,9 @@ def _fields():
       ("no_sharing_components_per_task", 1, "no_sharing: components per task in each layer"),
       ("fixed_allocation", placeholder(list),
        "fixed: the allocation, one 0/1 row per task (per layer)"),
+      ("fixed_allocation_from", "",
+       "fixed: the final greedy allocation of this finished run's workdir (relative to this "
+       "run's workdir; {seed} is this run's seed), instead of fixed_allocation"),
   )
 
 

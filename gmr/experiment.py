@@ -79,7 +79,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   is refused with :class:`WorkdirError` unless ``accept_environment_change``."""
   validate.validate(config)
   use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
-  train_lib.check_structure(config, *data_lib.describe(config))
+  train_lib.check_structure(built_config(config, workdir), *data_lib.describe(config))
   data_lib.check_data_available(config)
   workdir_lib.make_workdir(workdir)
   args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change)
@@ -93,6 +93,51 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
         raise WorkdirError(f"{workdir}: another gmr process is running in it; wait for it to "
                            "end, or use another --workdir") from None
       return _run(config, workdir, *args)
+
+
+def fixed_allocation_source(config, workdir: str) -> str:
+  """The workdir ``config.fixed_allocation_from`` names for a run in ``workdir``: ``{seed}``
+  replaced by the run's seed, a relative path taken from ``workdir``."""
+  path = config.fixed_allocation_from.replace("{seed}", str(config.seed))
+  return os.path.normpath(os.path.join(workdir, path))
+
+
+def built_config(config, workdir: str):
+  """The config the network and method are built from: ``config`` itself, or, with
+  ``fixed_allocation_from``, a copy whose ``fixed_allocation`` is that finished run's final
+  greedy allocation (``results.json``'s ``allocations``). ``config.json`` and the run's
+  identity keep the path, not the matrices.
+
+  Raises :class:`ConfigError` (``fixed_allocation_from``) for a source that is not a finished
+  run, or whose network (:data:`gmr.config.NETWORK_FIELDS`) differs from this run's."""
+  import json  # pylint: disable=g-import-not-at-top
+  from gmr import config as config_schema  # pylint: disable=g-import-not-at-top
+  if not config.fixed_allocation_from:
+    return config
+  src = fixed_allocation_source(config, workdir)
+  fix = "finish that run first, or point --config.fixed_allocation_from at a finished run"
+  try:
+    with open(os.path.join(src, "results.json")) as f:
+      res = json.load(f)
+    with open(os.path.join(src, "config.json")) as f:
+      src_config = json.load(f)
+  except (OSError, ValueError):
+    raise ConfigError("fixed_allocation_from", f"{src} is not a finished run (no readable "
+                      "results.json and config.json)", fix) from None
+  mats = res.get("allocations") or {}
+  if not mats:
+    raise ConfigError("fixed_allocation_from", f"{src}/results.json has no allocations",
+                      "point it at a run of a method with an allocation (e.g. gumbel_matrix)")
+  mine = workdir_lib.config_json(config)
+  for f in config_schema.NETWORK_FIELDS:
+    if src_config.get(f) != mine.get(f):
+      raise ConfigError("fixed_allocation_from", f"{src} was trained with {f}="
+                        f"{src_config.get(f)!r}, this run has {f}={mine.get(f)!r}",
+                        f"set --config.{f} as in that run")
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    out.fixed_allocation = [mats[k] for k in sorted(mats, key=lambda k: int(k.rsplit("_", 1)[1]))]
+  return out
 
 
 class _QuietLibraryWriteErrors(logging.Filter):
@@ -195,7 +240,8 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
       stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
     stream.flush()
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
-  setup = train_lib.make_setup(config, suite)  # built once: restore template and training
+  # built once: restore template and training
+  setup = train_lib.make_setup(built_config(config, workdir), suite)
   start = _restore(config, workdir, suite, setup, ckpt, primary and not had_config)
   changes = start.changes
   if start.reset is not None and primary:  # continued under a changed optimizer
@@ -267,7 +313,7 @@ def _restore(config, workdir: str, suite, setup, ckpt, written_now: bool) -> _St
   def like_for(meta):
     c = earlier[meta.get("run_identity", identity)]
     return like if c is config else train_lib.init_state(
-        train_lib.make_setup(c, suite), train_lib.make_keys(c.seed).init)
+        train_lib.make_setup(built_config(c, workdir), suite), train_lib.make_keys(c.seed).init)
   found = ckpt.restore_latest_intact(
       like_for, lambda line: print(line, file=sys.stderr, flush=True), accept)
   if found is None:
@@ -424,6 +470,8 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
       **_environment_record(workdir),
       **train_lib.allocation_summary(setup, state.params, suite.task_names),
   }
+  if config.fixed_allocation_from:
+    results["fixed_allocation_from"] = fixed_allocation_source(config, workdir)
   if config.init_from:
     results["init_from"] = {"workdir": config.init_from, "frozen": bool(config.freeze_backbone),
                             "checkpoint": checkpoint_lib.source_checkpoint(config.init_from)}

@@ -244,9 +244,16 @@ class Fixed(Method):
 
   @classmethod
   def check_config(cls, config) -> None:
-    if config.fixed_allocation is None:
+    if not isinstance(config.fixed_allocation_from, str):
+      raise ConfigError("fixed_allocation_from", f"must be a workdir path, got "
+                        f"{config.fixed_allocation_from!r}", "give a finished run's workdir or ''")
+    if config.fixed_allocation is None and not config.fixed_allocation_from:
       raise ConfigError("fixed_allocation", "is required by method 'fixed'",
-                        "give a [tasks x components] 0/1 matrix (or one per routed layer)")
+                        "give a [tasks x components] 0/1 matrix (or one per routed layer), or "
+                        "--config.fixed_allocation_from=<workdir of a finished run>")
+    if config.fixed_allocation is not None and config.fixed_allocation_from:
+      raise ConfigError("fixed_allocation_from", "is set together with fixed_allocation",
+                        "give one of the two")
 
   def matrices_fixed(self):
     raw = self.config.fixed_allocation

@@ -46,10 +46,14 @@ RECIPES = {
                "combines its active components; shared_bottom_mean is the shared bottom with "
                "Gumbel-Matrix's rule)"),
         config="experiments/configs/four_mnists.py",
-        methods="no_sharing,shared_bottom,shared_bottom_mean,gumbel_matrix,budget,taps", grid=[],
-        pin=True, compare=[("gumbel_matrix", "shared_bottom_mean"), ("gumbel_matrix", "shared_bottom"),
-                           ("shared_bottom_mean", "shared_bottom"), ("budget", "shared_bottom_mean"),
-                           ("budget", "gumbel_matrix")]),
+        methods=("no_sharing,shared_bottom,shared_bottom_mean,gumbel_matrix,fixed_from_gm,budget,"
+                 "taps"), grid=[],
+        pin=True, compare=[  # results/README.md's criteria: the five primary, then the rest
+            ("gumbel_matrix", "shared_bottom"), ("shared_bottom_mean", "shared_bottom"),
+            ("gumbel_matrix", "shared_bottom_mean"), ("gumbel_matrix", "fixed_from_gm"),
+            ("fixed_from_gm", "shared_bottom_mean"), ("budget", "gumbel_matrix"),
+            ("budget", "shared_bottom_mean"), ("no_sharing", "shared_bottom"),
+            ("taps", "shared_bottom")]),
     "four_mnists_taps_lambda": dict(
         title=("TAPS lambda sweep on 4-MNISTs (joint TAPS): accuracy vs. task-specific layers "
                "(lambda 1 is the TAPS row of results/four_mnists.md)"),

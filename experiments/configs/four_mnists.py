@@ -5,7 +5,8 @@ weights and logits, batch 16, 37,500 rounds (10 epochs per task), no L2, dropout
 p_init 0.5. Shared bottom sums its components' outputs, as the authors' code does
 (``combine="auto"``). Variants: no_sharing, shared_bottom, gumbel_matrix, budget (Gumbel-Matrix
 with budget 0.75, lambda 1), shared_bottom_mean (the control: shared bottom averaging its
-components' outputs, Gumbel-Matrix's rule), smoke (a few seconds on 2,000 examples).
+components' outputs, Gumbel-Matrix's rule), fixed_from_gm (the control: the same seed's
+Gumbel-Matrix allocation fixed, trained from scratch), smoke (a few seconds on 2,000 examples).
 
   python -m experiments.main --config=experiments/configs/four_mnists.py:gumbel_matrix \
       --config.data_dir=../shared/datasets --workdir=runs/four_mnists/gm/seed_0
@@ -40,6 +41,16 @@ def shared_bottom_mean(c):
   c.combine = "mean"
 
 
+def fixed_from_gm(c):
+  """Table I's control that separates the allocation from the gating: the seed's finished
+  Gumbel-Matrix run's final allocation as a fixed matrix, trained from scratch with the same
+  seed and the mean rule. Its workdir is found beside this run's in a sweep
+  (``<root>/gumbel_matrix/seed_<s>``)."""
+  c.method = "fixed"
+  c.combine = "mean"
+  c.fixed_allocation_from = "../../gumbel_matrix/seed_{seed}"
+
+
 def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "four_mnists"
@@ -59,4 +70,5 @@ def get_config(variant: str = ""):
   c.rounds_per_call = 500
   c.eval_batch_size = 1000
   c.no_sharing_components_per_task = 1
-  return common.apply_variant(c, variant, METHODS, smoke, named={"budget": budget, "shared_bottom_mean": shared_bottom_mean})
+  return common.apply_variant(c, variant, METHODS, smoke, named={
+      "budget": budget, "shared_bottom_mean": shared_bottom_mean, "fixed_from_gm": fixed_from_gm})
