@@ -105,7 +105,7 @@ def test_every_table_row_names_its_combination_rule():
   spec = RECIPES["four_mnists"]["config"]
   rules = {row: row_combine(spec, row) for row in RECIPES["four_mnists"]["methods"].split(",")}
   assert rules == {"no_sharing": "mean", "shared_bottom": "sum", "shared_bottom_mean": "mean",
-                   "gumbel_matrix": "mean", "budget": "mean", "taps": "sum"}
+                   "gumbel_matrix": "mean", "fixed_from_gm": "mean", "budget": "mean", "taps": "sum"}
   assert row_combine("experiments/configs/transfer.py", "shared_bottom__rho=0.0") == "mean"
   row = {"n": 2, "loss_mean": 0.1, "loss_std": 0.01, "loss_ci90": 0.02, "active_fraction": 1.0}
   md = T.to_markdown({"shared_bottom": dict(row, combine="sum"),
