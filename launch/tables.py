@@ -53,7 +53,8 @@ RECIPES = {
             ("gumbel_matrix", "shared_bottom_mean"), ("gumbel_matrix", "fixed_from_gm"),
             ("fixed_from_gm", "shared_bottom_mean"), ("budget", "gumbel_matrix"),
             ("budget", "shared_bottom_mean"), ("no_sharing", "shared_bottom"),
-            ("taps", "shared_bottom")]),
+            ("taps", "shared_bottom")], primary=5,
+        share=(("shared_bottom_mean", "shared_bottom"), ("gumbel_matrix", "shared_bottom"))),
     "four_mnists_taps_lambda": dict(
         title=("TAPS lambda sweep on 4-MNISTs (joint TAPS): accuracy vs. task-specific layers "
                "(lambda 1 is the TAPS row of results/four_mnists.md)"),
@@ -224,11 +225,22 @@ def main():
   cmd = (f"python -m launch.tables {name} --seeds={seeds}"
          + (f" --root={root}" if "root" in extra else "") + (" --no_run" if "no_run" in extra else ""))
   md = tables.to_markdown(table, r["title"], cmd)
-  diffs = tables.differences(collected, r.get("compare", []), r.get("metric", "accuracy"))
+  metric = r.get("metric", "accuracy")
+  diffs = tables.differences(collected, r.get("compare", []), metric, r.get("primary", 0))
   if diffs:
     md += ("\nDifferences between rows (row a minus row b over their seeds; Welch's interval "
            "does not pair seeds, the paired one compares runs of the same seed, which see the "
-           "same task order and batches):\n\n" + tables.differences_markdown(diffs))
+           "same task order and batches"
+           + ("; the first rows are the primary tests of results/README.md's criteria, their "
+              "paired p-values also adjusted by Holm's method" if r.get("primary") else "")
+           + "):\n\n" + tables.differences_markdown(diffs))
+  share = tables.share_of_gain(collected, *r["share"], metric) if r.get("share") else None
+  if share:
+    (pa, pb), (wa, wb) = share["part"], share["whole"]
+    md += (f"\nShare of {wa} - {wb} carried by {pa} - {pb} over {share['n']} paired seeds: "
+           f"{share['share']:.2f}, 90% [{share['ci90'][0]:.2f}, {share['ci90'][1]:.2f}], 95% "
+           f"[{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}] (paired bootstrap over seeds, "
+           "BCa, 10,000 resamples, seed 0).\n")
   where = (f" (this command's); the runs' machines: {r['runs_note']}" if r.get("runs_note")
            else "")
   md += (f"\nMachine: {machine()}{where}. Seeds asked: {seeds}; the seeds column counts the finished "
@@ -242,7 +254,8 @@ def main():
   with open(f"{out}.md", "w") as f:
     f.write(md)
   with open(f"{out}.json", "w") as f:
-    json.dump(dict(table, **({"differences": diffs} if diffs else {})), f, indent=1)
+    json.dump(dict(table, **({"differences": diffs} if diffs else {}),
+                   **({"share_of_gain": share} if share else {})), f, indent=1)
   print(md)
 
 

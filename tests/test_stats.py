@@ -109,3 +109,23 @@ def test_difference_has_95_percent_intervals_by_the_formula():
   np.testing.assert_allclose(out["paired_ci95"], [d.mean() - half, d.mean() + half], rtol=1e-12)
   assert out["paired_ci95"][0] < out["paired_ci90"][0] < out["paired_ci90"][1] < out["paired_ci95"][1]
   assert out["welch_ci95"][0] < out["welch_ci90"][0]
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+  assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+  out = stats.holm([0.02, float("nan")])
+  assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+def test_share_of_gain_is_the_ratio_of_means_with_bootstrap_intervals():
+  rng = np.random.default_rng(1)
+  whole = 0.6 + 0.2 * rng.standard_normal(20)
+  part = 0.6 * whole + 0.05 * rng.standard_normal(20)
+  out = stats.share_of_gain(part, whole, n_resamples=2000)
+  assert out["share"] == pytest.approx(part.mean() / whole.mean())
+  assert out["ci95"][0] < out["ci90"][0] < out["share"] < out["ci90"][1] < out["ci95"][1]
+  assert 0.45 < out["ci95"][0] and out["ci95"][1] < 0.75
+  assert stats.share_of_gain(part, whole, n_resamples=2000) == out  # a fixed seed
+  with pytest.raises(ValueError):
+    stats.share_of_gain([1.0], [1.0, 2.0])

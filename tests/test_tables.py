@@ -197,3 +197,23 @@ def test_a_table_names_the_machines_its_runs_ran_on(tmp_path):
   assert "| gumbel_matrix | 1 |" in md
   assert f" (this command's); the runs' machines: {note}. Seeds asked: 0;" in md
   assert "runs_note" not in RECIPES["four_mnists"]  # made where its runs ran: no note
+
+
+def test_primary_differences_are_holm_adjusted_and_the_share_has_intervals():
+  from gmr.analysis import stats, tables as T
+  rng = np.random.default_rng(0)
+  rows = {"gm": 97.0, "sbm": 96.8, "sb": 96.4}
+  collected = {n: [{"seed": s, "final": {"accuracy": {"mean": (m + 0.1 * rng.standard_normal())
+                                                        / 100}}} for s in range(6)]
+               for n, m in rows.items()}
+  diffs = T.differences(collected, [("gm", "sb"), ("sbm", "sb"), ("gm", "sbm")], primary=2)
+  assert [d["primary"] for d in diffs] == [True, True, False]
+  assert [d["holm_p"] for d in diffs[:2]] == stats.holm([d["paired_p"] for d in diffs[:2]])
+  assert "holm_p" not in diffs[2]
+  md = T.differences_markdown(diffs)
+  assert "p (paired, Holm over the primary) |" in md and md.splitlines()[-1].endswith(" - |")
+  share = T.share_of_gain(collected, ("sbm", "sb"), ("gm", "sb"))
+  by = lambda n: np.array([r["final"]["accuracy"]["mean"] * 100 for r in collected[n]])
+  assert share["share"] == pytest.approx((by("sbm") - by("sb")).mean() / (by("gm") - by("sb")).mean())
+  assert share["n"] == 6 and share["ci95"][0] <= share["ci90"][0] <= share["ci90"][1] <= share["ci95"][1]
+  assert T.share_of_gain(collected, ("x", "sb"), ("gm", "sb")) is None

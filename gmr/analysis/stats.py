@@ -94,3 +94,44 @@ def difference90(a: Sequence[float], b: Sequence[float], seeds_a: Sequence[int] 
 def _ci(res, level: float) -> list:
   ci = res.confidence_interval(level)
   return [float(ci.low), float(ci.high)]
+
+
+def holm(pvalues: Sequence[float]) -> list:
+  """Holm's step-down adjustment of ``m`` two-sided p-values for a family-wise error rate:
+  sorted ascending, the k-th (from 0) is multiplied by ``m - k``, made non-decreasing and
+  capped at 1; returned in the input order as Python floats. A nan stays nan and does not
+  count in ``m``. (Holm, "A simple sequentially rejective multiple test procedure", 1979.)"""
+  p = np.asarray(pvalues, np.float64)
+  out = np.full(p.shape, np.nan)
+  idx = [i for i in np.argsort(p) if np.isfinite(p[i])]
+  m, running = len(idx), 0.0
+  for k, i in enumerate(idx):
+    running = max(running, min(1.0, (m - k) * p[i]))
+    out[i] = running
+  return [float(v) for v in out]
+
+
+def share_of_gain(part: Sequence[float], whole: Sequence[float], n_resamples: int = 10000,
+                  seed: int = 0) -> dict:
+  """The share ``mean(part) / mean(whole)`` of a gain carried by one of its parts, with 90% and
+  95% intervals from a paired bootstrap over seeds (``scipy.stats.bootstrap``, BCa, the seeds
+  resampled together, ``n_resamples`` with a fixed ``seed``).
+
+  ``part`` and ``whole``: per-seed differences of the same seeds, in the same order (e.g. the
+  mean-combining shared bottom minus the summing one, and Gumbel-Matrix minus the summing
+  one). Returns ``{"share", "ci90": [lo, hi], "ci95": [lo, hi], "n"}`` (nan intervals for
+  fewer than 3 seeds). Raises ``ValueError`` for sequences of different lengths."""
+  a, b = np.asarray(part, np.float64), np.asarray(whole, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"part and whole: {a.size} and {b.size} values; give one per seed each")
+  nan = float("nan")
+  out = {"share": float(a.mean() / b.mean()) if a.size else nan, "ci90": [nan, nan],
+         "ci95": [nan, nan], "n": int(a.size)}
+  if a.size >= 3:
+    for level, key in ((0.90, "ci90"), (0.95, "ci95")):
+      res = _scipy_stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis),
+                                   paired=True, vectorized=True, confidence_level=level,
+                                   n_resamples=n_resamples, method="BCa",
+                                   random_state=np.random.default_rng(seed))
+      out[key] = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+  return out

@@ -21,7 +21,8 @@ import numpy as np
 from gmr import methods
 from gmr.workdir import RunStatus
 from gmr.analysis import embeddings
-from gmr.analysis.stats import difference90, interval90, sample_std
+from gmr.analysis.stats import difference90, holm, interval90, sample_std
+from gmr.analysis.stats import share_of_gain as stats_share_of_gain
 
 
 def _task_embeddings(results: dict) -> List[tuple]:
@@ -203,12 +204,15 @@ def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> s
   return "\n".join(lines) + "\n"
 
 
-def differences(collected: Dict[str, List[dict]], pairs, metric: str = "accuracy") -> List[dict]:
+def differences(collected: Dict[str, List[dict]], pairs, metric: str = "accuracy",
+                primary: int = 0) -> List[dict]:
   """Row ``a`` minus row ``b`` for each ``(a, b)`` of ``pairs`` both present in ``collected``
   (:func:`collect`'s dict): the test ``metric`` per seed (``"accuracy"`` in %, or
   ``"loss"``), compared by :func:`gmr.analysis.stats.difference90` (Welch, and paired by
-  seed). Each item: ``{"a", "b", "metric", **difference90(...)}``. Raises ``KeyError`` for a
-  run without ``final.<metric>.mean`` or ``seed``."""
+  seed). Each item: ``{"a", "b", "metric", **difference90(...)}``; the first ``primary``
+  pairs are one family of tests: theirs also carry ``holm_p``, the paired p-value adjusted
+  by :func:`gmr.analysis.stats.holm` over the family. Raises ``KeyError`` for a run without
+  ``final.<metric>.mean`` or ``seed``."""
   scale = 100.0 if metric == "accuracy" else 1.0
   out = []
   for a, b in pairs:
@@ -216,9 +220,32 @@ def differences(collected: Dict[str, List[dict]], pairs, metric: str = "accuracy
       continue
     va = [scale * r["final"][metric]["mean"] for r in collected[a]]
     vb = [scale * r["final"][metric]["mean"] for r in collected[b]]
-    out.append({"a": a, "b": b, "metric": metric, **difference90(
-        va, vb, [r["seed"] for r in collected[a]], [r["seed"] for r in collected[b]])})
+    out.append({"a": a, "b": b, "metric": metric, "primary": (a, b) in list(pairs)[:primary],
+                **difference90(va, vb, [r["seed"] for r in collected[a]],
+                               [r["seed"] for r in collected[b]])})
+  family = [d for d in out if d["primary"]]
+  for d, p in zip(family, holm([d.get("paired_p", float("nan")) for d in family])):
+    d["holm_p"] = p
   return out
+
+
+def share_of_gain(collected: Dict[str, List[dict]], part, whole, metric: str = "accuracy"):
+  """How much of row ``whole[0]``'s gain over ``whole[1]`` row ``part[0]`` carries over
+  ``part[1]``, over the seeds all rows have: :func:`gmr.analysis.stats.share_of_gain` of the
+  per-seed differences, with ``{"part", "whole"}`` added; ``None`` when a row is missing or
+  fewer than 3 seeds are shared."""
+  rows = set(part) | set(whole)
+  if not all(r in collected for r in rows):
+    return None
+  scale = 100.0 if metric == "accuracy" else 1.0
+  by_seed = {r: {x["seed"]: scale * x["final"][metric]["mean"] for x in collected[r]}
+             for r in rows}
+  seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+  if len(seeds) < 3:
+    return None
+  d = lambda a, b: [by_seed[a][s] - by_seed[b][s] for s in seeds]
+  return {"part": list(part), "whole": list(whole),
+          **stats_share_of_gain(d(*part), d(*whole))}
 
 
 def differences_markdown(rows: List[dict]) -> str:
@@ -233,9 +260,14 @@ def differences_markdown(rows: List[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
   nan2 = [np.nan] * 2
   pv = lambda p: "<0.001" if p < 0.001 else f"{p:.3f}"
+  holm_col = any("holm_p" in d for d in rows)
+  if holm_col:
+    lines[0] += " p (paired, Holm over the primary) |"
+    lines[1] += "---|"
   for d in rows:
     lines.append(f"| {d['a']} - {d['b']} | {d['delta']:{f}} | {ci(d['welch_ci90'])} | "
                  f"{ci(d.get('welch_ci95', nan2))} | {pv(d['welch_p'])} | {d.get('paired_n', 0)} "
                  f"| {ci(d.get('paired_ci90', nan2))} | {ci(d.get('paired_ci95', nan2))} | "
-                 f"{pv(d.get('paired_p', np.nan))} |")
+                 f"{pv(d.get('paired_p', np.nan))} |"
+                 + (f" {pv(d['holm_p'])} |" if "holm_p" in d else (" - |" if holm_col else "")))
   return "\n".join(lines) + "\n"
