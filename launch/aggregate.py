@@ -22,9 +22,8 @@ import sys
 from absl import app, flags
 
 from gmr.analysis import tables
-from gmr.methods import ConfigError
 from launch import sweep
-from launch.tables import skipped_lines, skipped_note
+from launch.tables import skipped_note, status_from_flags
 
 FLAGS = flags.FLAGS
 
@@ -38,17 +37,7 @@ def _define_flags():  # only when run as a script
 
 def main(argv):
   del argv
-  runs = sweep.plan_from_flags()
-  status, skipped = None, []
-  if runs is not None:
-    try:
-      status = sweep.statuses(runs)
-    except ConfigError as e:  # a wrong --config, --grid or --set
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    skipped = skipped_lines(status)
-    for line in skipped:
-      print(f"skipped {line}", file=sys.stderr)
+  status, skipped = status_from_flags()
   collected = tables.collect(FLAGS.root, status)
   table = {name: tables.summarize(runs) for name, runs in collected.items()}
   if not table:

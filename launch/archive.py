@@ -107,17 +107,10 @@ def main(argv) -> int:
   if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv):
     print(f"{__doc__.strip()}\n\n{USAGE}")
     return 0
-  got = {}
-  for a in argv:
-    name, eq, value = a.lstrip("-").partition("=")
-    if not a.startswith("--") or name not in ("root", "out") or not eq or not value:
-      print(f"error: arguments: unexpected {a!r}; {USAGE}", file=sys.stderr)
-      return 2
-    got[name] = value
-  for name in ("root", "out"):
-    if name not in got:
-      print(f"error: --{name}: is required; {USAGE}", file=sys.stderr)
-      return 2
+  from launch.park import named_args  # pylint: disable=g-import-not-at-top
+  got = named_args(argv, ("root", "out"), USAGE)
+  if got is None:
+    return 2
   try:
     archive(got["root"], got["out"])
   except ArchiveError as e:

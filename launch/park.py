@@ -303,6 +303,23 @@ def restore(archive: str, root: str, say=print) -> Dict[str, str]:
   return done
 
 
+def named_args(argv, want, usage: str):
+  """``{name: value}`` of ``argv``, every one of ``want`` given once as ``--name=value``; on
+  anything else one line ``error: ...`` on stderr and ``None``."""
+  got = {}
+  for a in argv:
+    name, eq, value = a.lstrip("-").partition("=")
+    if not a.startswith("--") or name not in want or not eq or not value:
+      print(f"error: arguments: unexpected {a!r}; {usage}", file=sys.stderr)
+      return None
+    got[name] = value
+  for name in want:
+    if name not in got:
+      print(f"error: --{name}: is required; {usage}", file=sys.stderr)
+      return None
+  return got
+
+
 def main(argv) -> int:
   """``python -m launch.park save|restore ...``: the exit status (0, or 2 with one line
   ``error: ...`` on stderr for bad input). ``--help``: the usage, nothing written."""
@@ -313,17 +330,9 @@ def main(argv) -> int:
     print(f"error: command: give save or restore; {USAGE}", file=sys.stderr)
     return 2
   want = ("root", "out") if argv[0] == "save" else ("archive", "root")
-  got = {}
-  for a in argv[1:]:
-    name, eq, value = a.lstrip("-").partition("=")
-    if not a.startswith("--") or name not in want or not eq or not value:
-      print(f"error: arguments: unexpected {a!r}; {USAGE}", file=sys.stderr)
-      return 2
-    got[name] = value
-  for name in want:
-    if name not in got:
-      print(f"error: --{name}: is required; {USAGE}", file=sys.stderr)
-      return 2
+  got = named_args(argv[1:], want, USAGE)
+  if got is None:
+    return 2
   try:
     if argv[0] == "save":
       save(got["root"], got["out"])

@@ -34,10 +34,9 @@ from absl import app, flags
 
 from gmr import data
 from gmr.analysis import embeddings
-from gmr.methods import ConfigError
 from launch import sweep
 from launch.park import runs_under
-from launch.tables import runs_code, skipped_lines, skipped_note
+from launch.tables import runs_code, skipped_note, status_from_flags
 
 FLAGS = flags.FLAGS
 
@@ -192,16 +191,7 @@ def to_markdown(rows: Dict[str, Dict], title: str, command: str, commit: str) ->
 def main(argv):
   del argv
   root, out = FLAGS.root, FLAGS.out
-  runs, status, skipped = sweep.plan_from_flags(), None, []
-  if runs is not None:
-    try:
-      status = sweep.statuses(runs)
-    except ConfigError as e:  # a wrong --config, --grid or --set
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    skipped = skipped_lines(status)
-    for line in skipped:
-      print(f"skipped {line}", file=sys.stderr)
+  status, skipped = status_from_flags()
   rows = table(root, status)
   if not rows and not skipped:
     print(f"error: {no_runs_line(root)}", file=sys.stderr)

@@ -176,6 +176,28 @@ def skipped_lines(status: dict) -> list:
           if st.state == "conflict"]
 
 
+def status_from_flags():
+  """``(status, skipped)`` of the sweep described by the flags of
+  ``launch.sweep.define_plan_flags``: each planned workdir's ``RunStatus`` and the
+  :func:`skipped_lines`, each printed on stderr (``(None, [])`` without ``--config``: every
+  finished run counts). A wrong ``--config``, ``--grid`` or ``--set`` ends the command with one
+  line, exit 2."""
+  from gmr.methods import ConfigError  # pylint: disable=g-import-not-at-top
+  from launch import sweep  # pylint: disable=g-import-not-at-top
+  runs = sweep.plan_from_flags()
+  if runs is None:
+    return None, []
+  try:
+    status = sweep.statuses(runs)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  skipped = skipped_lines(status)
+  for line in skipped:
+    print(f"skipped {line}", file=sys.stderr)
+  return status, skipped
+
+
 def skipped_note(lines: list) -> str:
   """The table's note of the runs :func:`skipped_lines` left out (``""`` for none)."""
   if not lines:
