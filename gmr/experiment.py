@@ -153,14 +153,17 @@ def _machine_failures(workdir: str):
   """A write the machine refuses (full disk, read-only or removed workdir, ...) anywhere in
   the run becomes one :class:`WorkdirError` line naming the path and the fix; the checkpoints
   written before it stay (orbax renames a complete checkpoint into place). Library threads'
-  reports of the same failure (orbax's error log, tensorboardX's writer thread) are kept off
-  the terminal while the run goes on."""
+  reports of the same failure (orbax's error log and asyncio callbacks, tensorboardX's writer
+  thread) are held while the run goes on, and shown only when the run did not fail on a
+  write."""
   quiet = _QuietLibraryWriteErrors()
   absl_logger = logging.getLogger("absl")
   absl_logger.addFilter(quiet)
-  prev_hook = threading.excepthook
-  held = []  # other threads' exceptions: shown at the end unless the run failed on a write
-  threading.excepthook = held.append
+  prev_hook, prev_unraisable = threading.excepthook, sys.unraisablehook
+  # other threads' exceptions, and those raised where nothing can catch them (asyncio
+  # callbacks of orbax's writers): shown at the end unless the run failed on a write
+  held, held_unraisable = [], []
+  threading.excepthook, sys.unraisablehook = held.append, held_unraisable.append
   failed_write = False
   try:
     yield
@@ -171,11 +174,13 @@ def _machine_failures(workdir: str):
     failed_write = True
     raise err from None
   finally:
-    threading.excepthook = prev_hook
+    threading.excepthook, sys.unraisablehook = prev_hook, prev_unraisable
     absl_logger.removeFilter(quiet)
     if not failed_write:
       for args in held:
         prev_hook(args)
+      for args in held_unraisable:
+        prev_unraisable(args)
 
 
 class _Start(NamedTuple):
