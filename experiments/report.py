@@ -16,7 +16,8 @@ under ``<out>/<group>/``:
   between the true clusters where the suite knows them (and each is a block of rows, as in the
   V-C suites); for TAPS, tasks x TAPS layers, black
   where the layer is task-specific. With several finished seeds, also
-  ``allocation_seed_<s>.png`` / ``.json`` for each.
+  ``allocation_seed_<s>.png`` / ``.json`` for each (methods whose allocation is learned: a
+  fixed one is the same in every seed).
 * ``similarity.png`` / ``.json`` (Fig. 6): cosine similarity of the task embeddings (the
   concatenated allocations; for TAPS the task-specific-layer indicators) of that seed, and, where the suite knows its task clusters, the
   per-seed cluster report (distinct embeddings per cluster, ARI of a k-way clustering, and
@@ -68,6 +69,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from gmr import methods as methods_lib  # noqa: E402
 from gmr.analysis import embeddings, stats, tables  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run or a sweep directory.")
@@ -626,7 +628,8 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       plot_allocation(res, name, out_dir)
       plot_similarity(res, name, out_dir, reports)
       files += ["allocation.png", "similarity.png"]
-      if len(finished) > 1:  # Fig. 5 of every seed
+      # Fig. 5 of every seed, where seeds can differ (a learned allocation)
+      if len(finished) > 1 and methods_lib.of_results(res).learned:
         for r in finished:
           each = f"allocation_seed_{r['results']['seed']}"
           plot_allocation(r["results"], name, out_dir, each)

@@ -116,7 +116,8 @@ def _fake_run(d, seed, loss0, clusters=None):
   alloc = {"layer_0": [[1, 0], [1, 0], [0, 1], [0, 1]], "layer_1": [[1, 1], [1, 1], [1, 0], [1, 0]]}
   if seed % 2:  # odd seeds use the other first-layer component (the same groups)
     alloc["layer_0"] = [row[::-1] for row in alloc["layer_0"]]
-  res = {"seed": seed, "tasks": tasks, "allocations": alloc, "active_fraction": 0.75,
+  res = {"method": "gumbel_matrix", "seed": seed, "tasks": tasks, "allocations": alloc,
+         "active_fraction": 0.75,
          "final": {"loss": {"mean": loss0 / 4}}, "wall_time_s": 1.0, "steps": 1600,
          "task_groups": [[0, 1], [2, 3]], "task_clusters": clusters}
   with open(os.path.join(d, "results.json"), "w") as f:
