@@ -2,6 +2,18 @@
 
   python -m experiments.benchmark                         # all architectures, print a table
   python -m experiments.benchmark --arch=four_mnists --reference --write=BENCHMARKS.md
+  python -m experiments.benchmark --mode=startup          # a run's start-up, JAX's cache off / on
+  python -m experiments.benchmark --mode=startup --config=experiments/configs/four_mnists.py \
+      --overrides=--config.num_rounds=200
+
+``--mode=startup``: the start-up of one run (``--config``, default the synthetic benchmark),
+without and with JAX's persistent compilation cache. The same command runs four times, each in
+a fresh process and workdir: twice with the cache off (``--config.compilation_cache_dir=``),
+twice with a fresh cache folder (the first fills it, the second reads it). Reported per run:
+seconds from the process start to the "compiled the training step" line (imports, data, setup
+and compilation), the compile time that line gives, and the whole run's wall time.
+
+``--mode=step`` (the default):
 
 "ours <layout> conv=<impl>": fused components, ``rounds_per_call`` rounds per device call
 (``lax.scan``), images in ``layout`` (nhwc, or cnhw: channels first), convolutions by ``impl``
@@ -29,7 +41,9 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -38,8 +52,16 @@ from absl import app, flags
 
 from experiments.configs import common
 from gmr import train as T
+from gmr import schedule as schedule_lib
 from gmr.data.suite import Split, TaskSuite
 
+_MODE = flags.DEFINE_enum("mode", "step", ["step", "startup"], "step: training throughput per "
+                          "architecture; startup: a run's start-up, JAX's compilation cache off "
+                          "and on.")
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/synthetic.py",
+                              "--mode=startup: the run's config[:variant].")
+_OVERRIDES = flags.DEFINE_string("overrides", "", "--mode=startup: more flags for every run "
+                                 "(space-separated).")
 _ARCH = flags.DEFINE_list("arch", ["synthetic", "four_mnists", "clusters", "omniglot"], "Architectures.")
 _REF = flags.DEFINE_bool("reference", False, "Also time the straightforward reference.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size per task.")
@@ -133,15 +155,15 @@ def prepare(arch, fused, conv_impl, per_batch, schedule="round_robin", layout="a
   setup = T.make_setup(c, suite)
   state = T.init_state(setup, jax.random.key(0))
   tcount, r = suite.num_tasks, _ROUNDS.value or ROUNDS[arch]
-  sampler = T.BatchSampler(jax.random.key(1), suite.train, c.batch_size)
+  sampler = schedule_lib.BatchSampler(jax.random.key(1), suite.train, c.batch_size)
   orders = (np.tile(np.arange(tcount, dtype=np.int32), (r, 1)) if schedule == "joint"
-            else T.round_orders(jax.random.key(2), 0, r, tcount))
+            else schedule_lib.round_orders(jax.random.key(2), 0, r, tcount))
   tasks, idx = sampler.round_robin(orders, 0)
   if not _ROUNDS.value and arch in STEPS and schedule == "round_robin":
     tasks, idx = tasks[:STEPS[arch]], idx[:STEPS[arch]]
   xp, yp = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
   key = jax.random.key(3)
-  run = T.make_run_steps(setup, c)
+  run = schedule_lib.make_run_steps(setup, c)
   # One update's worth of task batches (a round for joint): its compiled cost is the FLOPs
   # of one update. (XLA counts a scan's body once, not per iteration, so the FLOPs of a
   # longer call are not read from that call.)
@@ -186,8 +208,56 @@ def time_variants(preps: dict) -> dict:
   return out
 
 
+def startup_run(config: str, overrides: list, cache: str, workdir: str) -> dict:
+  """One run of ``experiments.main`` in a fresh process: seconds to its "compiled the training
+  step" line (``startup_s``), the compile time that line gives (``compile_s``) and its whole
+  wall time (``wall_s``). Raises ``RuntimeError`` (the run's last lines) if it fails."""
+  cmd = [sys.executable, "-m", "experiments.main", f"--config={config}", f"--workdir={workdir}",
+         f"--config.compilation_cache_dir={cache}"] + overrides
+  t0 = time.time()
+  p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  startup = compile_s = None
+  lines = []
+  for line in p.stdout:
+    lines.append(line)
+    m = re.match(r"compiled the training step .* in ([\d.]+)s", line)
+    if m and startup is None:
+      startup, compile_s = time.time() - t0, float(m.group(1))
+  if p.wait() != 0:
+    raise RuntimeError("".join(lines[-20:]))
+  return {"startup_s": startup, "compile_s": compile_s, "wall_s": time.time() - t0}
+
+
+def startup_table() -> str:
+  """``--mode=startup``'s table (Markdown, with the command and the machine)."""
+  overrides = shlex.split(_OVERRIDES.value)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    cache = os.path.join(tmp, "cache")
+    for label, where in (("cache off, run 1", ""), ("cache off, run 2", ""),
+                         ("cache on, run 1 (fills it)", cache),
+                         ("cache on, run 2 (reads it)", cache)):
+      wd = os.path.join(tmp, f"w{len(rows)}")
+      rows.append((label, startup_run(_CONFIG.value, overrides, where, wd)))
+  out = [f"Command: `python -m experiments.benchmark {shlex.join(sys.argv[1:])}`", "",
+         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+         f"{platform.python_version()}", "",
+         "| run | start-up to the compiled step (s) | compile (s) | whole run (s) |",
+         "|---|---|---|---|"]
+  out += [f"| {label} | {r['startup_s']:.1f} | {r['compile_s']:.2f} | {r['wall_s']:.1f} |"
+          for label, r in rows]
+  return "\n".join(out) + "\n"
+
+
 def main(argv):
   del argv
+  if _MODE.value == "startup":
+    text = startup_table()
+    print(text)
+    if _WRITE.value:
+      with open(_WRITE.value, "w") as f:
+        f.write(text)
+    return
   rows = []
   for arch in _ARCH.value:
     f32 = "float32"

@@ -14,8 +14,9 @@ from absl import app, flags, logging
 
 from gmr import cli, experiment
 from gmr.data.raw import DataError
-from gmr.methods import ConfigError
+from gmr.config import ConfigError
 from gmr.train import NonFiniteError
+from gmr.workdir import WorkdirError, WriteFailure
 
 # this command's own flags (absl's, such as --verbosity, stay in the global flags.FLAGS)
 FLAGS = flags.FlagValues()
@@ -160,11 +161,11 @@ def main(argv):
     experiment.run(_PARSED["config"], _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
                    extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value,
                    accept_environment_change=_ACCEPT_ENV.value)
-  except experiment.WriteFailure as e:  # the machine: end now, before library threads retry
+  except WriteFailure as e:  # the machine: end now, before library threads retry
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)  # pylint: disable=protected-access
-  except (ConfigError, DataError, experiment.WorkdirError) as e:
+  except (ConfigError, DataError, WorkdirError) as e:
     fail(str(e))
   except NonFiniteError as e:
     print(f"error: training diverged: {e}", file=sys.stderr)

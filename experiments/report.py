@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from gmr import methods as methods_lib  # noqa: E402
-from gmr.analysis import embeddings, stats, tables  # noqa: E402
+from gmr.analysis import embeddings, readers, stats, tables  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run or a sweep directory.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -265,7 +265,7 @@ def plot_loss_curves(curves, title, out_dir):
 
 def plot_taps_layers(results, title, out_dir, name="allocation"):
   """TAPS's Fig. 5 analogue: tasks x TAPS layers, black = task-specific (score >= tau); for
-  any method with its own task embedding (:meth:`gmr.methods.Method.task_embedding`), that
+  any method with its own task embedding (:meth:`gmr.analysis.readers.Reader.task_embedding`), that
   embedding."""
   emb, layers = embeddings.run_embeddings(results)
   tasks = results["tasks"]
@@ -310,7 +310,7 @@ def plot_allocation(results, title, out_dir, name="allocation"):
   """Fig. 5: the greedy allocation of one run, tasks x components per routed layer (lines
   between the true clusters where the suite knows them and each is a block of rows), as
   ``<name>.png`` and the matrices as ``<name>.json``."""
-  if not embeddings.embeds_allocation(results):  # the method's own embedding (TAPS's layers)
+  if not readers.embeds_allocation(results):  # the method's own embedding (TAPS's layers)
     return plot_taps_layers(results, title, out_dir, name)
   layers = sorted(results["allocations"], key=lambda k: int(k.split("_")[1]))
   mats = [np.asarray(results["allocations"][l]) for l in layers]
@@ -424,7 +424,7 @@ def plot_taps_scores(run, task, title, out_dir) -> Optional[str]:
 def plot_probabilities(run, task, title, out_dir) -> Optional[str]:
   if any("taps_scores" in h for h in run["alloc"]):
     return plot_taps_scores(run, task, title, out_dir)
-  if run["results"] and not embeddings.embeds_allocation(run["results"]):
+  if run["results"] and not readers.embeds_allocation(run["results"]):
     return None  # a TAPS run whose history predates taps_scores: only all-on component use
   hist = [h for h in run["alloc"] if "probabilities" in h]
   if not hist:
@@ -629,7 +629,8 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
       plot_similarity(res, name, out_dir, reports)
       files += ["allocation.png", "similarity.png"]
       # Fig. 5 of every seed, where seeds can differ (a learned allocation)
-      if len(finished) > 1 and methods_lib.of_results(res).learned:
+      method = methods_lib.METHODS.get(res.get("method"))  # None: not registered here
+      if len(finished) > 1 and method is not None and method.learned:
         for r in finished:
           each = f"allocation_seed_{r['results']['seed']}"
           plot_allocation(r["results"], name, out_dir, each)
@@ -641,7 +642,7 @@ def report(workdir: str, out: str, task: str = "", seed: int = -1, smooth_steps:
     # its (all-on) component use, not its task-specific layers
     method = (runs[0]["results"] or runs[0]["config"]).get("method")
     over = (plot_clusters_over_training(runs, name, out_dir)
-            if embeddings.embeds_allocation({"method": method}) else None)
+            if readers.embeds_allocation({"method": method}) else None)
     if over:
       files.append(over)
     written[name] = files

@@ -9,7 +9,8 @@ Every save is atomic (orbax writes a temporary folder and renames it), so a run 
 saving keeps its previous checkpoint. The metadata (JSON) holds what resuming needs beyond
 the arrays: the round, the best value so far and the evaluation it came from.
 
-A finished run's checkpoint also starts another run (``init_from``: fine-tuning its backbone).
+A finished run's checkpoint also starts another run (``init_from``: fine-tuning its backbone,
+:func:`source_model_params`; what is copied: :func:`gmr.train.init_from`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
-from gmr.step import Setup, TrainState
+from gmr.train import InitFromError
 
 
 def _manager(path: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -139,10 +138,6 @@ def load(workdir: str, like, best: bool = False, round_: Optional[int] = None):
 
 
 # ----------------------------------------------------------------------------- init_from
-class InitFromError(ValueError):
-  """``init_from`` names a run whose checkpoint cannot start this one."""
-
-
 def source_checkpoint(workdir: str) -> str:
   """The checkpoint a finished run's numbers come from (``results.json``'s ``checkpoint``,
   the path the run wrote it to): its ``<series>/<round>`` inside ``workdir``, so a workdir
@@ -166,37 +161,7 @@ def source_checkpoint(workdir: str) -> str:
 
 
 def source_model_params(workdir: str) -> dict:
-  """The network parameters (numpy) of the checkpoint a finished run's numbers come from."""
+  """The network parameters (nested dicts of numpy arrays) of the checkpoint a finished run's
+  numbers come from: the backbone :func:`gmr.train.init_from` starts another run from.
+  Raises :class:`gmr.train.InitFromError` (:func:`source_checkpoint`)."""
   return read_state(source_checkpoint(workdir))["params"]["model"]
-
-
-def init_from(setup: Setup, state: TrainState, workdir: str) -> TrainState:
-  """Start from the backbone of another run (fine-tuning): every model parameter but the task
-  heads is copied from the checkpoint its results come from; the heads stay freshly
-  initialised (new tasks), the method's own parameters too; the optimizer starts afresh.
-
-  Raises :class:`InitFromError` when the source is not a finished run, its checkpoint is
-  missing, or its backbone's parameters are not exactly this network's (one missing, one
-  more, or one shaped otherwise: another architecture)."""
-  src = traverse_util.flatten_dict(source_model_params(workdir))
-  ours = traverse_util.flatten_dict(state.params["model"])
-  extra = sorted("/".join(p) for p in src if "heads" not in p and p not in ours)
-  if extra:
-    raise InitFromError(f"init_from: {workdir} has parameters this network lacks ({extra[0]}"
-                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
-                        + "); the source run must use the same architecture (arch and "
-                        "arch_kwargs)")
-  new = {}
-  for p, v in ours.items():
-    if "heads" in p:
-      new[p] = v
-      continue
-    if p not in src:
-      raise InitFromError(f"init_from: {workdir} has no parameter {'/'.join(p)}; the source run "
-                          "must use the same architecture (arch and arch_kwargs)")
-    if tuple(src[p].shape) != tuple(v.shape):
-      raise InitFromError(f"init_from: {'/'.join(p)} is {tuple(src[p].shape)} in {workdir} but "
-                          f"{tuple(v.shape)} here; use the same architecture as the source run")
-    new[p] = jnp.asarray(src[p], v.dtype)
-  params = dict(state.params, model=traverse_util.unflatten_dict(new))
-  return TrainState(state.step, params, setup.tx.init(params))

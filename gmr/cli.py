@@ -1,6 +1,6 @@
 """The command line's config front end: ``--config=<file>[:<variant>]`` and ``--config.<field>=
 <value>`` overrides, each value parsed by its field's declared type; every mistake is one
-:class:`~gmr.methods.ConfigError` (``<field>: <what>; <fix>``) raised before any compute.
+:class:`~gmr.config.ConfigError` (``<field>: <what>; <fix>``) raised before any compute.
 
 Values by field type: ``true``/``false`` (also ``1``/``0``, ``yes``/``no``) for booleans,
 integers written as integers, any float literal for floats, the text itself for strings, a
@@ -19,7 +19,8 @@ from typing import List
 
 from ml_collections import config_dict
 
-from gmr.methods import ConfigError
+from gmr import config as config_schema
+from gmr.config import ConfigError
 
 _NONE = ("none", "null")
 
@@ -174,11 +175,15 @@ def fields_help(config: config_dict.ConfigDict = None) -> str:
   """The config's fields for ``--help``: one line ``<dotted field> = <value>  <doc>`` per field
   (nested fields such as ``data.*`` and ``synthetic.*`` by their dotted names), docs from
   :func:`gmr.config.docs`. ``config``: the values to list; None: :func:`gmr.config.defaults`
-  with :func:`gmr.config.synthetic_defaults` as ``synthetic``."""
-  from gmr import config as config_schema  # pylint: disable=g-import-not-at-top
+  with :func:`gmr.config.synthetic_defaults` as ``synthetic`` and every built-in suite's
+  options (:func:`gmr.config.suite_options`) as ``data``."""
   if config is None:
     config = config_schema.defaults()
     config.synthetic = config_schema.synthetic_defaults()
+    config.data = config_dict.ConfigDict()
+    for suite in config_schema.SUITE_OPTIONS:
+      for k, v in config_schema.suite_options(suite).items():
+        config.data[k] = v
   docs = config_schema.docs()
   rows = []
 

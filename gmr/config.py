@@ -2,16 +2,67 @@
 
 ``defaults()`` is where each constant of the papers and of gmr has its one default; the
 experiment configs (``experiments/configs/*.py``) start from it and only override, and library
-code reads fields directly (``config.<field>``), never with a fallback of its own. The
-validation of the values is :func:`gmr.validate.validate`. A workdir written before a field
+code reads fields directly (``config.<field>``), never with a fallback of its own. The options
+of the built-in suites (``config.data.*``) have theirs in :data:`SUITE_OPTIONS`
+(:func:`suite_options`). A wrong value is one :class:`ConfigError`; the field checks every
+layer of gmr shares are :func:`check_number`, :func:`check_bool` and :func:`check_choice`
+(the whole validation: :func:`gmr.validate.validate`). A workdir written before a field
 existed is read with that field's value of the time: :data:`UPGRADES`.
+
+This module imports no JAX: the command line, the analysis and the tables read it.
 """
 
 from __future__ import annotations
 
+import math
+
 from ml_collections import config_dict
 
-from gmr import taps
+
+class ConfigError(ValueError):
+  """A config value is wrong; ``field`` names it (``data.tasks`` for a nested one), the message
+  says how to fix it: ``<field>: <what>; <fix>``."""
+
+  def __init__(self, field: str, problem: str, fix: str):
+    super().__init__(f"{field}: {problem}; {fix}")
+    self.field, self.problem, self.fix = field, problem, fix
+
+
+def check_number(c, field, lo=None, hi=None, lo_open=False, hi_open=False, integer=False,
+                 fix="", name=None) -> None:
+  """Raise :class:`ConfigError` unless ``c[field]`` is a finite number (an ``int`` when
+  ``integer``; never a bool) in ``[lo, hi]`` (``lo_open`` / ``hi_open``: the open bound).
+  ``name``: the field's name in the message (``data.max_examples`` for a nested one);
+  ``fix``: the message's fix (default: how to set it)."""
+  v = c[field]
+  field = name or field
+  ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+  if isinstance(v, bool) or not ok_type:
+    raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {v!r}",
+                      fix or f"set --config.{field}=<number>")
+  if not math.isfinite(v):
+    raise ConfigError(field, f"must be a finite number, got {v!r}",
+                      fix or f"set --config.{field}=<number>")
+  if lo is not None and (v <= lo if lo_open else v < lo):
+    raise ConfigError(field, f"must be {'>' if lo_open else '>='} {lo}, got {v}",
+                      fix or f"set --config.{field} to a larger value")
+  if hi is not None and (v >= hi if hi_open else v > hi):
+    raise ConfigError(field, f"must be {'<' if hi_open else '<='} {hi}, got {v}",
+                      fix or f"set --config.{field} to a smaller value")
+
+
+def check_bool(c, field, name=None) -> None:
+  """Raise :class:`ConfigError` unless ``c[field]`` is ``True`` or ``False``."""
+  if not isinstance(c[field], bool):
+    raise ConfigError(name or field, f"must be true or false, got {c[field]!r}",
+                      f"set --config.{name or field}=true or false")
+
+
+def check_choice(c, field, options, name=None) -> None:
+  """Raise :class:`ConfigError` unless ``c[field]`` is one of ``options``."""
+  if c[field] not in options:
+    raise ConfigError(name or field, f"unknown value {c[field]!r}",
+                      f"choose one of {list(options)}")
 
 # Fields that only one suite reads, defined by the configs of that suite (not by defaults()):
 # ``data`` (real-data suites' options), ``synthetic`` (appendix A1's generator, see
@@ -104,8 +155,8 @@ def _fields():
       ("budget_lambda", 0.0, "weight of the budget penalty; 0 = off"),
       ("entropy_penalty", 0.0, "weight of the allocation-entropy penalty; 0 = off"),
       # --- TAPS (Wallingford et al.; defaults of the authors' code)
-      ("taps_tau", taps.TAU, "TAPS: a layer is task-specific iff its score >= tau"),
-      ("taps_score_init", taps.SCORE_INIT, "TAPS: initial score of every layer"),
+      ("taps_tau", 0.1, "TAPS: a layer is task-specific iff its score >= tau (the authors' code)"),
+      ("taps_score_init", 0.15, "TAPS: initial score of every layer (the authors' code)"),
       ("taps_lambda", 1.0, "TAPS sparsity weight: lambda / L * sum |s| per task batch"),
       ("taps_layers", [],
        "TAPS: fnmatch patterns of adaptable kernels (layer_1/*); [] = all of the backbone"),
@@ -145,6 +196,40 @@ def _synthetic_fields():
   )
 
 
+_MAX_EXAMPLES = ("max_examples", 0, "0 = all; >0 keeps the first N examples of each split "
+                 "(smoke runs)")
+_ROTATE_K = ("rotate_k", -1, "np.rot90 k of the rotated tasks: -1 = 90 degrees clockwise (the "
+             "paper); the authors' tf.image.rot90(k=1) is counter-clockwise")
+_ALPHABETS = ("alphabets", config_dict.placeholder(list),
+              "Omniglot alphabets, one task each; None = the 20 of the paper")
+
+
+def _suite_option_fields():
+  """``{suite: ((name, default, one-line doc), ...)}``: the options (``config.data.*``) of each
+  built-in suite that has any (built per call: placeholders are fresh objects)."""
+  clusters = (("validation_fraction", 0.2,
+               "per class, the share of each train split held out for validation"),
+              ("split_seed", 0, "seed of that hold-out"), _MAX_EXAMPLES, _ALPHABETS)
+  return {
+      "four_mnists": (_ROTATE_K, _MAX_EXAMPLES),
+      "mnist_family": (("tasks", "mnist", "comma-separated: mnist | mnist_rot | fashion"),
+                       _ROTATE_K, _MAX_EXAMPLES),
+      "omniglot20": (_ALPHABETS,),
+      "clusters40": clusters,
+      "clusters40_offline": clusters,
+  }
+
+
+SUITE_OPTIONS = tuple(_suite_option_fields())  # the built-in suites with options of their own
+
+
+def suite_options(suite: str) -> config_dict.ConfigDict:
+  """The options of built-in ``suite`` with their defaults (an empty ConfigDict for a suite
+  without options, or one :mod:`gmr.data` does not define: a user's suite brings its own).
+  What ``config.data`` starts from; the suite reads ``config.data`` completed by these."""
+  return _build(_suite_option_fields().get(suite, ()))
+
+
 def _build(fields) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   for name, default, _ in fields:
@@ -165,8 +250,11 @@ def synthetic_defaults() -> config_dict.ConfigDict:
 
 
 def docs() -> dict:
-  """``{field: one-line doc}`` of every field of :func:`defaults`, and of
-  :func:`synthetic_defaults` as ``synthetic.<field>``."""
+  """``{field: one-line doc}`` of every field of :func:`defaults`, of
+  :func:`synthetic_defaults` as ``synthetic.<field>`` and of the built-in suites' options as
+  ``data.<field>``."""
   out = {name: doc for name, _, doc in _fields()}
   out.update({f"synthetic.{name}": doc for name, _, doc in _synthetic_fields()})
+  for fields in _suite_option_fields().values():
+    out.update({f"data.{name}": doc for name, _, doc in fields})
   return out

@@ -1,6 +1,6 @@
 """Evaluation: every task of a split as one device call (a ``lax.scan`` over the split's
-batches, gathered on the device), greedy allocations unless ``eval_sample``, the summary of
-the learned allocation, and the choice of the best evaluation by ``select_by``."""
+batches, gathered on the device), greedy allocations unless ``eval_sample``, and the summary
+of the learned allocation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 
 from gmr import allocation as A
 from gmr.data.suite import Split
-from gmr.schedule import on_eval_grid
 from gmr.step import Setup, network_input, task_loss
 
 
@@ -126,45 +125,3 @@ def allocation_summary(setup: Setup, params, task_names) -> Dict:
       "probabilities": {f"layer_{l}": np.round(p, 6).tolist() for l, p in enumerate(probs)},
       **setup.method.summary(params["alloc"], task_names),
   }
-
-
-# ----------------------------------------------------------------------------- select_by
-def metric_value(evaluation: dict, path: str) -> float:
-  """``metric_value(ev, "validation.accuracy.mean")``: a number inside an evaluation."""
-  v = evaluation
-  for p in path.split("."):
-    v = v[p]
-  return float(v)
-
-
-def better(a: float, b: Optional[float], path: str) -> bool:
-  """Is ``a`` better than ``b`` for metric ``path`` (losses: lower; others: higher)?"""
-  if b is None:
-    return True
-  return a < b if ".loss." in f".{path}." else a > b
-
-
-def update_best(config, r: int, evaluation: dict, best: Optional[dict],
-                final_best: Optional[dict]):
-  """``(best, final_best)`` after the evaluation of round ``r`` under ``config.select_by``.
-
-  ``best`` (``{"value", "round", "evaluation", "new"}``; ``new``: set by this round, so its
-  checkpoint is saved as the best) competes among rounds on the ``eval_every`` grid only;
-  the end of a run off that grid goes to ``final_best`` (it is the best of this schedule,
-  never of a longer one that continues it). Raises ``ValueError`` when ``select_by`` names
-  no number of the evaluation."""
-  select_by = config.select_by
-  try:
-    v = metric_value(evaluation, select_by)
-  except KeyError:
-    raise ValueError(f"select_by: {select_by!r} is not in the evaluation "
-                     f"(keys {sorted(evaluation)}); e.g. 'validation.accuracy.mean'") from None
-  if not on_eval_grid(config, r):  # the end of this schedule, not of a longer one
-    if better(v, (best or {}).get("value"), select_by):
-      final_best = {"value": v, "round": r, "evaluation": evaluation, "new": False}
-    best = dict(best, new=False) if best else None
-  elif better(v, (best or {}).get("value"), select_by):
-    best = {"value": v, "round": r, "evaluation": evaluation, "new": True}
-  else:
-    best = dict(best, new=False)
-  return best, final_best

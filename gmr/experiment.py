@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -22,14 +23,17 @@ import jax
 import jax.numpy as jnp
 
 from gmr import checkpoint as checkpoint_lib
+from gmr import config as config_schema
 from gmr import data as data_lib
+from gmr import evaluate
 from gmr import logs
 from gmr import schedule
+from gmr import step
 from gmr import optim as optim_lib
 from gmr import train as train_lib
 from gmr import validate
 from gmr import workdir as workdir_lib
-from gmr.methods import ConfigError
+from gmr.config import ConfigError
 from gmr.workdir import WorkdirError, WriteFailure, read_changes, run_identity
 
 
@@ -73,16 +77,16 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   lock: a second process on the same workdir is refused with :class:`WorkdirError`.
 
   Before anything is written or computed: the config is validated, the network's structure
-  built abstractly and the data files checked (raising :class:`gmr.methods.ConfigError`,
+  built abstractly and the data files checked (raising :class:`gmr.config.ConfigError`,
   :class:`gmr.data.raw.DataError` or :class:`WorkdirError`). A run that continues in another
   environment (x64, matmul precision, PRNG, XLA flags, backend: :func:`gmr.workdir.environment`)
   is refused with :class:`WorkdirError` unless ``accept_environment_change``."""
   validate.validate(config)
   use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
-  train_lib.check_structure(built_config(config, workdir), *data_lib.describe(config))
+  setup = train_lib.check_structure(built_config(config, workdir), *data_lib.describe(config))
   data_lib.check_data_available(config)
   workdir_lib.make_workdir(workdir)
-  args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change)
+  args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change, setup)
   with _machine_failures(workdir):
     if jax.process_index() != 0:
       return _run(config, workdir, *args)
@@ -110,8 +114,6 @@ def built_config(config, workdir: str):
 
   Raises :class:`ConfigError` (``fixed_allocation_from``) for a source that is not a finished
   run, or whose network (:data:`gmr.config.NETWORK_FIELDS`) differs from this run's."""
-  import json  # pylint: disable=g-import-not-at-top
-  from gmr import config as config_schema  # pylint: disable=g-import-not-at-top
   if not config.fixed_allocation_from:
     return config
   src = fixed_allocation_source(config, workdir)
@@ -185,7 +187,7 @@ def _machine_failures(workdir: str):
 
 class _Start(NamedTuple):
   """Where a run starts: from scratch (``resumed_from`` None) or a checkpoint."""
-  state: Optional[train_lib.TrainState]
+  state: Optional[step.TrainState]
   round: int
   best: Optional[dict]
   resumed_from: Optional[int]
@@ -197,7 +199,7 @@ class _Start(NamedTuple):
 
 def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
          extend: bool = False, change_optimizer: bool = False,
-         accept_environment_change: bool = False) -> dict:
+         accept_environment_change: bool = False, setup=None) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
@@ -209,7 +211,8 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   :data:`gmr.optim.OPTIMIZER_FIELDS` values (a diverged run with a lower learning rate):
   parameters, step and the optimizer's moments carry over, the change and its round are
   recorded in ``optimizer_changes.jsonl`` and ``results.json``; every other change is refused.
-  SIGTERM writes a checkpoint and raises :class:`Preempted`.
+  SIGTERM writes a checkpoint and raises :class:`Preempted`. ``setup``: the one :func:`run`
+  built from the suite's description before the data (:func:`gmr.train.setup_for`).
   """
   stream = stream or sys.stdout
   # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
@@ -245,8 +248,9 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
       stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
     stream.flush()
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
-  # built once: restore template and training
-  setup = train_lib.make_setup(built_config(config, workdir), suite)
+  # built once, before the data (:func:`run`): the restore template's and the training's
+  setup = (train_lib.make_setup(built_config(config, workdir), suite) if setup is None else
+           train_lib.setup_for(setup, built_config(config, workdir), suite))
   start = _restore(config, workdir, suite, setup, ckpt, primary and not had_config)
   changes = start.changes
   if start.reset is not None and primary:  # continued under a changed optimizer
@@ -275,7 +279,9 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
             config, suite, _event_writer(mf, tb, config, suite, None if quiet else stream),
             state=start.state, start_round=start.round, on_chunk=saver.on_chunk,
             best=start.best, log_carry=start.log_carry,
-            on_progress=None if quiet else logs.ProgressLines(stream), setup=setup)
+            on_progress=None if quiet else logs.ProgressLines(stream), setup=setup,
+            backbone=(checkpoint_lib.source_model_params(config.init_from)
+                      if config.init_from and start.state is None else None))
       except train_lib.NonFiniteError as e:
         raise saver.non_finite(e) from None
   finally:
@@ -303,7 +309,7 @@ def _restore(config, workdir: str, suite, setup, ckpt, written_now: bool) -> _St
   changes = read_changes(workdir)
   if ckpt.latest_round() is None:
     return _Start(None, 0, None, None, 0.0, None, changes, None)
-  like = train_lib.init_state(setup, train_lib.make_keys(config.seed).init)
+  like = train_lib.init_state(setup, step.make_keys(config.seed).init)
   identity = run_identity(config)
   earlier = workdir_lib.earlier_configs(config, changes)  # identity -> config, before each
 
@@ -318,7 +324,7 @@ def _restore(config, workdir: str, suite, setup, ckpt, written_now: bool) -> _St
   def like_for(meta):
     c = earlier[meta.get("run_identity", identity)]
     return like if c is config else train_lib.init_state(
-        train_lib.make_setup(built_config(c, workdir), suite), train_lib.make_keys(c.seed).init)
+        train_lib.make_setup(built_config(c, workdir), suite), step.make_keys(c.seed).init)
   found = ckpt.restore_latest_intact(
       like_for, lambda line: print(line, file=sys.stderr, flush=True), accept)
   if found is None:
@@ -473,7 +479,7 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
       "backend": jax.default_backend(),
       "code": workdir_lib.code_version(),
       **_environment_record(workdir),
-      **train_lib.allocation_summary(setup, state.params, suite.task_names),
+      **evaluate.allocation_summary(setup, state.params, suite.task_names),
   }
   if config.fixed_allocation_from:
     results["fixed_allocation_from"] = fixed_allocation_source(config, workdir)
@@ -491,10 +497,10 @@ def _results(config, workdir: str, suite, setup, state, final, best, ckpt, start
     results["final_validation"] = best["evaluation"].get("validation")
     results["selected_by"] = {"metric": config.select_by, "value": best["value"],
                               "round": best["round"]}
-    if train_lib.on_eval_grid(config, best["round"]):  # else: the last round's own state
+    if schedule.on_eval_grid(config, best["round"]):  # else: the last round's own state
       results["checkpoint"] = best.get("checkpoint") or os.path.join(
           ckpt.best_dir, str(best["round"]))
       best_state, _ = checkpoint_lib.load(workdir, state, best=True)
-      results.update(train_lib.allocation_summary(
+      results.update(evaluate.allocation_summary(
           setup, jax.tree_util.tree_map(jnp.asarray, best_state).params, suite.task_names))
   return results

@@ -18,19 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr import allocation as A
+from gmr import config as config_schema
 from gmr import data
 from gmr import models
 from gmr import taps as taps_lib
+from gmr.config import ConfigError
 
 METHODS: Dict[str, type] = {}
-
-
-class ConfigError(ValueError):
-  """A config value is wrong; ``field`` names it, the message says how to fix it."""
-
-  def __init__(self, field: str, problem: str, fix: str):
-    super().__init__(f"{field}: {problem}; {fix}")
-    self.field, self.problem, self.fix = field, problem, fix
 
 
 def register(name):
@@ -41,17 +35,18 @@ def register(name):
   return deco
 
 
-def build(name: str, config, num_tasks: int, layer_sizes: Sequence[int]):
-  """Instantiate the method ``name`` for a network with ``layer_sizes`` components per layer."""
+def method_class(name: str) -> type:
+  """The class registered as ``name``. Raises :class:`ConfigError` (``method``) for an
+  unknown name."""
   if name not in METHODS:
     raise ConfigError("method", f"unknown method {name!r}", f"choose one of {sorted(METHODS)}")
-  return METHODS[name](config, num_tasks, tuple(layer_sizes))
+  return METHODS[name]
 
 
-def of_results(results: dict) -> type:
-  """The method class a finished run's ``results.json`` dict was made by (the base
-  :class:`Method` for a method not registered in this process)."""
-  return METHODS.get(results.get("method"), Method)
+def build(name: str, config, num_tasks: int, layer_sizes: Sequence[int]):
+  """Instantiate the method ``name`` for a network with ``layer_sizes`` components per layer.
+  Raises :class:`ConfigError` for an unknown name or a wrong field of the method."""
+  return method_class(name)(config, num_tasks, tuple(layer_sizes))
 
 
 def _layer_key(l: int) -> str:
@@ -71,9 +66,10 @@ class Method:
     (one row per task: only the trained task's row changes in its step, like the heads);
   * :meth:`check_config`: its config fields, checked before anything is built;
   * :meth:`learning_rate` and :meth:`param_labels`: its parameters' optimizer groups;
-  * :meth:`penalty_terms` (named, logged), :meth:`summary` and :meth:`history`;
-  * how its finished runs are read (:mod:`gmr.analysis`, the report):
-    :meth:`task_embedding` and :meth:`summary_stats`.
+  * :meth:`penalty_terms` (named, logged), :meth:`summary` and :meth:`history`.
+
+  How its finished runs are read (task embeddings, a table row's own numbers) is not here but
+  in :mod:`gmr.analysis.readers`, by the method's name: the analysis needs no JAX.
   """
   name = "?"
   learned = False
@@ -126,22 +122,6 @@ class Method:
   def summary(self, alloc_params, task_names) -> Dict:
     """Method-specific numbers for results.json (``{}`` for most methods)."""
     del alloc_params, task_names
-    return {}
-
-  @classmethod
-  def task_embedding(cls, results: dict):
-    """A finished run's task embeddings when they are not its allocation: ``(float32 [T, D],
-    a name per column)``. Not overridden (the default, ``None``): the greedy allocation rows
-    of ``results["allocations"]`` are the embeddings, and a run in progress is read from its
-    allocation history; a method that overrides it always has embeddings of its own."""
-    del results
-    return None
-
-  @classmethod
-  def summary_stats(cls, runs: Sequence[dict]) -> Dict:
-    """This method's own numbers for a table row over the seeds ``runs`` (their
-    ``results.json`` dicts); ``{}`` (the default): none."""
-    del runs
     return {}
 
   def train_rows(self, alloc_params, key, task, temperature) -> List[jax.Array]:
@@ -330,8 +310,22 @@ class TAPS(SharedBottom):
 
   @classmethod
   def check_config(cls, config) -> None:
-    from gmr import validate  # pylint: disable=g-import-not-at-top
-    validate.check_taps_fields(config)
+    """TAPS's fields: ``taps_tau``, ``taps_score_init``, ``taps_lambda``, the learning rates,
+    ``taps_task_norm`` and ``taps_layers``."""
+    check = config_schema.check_number
+    check(config, "taps_tau", 0, fix="give the score threshold, >= 0, e.g. 0.1 (a negative one "
+          "makes every layer task-specific)")
+    check(config, "taps_score_init", fix="give the initial score, e.g. 0.15 (above taps_tau: "
+          "every layer starts task-specific)")
+    check(config, "taps_lambda", 0, fix="give the sparsity weight, >= 0")
+    for f in ("taps_learning_rate", "taps_score_learning_rate"):
+      if config[f] is not None:
+        check(config, f, 0, lo_open=True)
+    config_schema.check_bool(config, "taps_task_norm")
+    layers = config.taps_layers
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(p, str) for p in layers):
+      raise ConfigError("taps_layers", f"must be a list of fnmatch patterns, got {layers!r}",
+                        "e.g. ['layer_1/*', 'layer_2/*'], or [] for every kernel")
 
   @classmethod
   def learning_rate(cls, config, num_tasks: int) -> float:
@@ -376,29 +370,6 @@ class TAPS(SharedBottom):
 
   def summary(self, alloc_params, task_names):
     return {"taps": taps_lib.summary(alloc_params["taps"], task_names, self._tau)}
-
-  @classmethod
-  def task_embedding(cls, results: dict):
-    """float32 ``[T, L]``, 1 where the task's layer is task-specific, columns = the TAPS
-    layers (from ``results["taps"]["scores"]``): a TAPS task uses every component, so its
-    allocation rows would make every task look the same. Raises ``KeyError`` without
-    ``tasks`` or ``taps["scores"]`` / ``taps["task_specific_layers"]``."""
-    taps, tasks = results["taps"], results["tasks"]
-    layers = list(taps["scores"][tasks[0]])
-    emb = np.array([[float(l in set(taps["task_specific_layers"][t])) for l in layers]
-                    for t in tasks], np.float32).reshape(len(tasks), len(layers))
-    return emb, layers
-
-  @classmethod
-  def summary_stats(cls, runs: Sequence[dict]) -> Dict:
-    """``taps_specific_pct`` (mean over seeds of the % of task x layer pairs that are task
-    specific) with ``taps_specific_pct_std``, and ``taps_added_params`` (mean over seeds and
-    tasks of the parameters a task adds)."""
-    from gmr.analysis.stats import sample_std  # pylint: disable=g-import-not-at-top
-    fr = [100 * r["taps"]["task_specific_fraction"]["mean"] for r in runs]
-    added = [np.mean(list(r["taps"]["added_params"].values())) for r in runs]
-    return dict(taps_specific_pct=float(np.mean(fr)), taps_specific_pct_std=sample_std(fr),
-                taps_added_params=float(np.mean(added)))
 
   def history(self, alloc_params):
     """TAPS's history is its scores (a task's layer is task-specific while its score >= tau):

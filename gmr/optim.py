@@ -19,14 +19,13 @@ from __future__ import annotations
 import jax
 import optax
 
-from gmr.methods import METHODS
 
-
-def alloc_learning_rate(config, num_tasks: int) -> float:
-  """The learning rate of ``params["alloc"]``: the method's own
-  (:meth:`gmr.methods.Method.learning_rate`; the logits': absolute if ``alloc_learning_rate``
-  is set, else multiplier x lr)."""
-  return METHODS[config.method].learning_rate(config, num_tasks)
+def alloc_learning_rate(config, num_tasks: int, method) -> float:
+  """The learning rate of ``params["alloc"]``: ``method``'s own (a
+  :class:`gmr.methods.Method` class or instance, the setup's;
+  :meth:`~gmr.methods.Method.learning_rate`: the logits' is absolute if
+  ``alloc_learning_rate`` is set, else multiplier x lr)."""
+  return method.learning_rate(config, num_tasks)
 
 
 def l2_mask(model_params):
@@ -40,11 +39,11 @@ def l2_mask(model_params):
   return jax.tree_util.tree_map_with_path(keep, model_params)
 
 
-def score_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
+def score_optimizer(config, num_tasks: int, method) -> optax.GradientTransformation:
   """TAPS scores: ``taps_score_optimizer`` ("adam" or "sgd", momentum ``adam_b1``) at
   ``taps_score_learning_rate`` (None: the deltas' learning rate)."""
   lr = config.taps_score_learning_rate
-  lr = alloc_learning_rate(config, num_tasks) if lr is None else float(lr)
+  lr = alloc_learning_rate(config, num_tasks, method) if lr is None else float(lr)
   if config.taps_score_optimizer == "sgd":
     return optax.sgd(lr, momentum=config.adam_b1 or None)
   return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
@@ -56,12 +55,15 @@ def frozen_mask(model_params):
       lambda path, _: not any(getattr(p, "key", None) == "heads" for p in path), model_params)
 
 
-def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
+def make_optimizer(config, num_tasks: int, method) -> optax.GradientTransformation:
+  """The optimizer of a run (this module's docstring) for ``num_tasks`` tasks and ``method``
+  (a :class:`gmr.methods.Method` class or instance: its ``"alloc"`` learning rate and
+  parameter groups), over ``{"model": ..., "alloc": ...}`` parameter trees."""
   model_tx = [optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
                          eps=config.adam_eps)]
   if config.l2:
     model_tx.insert(0, optax.add_decayed_weights(config.l2, mask=l2_mask))
-  alloc_tx = optax.adam(alloc_learning_rate(config, num_tasks), b1=config.adam_b1,
+  alloc_tx = optax.adam(alloc_learning_rate(config, num_tasks, method), b1=config.adam_b1,
                         b2=config.adam_b2, eps=config.adam_eps)
   freeze = bool(config.freeze_backbone)
 
@@ -75,14 +77,14 @@ def make_optimizer(config, num_tasks: int) -> optax.GradientTransformation:
   def labels(params):
     out = {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
     if out.get("alloc"):  # the method's own groups (TAPS: its scores)
-      out["alloc"] = METHODS[config.method].param_labels(out["alloc"])
+      out["alloc"] = method.param_labels(out["alloc"])
     if freeze:  # fine-tuning: only heads (and alloc) learn
       out["model"] = jax.tree.map(lambda f: "frozen" if f else "model", frozen(params)["model"])
     return out
 
   tx = optax.multi_transform(
       {"model": optax.chain(*model_tx), "alloc": alloc_tx, "frozen": optax.set_to_zero(),
-       "scores": score_optimizer(config, num_tasks)}, labels)
+       "scores": score_optimizer(config, num_tasks, method)}, labels)
   whole = []  # transformations that read the whole gradient
   if config.clip_norm:
     whole.append(optax.clip_by_global_norm(config.clip_norm))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmr.data.suite import Split
-from gmr.methods import ConfigError
+from gmr.config import ConfigError
 from gmr.step import Setup, make_joint_step, make_train_step
 
 
@@ -143,7 +143,7 @@ def round_orders(key, first_round: int, num_rounds: int, num_tasks: int) -> np.n
 
 
 def check_batch_size(split: Split, batch_size: int) -> None:
-  """Raise :class:`~gmr.methods.ConfigError` (``batch_size``) when a task of ``split`` has
+  """Raise :class:`~gmr.config.ConfigError` (``batch_size``) when a task of ``split`` has
   fewer examples than one batch."""
   for t, n in enumerate(split.sizes):
     if n < batch_size:

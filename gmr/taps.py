@@ -10,8 +10,9 @@ where the indicator is 0/1 forward and straight-through backward, so that
 sparsity term ``lambda / L * sum_i |s_i|`` over the ``L`` TAPS layers. Layers whose score
 stays below ``tau`` are the base network's: no task-specific parameters.
 
-Defaults as in the authors' code: ``tau = 0.1``, scores initialised at 0.15 (so every layer
-starts task-specific, with ``dW = 0`` the network starts as the base network).
+The authors' code's values, ``tau = 0.1`` and scores initialised at 0.15 (so every layer
+starts task-specific, with ``dW = 0`` the network starts as the base network), are the
+defaults of the config fields ``taps_tau`` and ``taps_score_init`` (:mod:`gmr.config`).
 
 Parameter trees mirror the model's: ``init(...)`` returns
 ``{"scores": {path: [T]}, "deltas": {path: [T, *shape]}, "norm": {path: [T, *shape]}}`` as
@@ -35,8 +36,6 @@ import numpy as np
 from flax import traverse_util
 
 Path = Tuple[str, ...]
-TAU = 0.1
-SCORE_INIT = 0.15
 
 
 # ----------------------------------------------------------------------------- the math
@@ -56,13 +55,13 @@ def _ste_bwd(tau, g):
 _ste.defvjp(_ste_fwd, _ste_bwd)
 
 
-def indicator(s, tau=TAU):
+def indicator(s, tau):
   """``1[s >= tau]`` forward (exactly 0 or 1); gradient 1 with respect to ``s`` backward."""
   s = jnp.asarray(s)
   return _ste(s, jnp.asarray(tau, s.dtype))
 
 
-def adapted_weight(w_base, dw, s, tau=TAU):
+def adapted_weight(w_base, dw, s, tau):
   """``W_base + I(s >= tau) * dW``. Gradients: ``dL/dW_base = dL/dW``,
   ``dL/d dW = I * dL/dW`` and ``dL/ds = <dL/dW, dW>`` (straight-through)."""
   return w_base + indicator(s, tau) * dw
@@ -106,9 +105,10 @@ def norm_paths(model_params) -> List[Path]:
           if p[-1].startswith(("scale", "offset")) and not _under_heads(p)]
 
 
-def init(model_params, num_tasks: int, patterns: Sequence[str] = (), score_init=SCORE_INIT,
+def init(model_params, num_tasks: int, patterns: Sequence[str], score_init: float,
          task_norm: bool = False) -> Dict:
-  """TAPS parameters for ``num_tasks`` tasks: scores at ``score_init``, zero deltas."""
+  """TAPS parameters for ``num_tasks`` tasks: scores at ``score_init`` (config field
+  ``taps_score_init``), zero deltas, for the kernels matching ``patterns`` (empty: all)."""
   flat = _flat(model_params)
   paths = adaptable_paths(model_params, patterns)
   scores = {p: jnp.full((num_tasks,), score_init, jnp.float32) for p in paths}
@@ -127,7 +127,7 @@ def task_scores(taps_params, task) -> Dict[Path, jax.Array]:
   return {p: s[task] for p, s in _flat(taps_params["scores"]).items()}
 
 
-def adapt(model_params, taps_params, task, tau=TAU):
+def adapt(model_params, taps_params, task, tau):
   """The model parameters task ``task`` computes with (traced ``task`` allowed)."""
   flat = dict(_flat(model_params))
   scores = _flat(taps_params["scores"])
@@ -148,7 +148,7 @@ def penalty(taps_params, task, lam):
   return sparsity_penalty(list(task_scores(taps_params, task).values()), lam)
 
 
-def summary(taps_params, task_names: Sequence[str], tau=TAU) -> Dict:
+def summary(taps_params, task_names: Sequence[str], tau) -> Dict:
   """Per task: ``task_specific_fraction`` (of the L TAPS layers), ``added_params`` (deltas of
   the task-specific layers plus per-task norm parameters) and the layers' scores."""
   scores = {p: np.asarray(s) for p, s in _flat(taps_params["scores"]).items()}

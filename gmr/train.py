@@ -1,7 +1,8 @@
 """Training a run: its setup (network, method, optimizer), its initial state (fresh, or the
-backbone of another run: :func:`gmr.checkpoint.init_from`), and the loop that runs the schedule
-(:mod:`gmr.schedule`) of steps (:mod:`gmr.step`), evaluates (:mod:`gmr.evaluate`), records the
-allocation history and reports events. The names of those modules are re-exported here.
+backbone of another run: :func:`init_from`), and the loop that runs the schedule
+(:mod:`gmr.schedule`) of steps (:mod:`gmr.step`), evaluates (:mod:`gmr.evaluate`), keeps the
+best evaluation by ``select_by`` (:func:`update_best`), records the allocation history and
+reports events.
 """
 
 from __future__ import annotations
@@ -12,39 +13,25 @@ from typing import Callable, List, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from gmr import allocation as A
-from gmr import checkpoint as checkpoint_lib
 from gmr import methods as methods_lib
 from gmr import models
 from gmr import ops
-from gmr.checkpoint import InitFromError, init_from, source_checkpoint, source_model_params
+from gmr import optim
+from gmr.config import ConfigError
 from gmr.data.suite import TaskSuite
-from gmr.optim import make_optimizer
-from gmr.evaluate import (EvalPlan, SplitEvaluation, allocation_summary, better, eval_plan,
-                          evaluate, make_evaluator, metric_value, update_best)
+from gmr.evaluate import SplitEvaluation, make_evaluator
 from gmr.schedule import (BatchSampler, call_boundaries, evaluated_splits, history_at,
-                          make_mesh, make_run_steps, num_data_devices, on_eval_grid, pad_crop,
-                          replicate, round_orders)
-from gmr.step import (Keys, Setup, TrainState, make_joint_step, make_keys, make_train_step,
-                      network_input, task_loss, task_objective)
-
-__all__ = [  # this module's own, and those of the modules it is made of
-    "Event", "NonFiniteError", "build_setup", "check_structure", "init_state", "make_setup",
-    "resolve_combine", "train",
-    "InitFromError", "init_from", "source_checkpoint", "source_model_params",
-    "better", "metric_value", "update_best", "call_boundaries", "on_eval_grid", "history_at",
-    "evaluated_splits", "EvalPlan", "SplitEvaluation", "allocation_summary", "eval_plan",
-    "evaluate", "make_evaluator", "BatchSampler", "make_mesh", "make_run_steps",
-    "num_data_devices", "pad_crop", "replicate", "round_orders", "Keys", "Setup", "TrainState",
-    "make_joint_step", "make_keys", "make_train_step", "network_input", "task_loss",
-    "task_objective"]
+                          make_mesh, make_run_steps, on_eval_grid, replicate, round_orders)
+from gmr.step import Setup, TrainState, make_keys
 
 
 def resolve_combine(config) -> str:
   """``combine="auto"``: what the authors' code does, sum for shared bottom, mean otherwise."""
   if config.combine == "auto":
-    return methods_lib.METHODS[config.method].default_combine
+    return methods_lib.method_class(config.method).default_combine
   return config.combine
 
 
@@ -59,43 +46,58 @@ def build_setup(config, num_tasks: int, head_dims, input_dim: int, loss: str = "
   """:func:`make_setup` from the suite's shape alone (no data)."""
   arch = models.from_config(config, num_tasks, head_dims, input_dim)
   if arch.head_dims is not None and len(arch.head_dims) != num_tasks:
-    raise methods_lib.ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
+    raise ConfigError("arch", f"{config.arch!r} has {len(arch.head_dims)} heads "
                                   f"for {num_tasks} tasks", "match the suite's tasks")
   method = methods_lib.build(config.method, config, num_tasks, arch.layer_sizes)
   net = models.MultiTaskNet(arch, resolve_combine(config), ops.Compute(
       config.fused, config.conv_impl, config.layout, config.conv_dtype))
-  tx = make_optimizer(config, num_tasks)
+  tx = optim.make_optimizer(config, num_tasks, method)
   return Setup(net, arch, method, tx, loss, float(x_scale), num_tasks)
 
 
-def check_structure(config, num_tasks: int, head_dims, input_dim: int) -> None:
+def check_structure(config, num_tasks: int, head_dims, input_dim: int) -> Setup:
   """Build the network, the method and the optimizer state abstractly (``jax.eval_shape``:
   shapes only, no compute, no data), so a structure that cannot work fails before data is
-  prepared.
+  prepared. Returns the setup it built (loss ``"xent"``, ``x_scale`` 1: a run takes it on
+  with the suite's, :func:`setup_for`).
 
-  Raises :class:`~gmr.methods.ConfigError`: ``num_rounds`` whose steps overflow the int32 step
+  Raises :class:`~gmr.config.ConfigError`: ``num_rounds`` whose steps overflow the int32 step
   counter, the method's own (``fixed_allocation``, ``taps_layers``, ...), or one naming
   ``arch_kwargs`` (``arch`` when it is empty) for any
   failure of the architecture (e.g. GroupNorm with channels not divisible by its groups)."""
   steps = int(config.num_rounds) * int(num_tasks)
   if steps > np.iinfo(np.int32).max:  # TrainState.step, the temperature's clock
-    raise methods_lib.ConfigError(
+    raise ConfigError(
         "num_rounds", f"{config.num_rounds} rounds of {num_tasks} tasks are {steps} steps, more "
         f"than the int32 step counter holds ({np.iinfo(np.int32).max})",
         f"use --config.num_rounds <= {np.iinfo(np.int32).max // num_tasks}")
   try:
     setup = build_setup(config, num_tasks, head_dims, input_dim)
     jax.eval_shape(lambda k: init_state(setup, k), jax.random.key(0))
-  except methods_lib.ConfigError:
+  except ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (any failure of the user's structure)
     kw = dict(config.arch_kwargs)
     msg = (str(e).splitlines() or [""])[0][:200]
-    raise methods_lib.ConfigError(
+    raise ConfigError(
         "arch_kwargs" if kw else "arch",
         f"the {config.arch!r} network{' with ' + str(kw) if kw else ''} cannot be built for "
         f"{num_tasks} tasks ({type(e).__name__}: {msg})",
         "change these fields (e.g. GroupNorm needs filters divisible by its groups)") from None
+  return setup
+
+
+def setup_for(setup: Setup, config, suite: TaskSuite) -> Setup:
+  """``setup`` (built before the data from the suite's description: :func:`check_structure`)
+  for ``suite``: the same network, method and optimizer with the suite's loss and input scale
+  when the suite has the shape it was built for (tasks, head sizes, input channels), else
+  :func:`make_setup` (a suite whose head sizes only its data knows, e.g. Omniglot's characters
+  per alphabet)."""
+  arch = models.from_config(config, suite.num_tasks, suite.head_dims,
+                            int(suite.train.x.shape[-1]))  # the spec alone: data, no modules
+  if arch != setup.arch or suite.num_tasks != setup.num_tasks:
+    return make_setup(config, suite)
+  return setup._replace(loss=suite.loss, x_scale=float(suite.x_scale))
 
 
 def init_state(setup: Setup, key) -> TrainState:
@@ -107,6 +109,87 @@ def init_state(setup: Setup, key) -> TrainState:
   model = init(k_model, k_drop)["params"]
   params = {"model": model, "alloc": setup.method.init(k_alloc, model)}
   return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+
+
+# ----------------------------------------------------------------------------- init_from
+class InitFromError(ValueError):
+  """``init_from`` names a run whose checkpoint cannot start this one."""
+
+
+def init_from(setup: Setup, state: TrainState, backbone: dict, source: str = "the source run"
+              ) -> TrainState:
+  """Start from the backbone of another run (fine-tuning): every model parameter but the task
+  heads is copied from ``backbone`` (the source run's network parameters, nested dicts of
+  arrays: :func:`gmr.checkpoint.source_model_params`); the heads stay freshly initialised
+  (new tasks), the method's own parameters too; the optimizer starts afresh. ``source``
+  names the source in messages.
+
+  Raises :class:`InitFromError` when the backbone's parameters are not exactly this network's
+  (one missing, one more, or one shaped otherwise: another architecture)."""
+  src = traverse_util.flatten_dict(backbone)
+  ours = traverse_util.flatten_dict(state.params["model"])
+  extra = sorted("/".join(p) for p in src if "heads" not in p and p not in ours)
+  if extra:
+    raise InitFromError(f"init_from: {source} has parameters this network lacks ({extra[0]}"
+                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+                        + "); the source run must use the same architecture (arch and "
+                        "arch_kwargs)")
+  new = {}
+  for p, v in ours.items():
+    if "heads" in p:
+      new[p] = v
+      continue
+    if p not in src:
+      raise InitFromError(f"init_from: {source} has no parameter {'/'.join(p)}; the source run "
+                          "must use the same architecture (arch and arch_kwargs)")
+    if tuple(src[p].shape) != tuple(v.shape):
+      raise InitFromError(f"init_from: {'/'.join(p)} is {tuple(src[p].shape)} in {source} but "
+                          f"{tuple(v.shape)} here; use the same architecture as the source run")
+    new[p] = jnp.asarray(src[p], v.dtype)
+  params = dict(state.params, model=traverse_util.unflatten_dict(new))
+  return TrainState(state.step, params, setup.tx.init(params))
+
+
+# ----------------------------------------------------------------------------- select_by
+def metric_value(evaluation: dict, path: str) -> float:
+  """``metric_value(ev, "validation.accuracy.mean")``: a number inside an evaluation."""
+  v = evaluation
+  for p in path.split("."):
+    v = v[p]
+  return float(v)
+
+
+def better(a: float, b: Optional[float], path: str) -> bool:
+  """Is ``a`` better than ``b`` for metric ``path`` (losses: lower; others: higher)?"""
+  if b is None:
+    return True
+  return a < b if ".loss." in f".{path}." else a > b
+
+
+def update_best(config, r: int, evaluation: dict, best: Optional[dict],
+                final_best: Optional[dict]):
+  """``(best, final_best)`` after the evaluation of round ``r`` under ``config.select_by``.
+
+  ``best`` (``{"value", "round", "evaluation", "new"}``; ``new``: set by this round, so its
+  checkpoint is saved as the best) competes among rounds on the ``eval_every`` grid only;
+  the end of a run off that grid goes to ``final_best`` (it is the best of this schedule,
+  never of a longer one that continues it). Raises ``ValueError`` when ``select_by`` names
+  no number of the evaluation."""
+  select_by = config.select_by
+  try:
+    v = metric_value(evaluation, select_by)
+  except KeyError:
+    raise ValueError(f"select_by: {select_by!r} is not in the evaluation "
+                     f"(keys {sorted(evaluation)}); e.g. 'validation.accuracy.mean'") from None
+  if not on_eval_grid(config, r):  # the end of this schedule, not of a longer one
+    if better(v, (best or {}).get("value"), select_by):
+      final_best = {"value": v, "round": r, "evaluation": evaluation, "new": False}
+    best = dict(best, new=False) if best else None
+  elif better(v, (best or {}).get("value"), select_by):
+    best = {"value": v, "round": r, "evaluation": evaluation, "new": True}
+  else:
+    best = dict(best, new=False)
+  return best, final_best
 
 
 # ----------------------------------------------------------------------------- loop
@@ -138,8 +221,8 @@ class _Loop:
   its running records between log lines."""
 
   def __init__(self, config, suite: TaskSuite, setup: Setup, on_event, on_progress,
-               log_carry: Optional[dict]):
-    self.config, self.suite, self.setup = config, suite, setup
+               log_carry: Optional[dict], backbone: Optional[dict] = None):
+    self.config, self.suite, self.setup, self.backbone = config, suite, setup, backbone
     self.on_event, self.on_progress = on_event, on_progress
     self.keys = make_keys(config.seed)
     self.names, self.num_tasks, self.total = suite.task_names, suite.num_tasks, int(config.num_rounds)
@@ -178,7 +261,11 @@ class _Loop:
     if state is None:
       state = init_state(self.setup, self.keys.init)
       if self.config.init_from:
-        state = checkpoint_lib.init_from(self.setup, state, self.config.init_from)
+        if self.backbone is None:
+          raise InitFromError(f"init_from: {self.config.init_from} is set but no backbone was "
+                              "given; pass train(..., backbone=gmr.checkpoint."
+                              "source_model_params(config.init_from))")
+        state = init_from(self.setup, state, self.backbone, self.config.init_from)
     else:
       state = jax.tree_util.tree_map(jnp.copy, state)
     return replicate(state, self.mesh)
@@ -304,7 +391,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
           on_chunk: Optional[Callable] = None, best: Optional[dict] = None,
           log_carry: Optional[dict] = None,
           on_progress: Optional[Callable[[str, dict], None]] = None,
-          setup: Optional[Setup] = None):
+          setup: Optional[Setup] = None, backbone: Optional[dict] = None):
   """Run the round-robin schedule for ``config.num_rounds`` rounds.
 
   Calls ``on_event`` with ``Event("log", ...)`` every ``log_every`` rounds (training loss per
@@ -322,7 +409,7 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
 
   With ``config.select_by`` (e.g. ``"validation.accuracy.mean"``), ``best`` tracks the
   evaluation with the best value: ``{"value", "round", "evaluation"}``
-  (:func:`gmr.evaluate.update_best`).
+  (:func:`update_best`).
   ``log_carry`` (``{"tasks": [...], "losses": [...]}``, JSON-able) holds the training losses
   since the last log line; a run resumed with the carry its checkpoint saved writes the same
   log lines as one that never stopped.
@@ -335,11 +422,14 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   evaluation's duration.
   ``setup``: :func:`make_setup` of ``config`` and ``suite`` when the caller has built it
   already (the run builds it once); ``state``: the state to continue (default: a fresh one,
-  or ``init_from``'s backbone); it is copied, not consumed, so the caller may use it after.
+  or, with ``config.init_from``, a fresh one on ``backbone``: the source run's network
+  parameters, :func:`gmr.checkpoint.source_model_params`; see :func:`init_from`); it is
+  copied, not consumed, so the caller may use it after.
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
   loop = _Loop(config, suite, setup or make_setup(config, suite),
-               on_event or (lambda e: None), on_progress or (lambda kind, data: None), log_carry)
+               on_event or (lambda e: None), on_progress or (lambda kind, data: None), log_carry,
+               backbone)
   state = loop.initial_state(state)
   r, total = start_round, loop.total
   final_best, last_eval = None, None  # final_best: the end of a run off the eval grid

@@ -319,7 +319,7 @@ def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bo
         f"({', '.join(optim_lib.OPTIMIZER_FIELDS)}); this config also differs in {shown}; "
         + ("add --extend to also continue it to more rounds" if not other else
            "use another --workdir, or --fresh to start again"))
-  n_old, n_new = int(old.get("num_rounds", 0)), int(cfg["num_rounds"])
+  n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
   done = os.path.join(workdir, "results.json")
   if n_new < n_old or (os.path.exists(done) and n_new == n_old):
     raise WorkdirError(f"{workdir}: the run is finished at num_rounds={n_old}; a changed "
@@ -327,7 +327,8 @@ def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bo
                        "rounds with --extend and a larger --config.num_rounds")
   if os.path.exists(done):
     os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
-  rec = {"round": None, "changed": {k: [old.get(k), cfg.get(k)] for k in diff
+  rec = {"round": None, "changed": {k: [old[k] if k in old else None,
+                                        cfg[k] if k in cfg else None] for k in diff
                                     if k != "num_rounds"},
          "from_identity": identity_of(old), "to_identity": identity_of(cfg)}
   changes = read_changes(workdir)
@@ -514,7 +515,7 @@ def identity_of(cfg: dict) -> str:
   for k in MACHINE_FIELDS:
     cfg.pop(k, None)
   for k, v in ADDED_FIELDS.items():
-    if cfg.get(k) == v:
+    if k in cfg and cfg[k] == v:
       cfg.pop(k)
   return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 

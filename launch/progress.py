@@ -33,7 +33,7 @@ from typing import Dict, Optional
 from absl import app, flags
 
 from gmr import data
-from gmr.analysis import embeddings
+from gmr.analysis import embeddings, readers
 from launch import sweep
 from launch.park import runs_under
 from launch.tables import runs_code, skipped_note, status_from_flags
@@ -91,7 +91,7 @@ def _clusters_at(config: dict, alloc: Optional[dict]) -> Optional[Dict]:
   """The cluster row of the allocation-history point ``alloc`` (None: no history point, a suite
   without known clusters, or a method whose embedding is not its allocation)."""
   if (alloc is None or "probabilities" not in alloc or "suite" not in config
-      or not embeddings.embeds_allocation({"method": config.get("method")})):
+      or not readers.embeds_allocation({"method": config.get("method")})):
     return None  # (TAPS's history is its component use, not its task-specific layers)
   clusters = data.task_clusters(config)
   if not clusters:

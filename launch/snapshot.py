@@ -124,7 +124,7 @@ def resized_sources(config, suite) -> list:
   flat = pool.reshape(len(pool), -1)
   out = []
   for name in data.datasets_needed(config):
-    opts = data._data_options(config)  # pylint: disable=protected-access
+    opts = data.options(config)
     try:
       images = np.concatenate([real._load(name, s, opts)["image"] for s in ("train", "test")])  # pylint: disable=protected-access
     except (KeyError, ValueError):  # a dataset without these splits

@@ -204,7 +204,7 @@ def plan(config, methods, seeds, grid, fixed, root):
 def planned_config(argv):
   """The config a run of :func:`plan` gets from its command line ``argv`` (its ``--config``
   and ``--config.<field>=<value>`` overrides, as ``experiments.main`` reads them). Raises
-  :class:`gmr.methods.ConfigError` for a wrong config or override."""
+  :class:`gmr.config.ConfigError` for a wrong config or override."""
   from gmr import cli  # pylint: disable=g-import-not-at-top
   spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
   config = cli.load_config(spec)
@@ -233,7 +233,7 @@ def plan_from_flags():
 def main(argv):
   del argv
   from gmr import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from gmr.methods import ConfigError  # pylint: disable=g-import-not-at-top
+  from gmr.config import ConfigError  # pylint: disable=g-import-not-at-top
   runs = plan_from_flags()
   if FLAGS.print_only:
     for _, a in runs:

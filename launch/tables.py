@@ -182,7 +182,7 @@ def status_from_flags():
   :func:`skipped_lines`, each printed on stderr (``(None, [])`` without ``--config``: every
   finished run counts). A wrong ``--config``, ``--grid`` or ``--set`` ends the command with one
   line, exit 2."""
-  from gmr.methods import ConfigError  # pylint: disable=g-import-not-at-top
+  from gmr.config import ConfigError  # pylint: disable=g-import-not-at-top
   from launch import sweep  # pylint: disable=g-import-not-at-top
   runs = sweep.plan_from_flags()
   if runs is None:

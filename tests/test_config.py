@@ -5,6 +5,8 @@ import importlib
 import os
 import re
 
+import pytest
+
 from gmr import config as config_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +39,29 @@ def test_library_reads_fields_without_fallbacks():
 
 
 def test_paper_constants_have_one_default():
-  from gmr import taps
   c = config_schema.defaults()
-  assert (c.taps_tau, c.taps_score_init) == (taps.TAU, taps.SCORE_INIT)
+  assert (c.taps_tau, c.taps_score_init) == (0.1, 0.15)  # the authors' TAPS code
   assert c.taps_score_optimizer == "sgd" and c.alloc_history_every == 100
+
+
+def test_every_suite_option_has_its_one_default_and_an_unknown_one_is_refused():
+  """The built-in suites' options (config.data.*) come from the schema alone: each suite's
+  record lists exactly gmr.config.suite_options, a config without ``data`` reads those
+  defaults, and an option a suite does not have is one ConfigError naming it, for every suite
+  with options."""
+  from gmr import data
+  from gmr.config import ConfigError
+  for suite in config_schema.SUITE_OPTIONS:
+    rec = data.SUITES[suite]
+    assert sorted(n for n, _, _ in rec.options) == sorted(config_schema.suite_options(suite).keys())
+    c = config_schema.defaults()
+    c.suite = suite
+    assert {k: v for k, v in data.options(c).items() if k in dict(c.items())} == {
+        k: c[k] for k in ("data_dir", "tfds_dir", "download", "accept_noncanonical_data")}
+    assert {k: data.options(c)[k] for k in config_schema.suite_options(suite)} == \
+        config_schema.suite_options(suite).to_dict()
+    c.data = config_schema.suite_options(suite)
+    with c.data.unlocked():
+      c.data.nope = 1
+    with pytest.raises(ConfigError, match=rf"^data.nope: suite '{suite}' has no option 'nope'"):
+      data.check_options(c)

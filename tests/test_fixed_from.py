@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import four_mnists
 from gmr import experiment, validate
-from gmr.methods import ConfigError
+from gmr.config import ConfigError
 from tests.test_runs import small
 
 

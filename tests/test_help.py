@@ -52,7 +52,7 @@ def _help(args, tmp):
 def test_entry_points_are_found():
   found = entry_points()
   for name in ("experiments.main", "experiments.report", "experiments.benchmark",
-               "experiments.startup", "launch.sweep", "launch.aggregate", "launch.tables",
+               "launch.sweep", "launch.aggregate", "launch.tables",
                "launch.progress", "launch.snapshot", "launch.park", "launch.front"):
     assert name in found
 
@@ -101,6 +101,8 @@ def test_main_help_with_a_wrong_config_is_one_error_line(tmp_path):
 def test_every_field_of_the_schema_has_a_one_line_doc():
   docs = config_schema.docs()
   fields = set(config_schema.defaults().keys()) | {
-      f"synthetic.{k}" for k in config_schema.synthetic_defaults().keys()}
+      f"synthetic.{k}" for k in config_schema.synthetic_defaults().keys()} | {
+      f"data.{k}" for suite in config_schema.SUITE_OPTIONS
+      for k in config_schema.suite_options(suite).keys()}
   assert set(docs) == fields
   assert all(d.strip() and "\n" not in d for d in docs.values())

@@ -41,7 +41,7 @@ def _run_failing_write(c, wd, fail_at=None, code=errno.ENOSPC):
   try:
     experiment.run(c, wd, quiet=True)
     err = None
-  except experiment.WorkdirError as e:
+  except workdir_lib.WorkdirError as e:
     err = e
   finally:
     mp.undo()
@@ -86,7 +86,7 @@ def test_a_workdir_removed_while_running_is_one_line(tmp_path, compile_cache):
 
     with pytest.MonkeyPatch.context() as mp:
       mp.setattr(workdir_lib, "append_line", append_then_remove)
-      with pytest.raises(experiment.WorkdirError) as e:
+      with pytest.raises(workdir_lib.WorkdirError) as e:
         experiment.run(c, wd, quiet=True)
     assert str(e.value).startswith(f"{wd}: was removed while the run was going on"), k
     assert "\n" not in str(e.value)

@@ -9,7 +9,17 @@ import pytest
 from experiments.configs import synthetic as synthetic_cfg
 from gmr import allocation as A
 from gmr import methods
-from gmr.optim import alloc_learning_rate, l2_mask, make_optimizer
+from gmr.config import ConfigError
+from gmr import optim
+from gmr.optim import l2_mask
+
+
+def make_optimizer(c, num_tasks):  # with the config's method, as gmr.train's setup gives it
+  return optim.make_optimizer(c, num_tasks, methods.METHODS[c.method])
+
+
+def alloc_learning_rate(c, num_tasks):
+  return optim.alloc_learning_rate(c, num_tasks, methods.METHODS[c.method])
 
 
 def cfg(**kw):
@@ -30,7 +40,7 @@ def test_shared_bottom_and_no_sharing_allocations():
 
 
 def test_no_sharing_needs_one_component_per_task():
-  with pytest.raises(methods.ConfigError, match="no_sharing needs #components == 1 x #tasks"):
+  with pytest.raises(ConfigError, match="no_sharing needs #components == 1 x #tasks"):
     methods.build("no_sharing", cfg(), 3, (4,))
   two = methods.build("no_sharing", cfg(no_sharing_components_per_task=2), 2, (4,))
   np.testing.assert_array_equal(two.matrices({})[0], [[1, 0, 1, 0], [0, 1, 0, 1]])
@@ -57,7 +67,7 @@ def test_no_sharing_fits_are_checked_from_the_built_networks_sizes(name):
       validate.validate(c)
       train.check_structure(c, *data.describe(c))
     else:
-      with pytest.raises(methods.ConfigError, match=rf"^no_sharing_components_per_task: {t} "
+      with pytest.raises(ConfigError, match=rf"^no_sharing_components_per_task: {t} "
                          rf"tasks x {k} components != \d+ components per layer of"):
         validate.validate(c)
 
@@ -67,9 +77,9 @@ def test_fixed_matrix_and_its_errors():
   f = methods.build("fixed", cfg(fixed_allocation=m), 2, (3, 3))
   for got in f.matrices({}):
     np.testing.assert_array_equal(got, m)
-  with pytest.raises(methods.ConfigError, match="fixed_allocation"):
+  with pytest.raises(ConfigError, match="fixed_allocation"):
     methods.build("fixed", cfg(fixed_allocation=[[1, 0], [0, 1]]), 2, (3,))
-  with pytest.raises(methods.ConfigError, match="unknown method"):
+  with pytest.raises(ConfigError, match="unknown method"):
     methods.build("nope", cfg(), 2, (3,))
 
 
@@ -168,11 +178,11 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
   """Adding a method is one class: a toy method registered here, without editing gmr/, is
   validated (its own check), trained with its combination rule, its learning rate, its
   per-task rows and its named penalty term (logged with the loss), and reported: its own task
-  embedding and table numbers reach the analysis."""
+  embedding and table numbers (a reader registered by the method's name) reach the analysis."""
   import json
   from gmr import experiment, train, validate
-  from gmr.analysis import embeddings, tables
-  from gmr.methods import ConfigError
+  from gmr.analysis import embeddings, readers, tables
+  from gmr.config import ConfigError
 
   @methods.register("toy_first_half")
   class FirstHalf(methods.Method):
@@ -191,6 +201,9 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
 
     def penalty_terms(self, alloc_params, task):
       return {"toy_zero": jnp.zeros(())}
+
+  @readers.register("toy_first_half")
+  class FirstHalfReader(readers.Reader):
 
     @classmethod
     def task_embedding(cls, results):
@@ -214,19 +227,20 @@ def test_a_method_registered_outside_gmr_runs_end_to_end(tmp_path):
     assert any("toy_zero" in (l.get("penalty") or {}) for l in logs)
     emb, names = embeddings.run_embeddings(res)
     np.testing.assert_array_equal(emb, np.eye(len(res["tasks"])))
-    assert names[0] == "own" and not embeddings.embeds_allocation(res)
+    assert names[0] == "own" and not readers.embeds_allocation(res)
     assert tables.summarize([res, dict(res, seed=1)])["toy_runs"] == 2
     c.p_init = 0.123
     with pytest.raises(ConfigError, match="p_init: 0.123 is refused by the toy method"):
       validate.validate(c)
   finally:
     methods.METHODS.pop("toy_first_half")
+    readers.READERS.pop("toy_first_half")
 
 
 def test_no_method_name_is_compared_outside_its_class():
-  """gmr's modules ask the method's class (combine rule, rows, optimizer groups, checks, how
-  its results are read) instead of comparing ``config.method`` or a results key with a
-  method's name."""
+  """gmr's modules ask the method's class (combine rule, rows, optimizer groups, checks) or
+  its reader (how its results are read: gmr/analysis/readers.py, keyed by the method's name)
+  instead of comparing ``config.method`` or a results key with a method's name."""
   import os
   import re
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gmr")
@@ -234,7 +248,7 @@ def test_no_method_name_is_compared_outside_its_class():
   bad = []
   for dirpath, _, files in os.walk(root):
     for f in files:
-      if f.endswith(".py") and f != "methods.py":
+      if f.endswith(".py") and f not in ("methods.py", "readers.py"):
         text = open(os.path.join(dirpath, f)).read()
         bad += [(f, m.group(0)) for m in re.finditer(
             rf"method\s*(==|!=|in)\s*\(?\s*[\"']({names})[\"']", text)]

@@ -197,7 +197,7 @@ def test_a_finished_run_restored_elsewhere_reads_its_own_checkpoint(tmp_path):
   the run's numbers come from its own copy, even while the old folder still exists."""
   import jax
   import numpy as np
-  from gmr import checkpoint
+  from gmr import checkpoint, train
   c = small(num_rounds=20, checkpoint_every=10)
   here = str(tmp_path / "here" / "gm" / "seed_0")
   experiment.run(c, here, quiet=True)
@@ -212,7 +212,7 @@ def test_a_finished_run_restored_elsewhere_reads_its_own_checkpoint(tmp_path):
   shutil.rmtree(os.path.join(moved, "checkpoints", "20"))  # its own copy gone: the recorded one
   assert checkpoint.source_checkpoint(moved) == os.path.join(here, "checkpoints", "20")
   shutil.rmtree(tmp_path / "here")
-  with pytest.raises(checkpoint.InitFromError, match="is missing"):
+  with pytest.raises(train.InitFromError, match="is missing"):
     checkpoint.source_checkpoint(moved)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from experiments.configs import synthetic as synthetic_cfg
 from gmr import data as data_lib, experiment, methods, train as T, workdir as workdir_lib
+from gmr import evaluate as evaluate_lib
 
 
 def small(**kw):
@@ -60,9 +61,9 @@ def test_evaluation_reports_each_task_and_gives_the_same_numbers():
   setup = T.make_setup(c, suite)
   params = T.init_state(setup, jax.random.key(0)).params
   seen = []
-  plain = T.SplitEvaluation(setup, T.make_evaluator(setup, False), suite.test, 32,
+  plain = evaluate_lib.SplitEvaluation(setup, evaluate_lib.make_evaluator(setup, False), suite.test, 32,
                             suite.task_names)(params, jax.random.key(1))
-  watched = T.SplitEvaluation(setup, T.make_evaluator(setup, False, lambda t: seen.append(int(t))),
+  watched = evaluate_lib.SplitEvaluation(setup, evaluate_lib.make_evaluator(setup, False, lambda t: seen.append(int(t))),
                               suite.test, 32, suite.task_names)(params, jax.random.key(1))
   jax.effects_barrier()
   assert plain == watched and seen == list(range(suite.num_tasks))

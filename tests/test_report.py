@@ -12,7 +12,7 @@ import pytest
 from experiments import report
 from experiments.configs import transfer
 from gmr import experiment
-from gmr.analysis import stats
+from gmr.analysis import readers, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -386,8 +386,8 @@ def test_clusters_of_runs_in_progress(tmp_path):
   assert rows["synthetic/seed_0"]["clusters"] is None and rows["taps/seed_0"]["clusters"] is None
   written = report.report(str(tmp_path), str(tmp_path / "out"))
   assert "clusters_over_training.png" not in written["taps"] + written["synthetic"]
-  assert embeddings.embeds_allocation({"method": "gumbel_matrix"})
-  assert not embeddings.embeds_allocation({"method": "taps"})
+  assert readers.embeds_allocation({"method": "gumbel_matrix"})
+  assert not readers.embeds_allocation({"method": "taps"})
 
 
 def test_progress_says_when_a_root_holds_no_runs_in_its_layout(tmp_path):

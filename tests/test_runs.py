@@ -17,7 +17,9 @@ from experiments.configs import synthetic as synthetic_cfg
 from gmr import checkpoint, experiment, optim, train as T, validate
 from gmr import workdir as workdir_lib
 from gmr import data as data_lib
-from gmr.methods import ConfigError
+from gmr import schedule
+from gmr import step
+from gmr.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +130,7 @@ def test_workdir_safety(tmp_path, capsys):
   assert "already finished" in capsys.readouterr().out
   assert again == json.load(open(os.path.join(wd, "results.json")))
   assert again["wall_time_s"] == pytest.approx(first["wall_time_s"])
-  with pytest.raises(experiment.WorkdirError, match="holds a run with a different config "
+  with pytest.raises(workdir_lib.WorkdirError, match="holds a run with a different config "
                      r"\(differs in seed\); use another --workdir, or pass --fresh"):
     experiment.run(small(seed=5), wd)
   experiment.run(small(seed=5), wd, quiet=True, fresh=True)
@@ -142,7 +144,7 @@ def test_extend_a_finished_run_equals_one_longer_run(tmp_path):
   ref = experiment.run(small(num_rounds=40), str(tmp_path / "ref"), quiet=True)
   wd = str(tmp_path / "w")
   short = experiment.run(small(), wd, quiet=True)
-  with pytest.raises(experiment.WorkdirError, match=r"holds a run of num_rounds=20 \(this one: "
+  with pytest.raises(workdir_lib.WorkdirError, match=r"holds a run of num_rounds=20 \(this one: "
                      r"40\); pass --extend to continue it"):
     experiment.run(small(num_rounds=40), wd, quiet=True)
   got = experiment.run(small(num_rounds=40), wd, quiet=True, extend=True)
@@ -152,9 +154,9 @@ def test_extend_a_finished_run_equals_one_longer_run(tmp_path):
     assert got[k] == json.loads(json.dumps(ref[k])), k
   assert json.load(open(os.path.join(wd, "config.json")))["num_rounds"] == 40
   assert experiment.run(small(num_rounds=40), wd, quiet=True) == got  # now finished
-  with pytest.raises(experiment.WorkdirError, match="never shortened"):
+  with pytest.raises(workdir_lib.WorkdirError, match="never shortened"):
     experiment.run(small(), wd, quiet=True, extend=True)
-  with pytest.raises(experiment.WorkdirError, match=r"differs in num_rounds, seed\)"):
+  with pytest.raises(workdir_lib.WorkdirError, match=r"differs in num_rounds, seed\)"):
     experiment.run(small(num_rounds=60, seed=3), wd, quiet=True, extend=True)
 
 
@@ -172,7 +174,7 @@ def test_workdir_from_before_a_field_existed_resumes(tmp_path, capsys):
   json.dump(cfg, open(path, "w"))
   assert experiment.run(small(), wd) == first
   assert "already finished" in capsys.readouterr().out
-  with pytest.raises(experiment.WorkdirError, match=r"differs in schedule\)"):
+  with pytest.raises(workdir_lib.WorkdirError, match=r"differs in schedule\)"):
     experiment.run(small(schedule="joint"), wd)
 
 
@@ -184,7 +186,7 @@ def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch, poiso
   c = small(num_rounds=60, checkpoint_every=5, log_every=5, eval_every=0, rounds_per_call=5)
   c.synthetic.num_train = 600  # 9 batches of 64 per epoch: 24 examples wait for epoch 2
   suite = data_lib.load_suite(c)
-  sampler = T.BatchSampler(T.make_keys(c.seed).batch, suite.train, c.batch_size)
+  sampler = schedule.BatchSampler(step.make_keys(c.seed).batch, suite.train, c.batch_size)
   o = suite.train.offsets[2]
   first = {}  # example of task 2 -> first round that samples it
   for r in range(60):
@@ -199,9 +201,9 @@ def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch, poiso
     s.train.x[o + example] = np.nan  # one example of task 2
     return s
 
-  def overflowing(config, num_tasks):  # state inf from the step that samples the example on
+  def overflowing(config, num_tasks, method):  # state inf from the step that samples the example on
     import optax
-    inner = real_tx(config, num_tasks)
+    inner = real_tx(config, num_tasks, method)
 
     def init(params):
       return (inner.init(params), jnp.zeros((), jnp.float32))
@@ -213,11 +215,11 @@ def test_non_finite_loss_stops_naming_step_and_task(tmp_path, monkeypatch, poiso
     return optax.GradientTransformation(init, update)
 
   import jax.numpy as jnp
-  real_tx = T.make_optimizer
+  real_tx = optim.make_optimizer
   if poison == "example":
     monkeypatch.setattr(data_lib, "load_suite", poisoned)
   else:
-    monkeypatch.setattr(T, "make_optimizer", overflowing)
+    monkeypatch.setattr(optim, "make_optimizer", overflowing)
   wd = tmp_path / "nan"
   with pytest.raises(T.NonFiniteError, match=r"non-finite (loss|parameter or optimizer state) "
                      r"at step \d+ \(task pair1_a\); "
@@ -529,24 +531,24 @@ def test_workdir_identity_lock_and_kind(tmp_path):
   wd = str(tmp_path / "w")
   first = experiment.run(small(seed=7), wd, quiet=True)
   os.remove(os.path.join(wd, "config.json"))
-  with pytest.raises(experiment.WorkdirError, match="belongs to another run"):
+  with pytest.raises(workdir_lib.WorkdirError, match="belongs to another run"):
     experiment.run(small(seed=8), wd, quiet=True)
   assert json.load(open(os.path.join(wd, "results.json")))["seed"] == 7
   assert not os.path.exists(os.path.join(wd, "config.json"))
   # another architecture (its checkpoints would not even restore): refused, not "damaged"
-  with pytest.raises(experiment.WorkdirError, match="belongs to another run"):
+  with pytest.raises(workdir_lib.WorkdirError, match="belongs to another run"):
     experiment.run(small(seed=7, arch_kwargs={"hidden": 8}), wd, quiet=True)
   assert not os.path.exists(os.path.join(wd, "damaged_checkpoints"))
   again = experiment.run(small(seed=7), wd, quiet=True)  # its own run: nothing is lost
   assert again["final"] == json.loads(json.dumps(first["final"]))
   with open(os.path.join(wd, ".lock"), "w") as held:  # as a running process holds it
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with pytest.raises(experiment.WorkdirError, match="another gmr process is running in it"):
+    with pytest.raises(workdir_lib.WorkdirError, match="another gmr process is running in it"):
       experiment.run(small(seed=7), wd, quiet=True)
   assert experiment.run(small(seed=7), wd, quiet=True)["seed"] == 7  # released
   f = tmp_path / "file"
   f.write_text("x")
-  with pytest.raises(experiment.WorkdirError, match="is a file, not a directory"):
+  with pytest.raises(workdir_lib.WorkdirError, match="is a file, not a directory"):
     experiment.run(small(), str(f), quiet=True)
 
 
@@ -591,12 +593,12 @@ def test_change_optimizer_continues_from_the_checkpoint_and_refuses_every_other_
   a = small(checkpoint_every=10)
   experiment.run(a, wd, quiet=True)
   b = small(num_rounds=40, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
-  with pytest.raises(experiment.WorkdirError, match="differs in clip_norm, learning_rate, "):
+  with pytest.raises(workdir_lib.WorkdirError, match="differs in clip_norm, learning_rate, "):
     experiment.run(b, wd, quiet=True, extend=True)
-  with pytest.raises(experiment.WorkdirError, match="also differs in num_rounds; add --extend"):
+  with pytest.raises(workdir_lib.WorkdirError, match="also differs in num_rounds; add --extend"):
     experiment.run(b, wd, quiet=True, change_optimizer=True)
   bad = small(num_rounds=40, checkpoint_every=10, learning_rate=5e-3, p_init=0.4)
-  with pytest.raises(experiment.WorkdirError, match="optimizer settings only .* also differs "
+  with pytest.raises(workdir_lib.WorkdirError, match="optimizer settings only .* also differs "
                      "in p_init; use another --workdir"):
     experiment.run(bad, wd, quiet=True, extend=True, change_optimizer=True)
   old = _state_at(wd, a, 20)
@@ -626,7 +628,7 @@ def test_change_optimizer_continues_from_the_checkpoint_and_refuses_every_other_
                       - set(workdir_lib.MACHINE_FIELDS) - {"num_rounds"}):
     c = small(num_rounds=60, checkpoint_every=10, learning_rate=5e-3, clip_norm=0.0)
     _perturb(c, field)
-    with pytest.raises(experiment.WorkdirError, match=f"also differs in {field}"):
+    with pytest.raises(workdir_lib.WorkdirError, match=f"also differs in {field}"):
       workdir_lib.prepare(c, wd, fresh=False, extend=True, change_optimizer=True)
   assert experiment.run(b, wd, quiet=True) == got  # nothing was changed by the refusals
 
@@ -681,10 +683,10 @@ def test_a_diverged_run_continues_under_a_changed_optimizer_and_survives_kills(
   import shutil
   import jax.numpy as jnp
   import optax
-  real = T.make_optimizer
+  real = optim.make_optimizer
 
-  def late_overflow(config, num_tasks):
-    inner, high = real(config, num_tasks), config.learning_rate > 5e-3
+  def late_overflow(config, num_tasks, method):
+    inner, high = real(config, num_tasks, method), config.learning_rate > 5e-3
 
     def init(params):
       return (inner.init(params), jnp.zeros((), jnp.float32))
@@ -694,7 +696,7 @@ def test_a_diverged_run_continues_under_a_changed_optimizer_and_survives_kills(
       n = state[1] + 1.0
       return u, (s_in, jnp.where((n > 4 * 27) & high, jnp.inf, n))
     return optax.GradientTransformation(init, update)
-  monkeypatch.setattr(T, "make_optimizer", late_overflow)
+  monkeypatch.setattr(optim, "make_optimizer", late_overflow)
   kw = dict(num_rounds=50, checkpoint_every=5, log_every=5, eval_every=10, rounds_per_call=5)
   diverged = str(tmp_path / "diverged")
   with pytest.raises(T.NonFiniteError, match=r"checkpoints/25\) is kept; continue from it "

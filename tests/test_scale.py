@@ -20,6 +20,9 @@ from experiments.configs import synthetic as synthetic_cfg
 from gmr import allocation as A
 from gmr import data as data_lib
 from gmr import train as T
+from gmr import evaluate as evaluate_lib
+from gmr import schedule as schedule_lib
+from gmr import step as step_lib
 from tests import test_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +43,7 @@ def test_joint_step_is_one_update_with_the_summed_task_gradients(method):
   x = np.stack([suite.train.task(t)[0][:b] for t in range(n)])
   y = np.stack([suite.train.task(t)[1][:b] for t in range(n)])
   key = jax.random.key(3)
-  new, losses = jax.jit(T.make_joint_step(setup, c))(state, x, y, key)
+  new, losses = jax.jit(step_lib.make_joint_step(setup, c))(state, x, y, key)
 
   # reference: each task on its own (no vmap), with the joint step's per-task keys
   keys = jax.random.split(key, n)
@@ -51,7 +54,7 @@ def test_joint_step_is_one_update_with_the_summed_task_gradients(method):
     rows = setup.method.train_rows(params["alloc"], k_alloc, t, temperature)
     model = setup.method.adapt(params["model"], params["alloc"], t)
     out = setup.net.apply({"params": model}, x[t], rows, t, train=True, rngs={"dropout": k_drop})
-    loss = T.task_loss(setup.loss, out, y[t])[0].mean()
+    loss = step_lib.task_loss(setup.loss, out, y[t])[0].mean()
     return loss + setup.method.penalty(params["alloc"], t), loss
 
   grads, ref_losses = [], []
@@ -83,10 +86,10 @@ def test_joint_schedule_scans_rounds_and_lowers_the_loss():
   train_losses = [e.data["train_loss_mean"] for e in logs if e.kind == "log"]
   assert len(train_losses) == 3 and train_losses[-1] < 0.7 * train_losses[0]
   # the scanned run equals the same rounds stepped one jitted call at a time
-  run = T.make_run_steps(setup, c)
-  step = jax.jit(T.make_joint_step(setup, c))
+  run = schedule_lib.make_run_steps(setup, c)
+  step = jax.jit(step_lib.make_joint_step(setup, c))
   s0 = T.init_state(setup, jax.random.key(1))
-  sampler = T.BatchSampler(jax.random.key(2), suite.train, c.batch_size)
+  sampler = schedule_lib.BatchSampler(jax.random.key(2), suite.train, c.batch_size)
   tasks, idx = sampler.round_robin(np.tile(np.arange(4, dtype=np.int32), (3, 1)), 0)
   key = jax.random.key(5)
   s1 = s0
@@ -105,7 +108,7 @@ _MULTI_DEVICE = textwrap.dedent("""
     import json, jax, numpy as np
     from experiments.benchmark import random_suite
     from experiments.configs import four_mnists, synthetic
-    from gmr import data as data_lib, train as T
+    from gmr import data as data_lib, schedule as schedule_lib, train as T
 
     def synth(**kw):
       c = synthetic.get_config("gumbel_matrix")
@@ -139,10 +142,10 @@ _MULTI_DEVICE = textwrap.dedent("""
     # the data-parallel program really splits the batch: its gradients are all-reduced
     c, suite = synth(data_parallel=4)
     setup = T.make_setup(c, suite)
-    mesh = T.make_mesh(c)
-    st = T.replicate(T.init_state(setup, jax.random.key(0)), mesh)
+    mesh = schedule_lib.make_mesh(c)
+    st = schedule_lib.replicate(T.init_state(setup, jax.random.key(0)), mesh)
     idx = np.zeros((4, 32), np.int32)
-    hlo = T.make_run_steps(setup, c, mesh).lower(
+    hlo = schedule_lib.make_run_steps(setup, c, mesh).lower(
         st, suite.train.x, suite.train.y, np.arange(4, dtype=np.int32), idx,
         jax.random.key(0)).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
@@ -198,7 +201,7 @@ def test_two_host_run_through_the_cli_equals_one_device(tmp_path):
   _, state, final, _ = T.train(c, data_lib.load_suite(c))
   np.testing.assert_allclose(multi["final"]["loss"]["mean"], final["test"]["loss"]["mean"],
                              rtol=1e-5)
-  probs = T.allocation_summary(T.make_setup(c, data_lib.load_suite(c)), state.params,
+  probs = evaluate_lib.allocation_summary(T.make_setup(c, data_lib.load_suite(c)), state.params,
                                ["t"] * 4)["probabilities"]
   np.testing.assert_allclose(multi["probabilities"]["layer_0"], probs["layer_0"], atol=1e-5)
   assert sorted(os.listdir(wd / "checkpoints")) == ["12"]

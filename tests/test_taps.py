@@ -13,9 +13,9 @@ from flax import traverse_util
 
 from experiments.configs import transfer
 from gmr import data as data_lib
-from gmr import experiment, taps
+from gmr import checkpoint, experiment, taps
 from gmr import train as train_lib
-from gmr.methods import ConfigError
+from gmr.config import ConfigError
 from gmr.validate import validate
 
 
@@ -59,18 +59,18 @@ def test_trees_mirror_the_model():
   assert paths == [("layer_0", "group_0", "kernel_0"), ("layer_1", "group_0", "kernel_0"),
                    ("layer_1", "group_0", "kernel_1")]  # kernels of the backbone, not the heads
   assert taps.adaptable_paths(model, ["layer_1/*"]) == paths[1:]
-  p = taps.init(model, 3, task_norm=True)
+  p = taps.init(model, 3, (), 0.15, task_norm=True)
   assert p["deltas"]["layer_0"]["group_0"]["kernel_0"].shape == (3, 5, 6)
   assert float(p["scores"]["layer_1"]["group_0"]["kernel_1"][2]) == pytest.approx(0.15)
   assert set(p["norm"]["layer_0"]["group_0"]) == {"scale_0", "offset_0"}
   p["deltas"]["layer_1"]["group_0"]["kernel_1"] = jnp.full((3, 2, 2), 0.5)
   p["scores"]["layer_1"]["group_0"]["kernel_1"] = jnp.array([0.2, 0.0, 0.2])
   p["scores"]["layer_0"]["group_0"]["kernel_0"] = jnp.array([0.0, 0.0, 0.2])
-  out = taps.adapt(model, p, 1)
+  out = taps.adapt(model, p, 1, 0.1)
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(model)):  # task 1: all off
     np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(taps.adapt(model, p, 0)["layer_1"]["group_0"]["kernel_1"], 1.5)
-  s = taps.summary(p, ["a", "b", "c"])
+  np.testing.assert_array_equal(taps.adapt(model, p, 0, 0.1)["layer_1"]["group_0"]["kernel_1"], 1.5)
+  s = taps.summary(p, ["a", "b", "c"], 0.1)
   assert s["task_specific_fraction"] == {"a": 2 / 3, "b": 1 / 3, "c": 1.0, "mean": 2 / 3}
   norm = 6 + 6  # scale and offset of the one GroupNorm, per task
   assert s["added_params"] == {"a": 12 + 4 + norm, "b": 12 + norm, "c": 30 + 12 + 4 + norm}
@@ -152,14 +152,15 @@ def test_taps_run_resumes_and_reports(tmp_path):
 def test_fine_tuning_modes(tmp_path):
   src = str(tmp_path / "src")
   experiment.run(_cfg("shared_bottom,smoke"), src, quiet=True)
-  source = traverse_util.flatten_dict(train_lib.source_model_params(src))
+  source = traverse_util.flatten_dict(checkpoint.source_model_params(src))
 
   def finetune(variant, **kw):
     c = _cfg(variant, init_from=src, seed=3, **kw)
     suite = data_lib.load_suite(c)
     setup = train_lib.make_setup(c, suite)
-    start = train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(3)), src)
-    _, state, _, _ = train_lib.train(c, suite)
+    backbone = checkpoint.source_model_params(src)
+    start = train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(3)), backbone)
+    _, state, _, _ = train_lib.train(c, suite, backbone=backbone)
     return (traverse_util.flatten_dict(start.params["model"]),
             traverse_util.flatten_dict(state.params["model"]), state)
 
@@ -196,12 +197,15 @@ def test_init_from_errors(tmp_path):
   suite = data_lib.load_suite(c)
   setup = train_lib.make_setup(c, suite)
   with pytest.raises(train_lib.InitFromError, match="same architecture"):
-    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
+    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)),
+                        checkpoint.source_model_params(src), src)
+  with pytest.raises(train_lib.InitFromError, match="no backbone was given"):
+    train_lib.train(c, suite, setup=setup)
   with open(os.path.join(src, "results.json")) as f:
     res = json.load(f)
   shutil.rmtree(res["checkpoint"])
   with pytest.raises(train_lib.InitFromError, match="missing"):
-    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
+    checkpoint.source_model_params(src)
 
 
 def test_init_from_refuses_a_source_of_another_network(tmp_path):
@@ -227,7 +231,8 @@ def test_init_from_refuses_a_source_of_another_network(tmp_path):
   suite = data_lib.load_suite(c)
   setup = train_lib.make_setup(c, suite)
   with pytest.raises(train_lib.InitFromError, match="has parameters this network lacks"):
-    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)), src)
+    train_lib.init_from(setup, train_lib.init_state(setup, jax.random.key(0)),
+                        checkpoint.source_model_params(src), src)
 
 
 def test_a_fine_tuning_run_says_which_backbone_it_starts_from(tmp_path):

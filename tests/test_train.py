@@ -8,6 +8,9 @@ from experiments.configs import synthetic as synthetic_cfg
 from experiments.configs import transfer as transfer_cfg
 from gmr import data as data_lib
 from gmr import train as T
+from gmr import evaluate as evaluate_lib
+from gmr import schedule as schedule_lib
+from gmr import step as step_lib
 from gmr.data.suite import Split, TaskSuite
 
 
@@ -22,16 +25,16 @@ def tiny(cfg_module=synthetic_cfg, variant="gumbel_matrix", **kw):
 
 
 def test_round_orders_are_permutations_and_depend_on_round():
-  o = T.round_orders(jax.random.key(0), 5, 50, 4)
+  o = schedule_lib.round_orders(jax.random.key(0), 5, 50, 4)
   assert o.shape == (50, 4)
   assert all(sorted(r) == [0, 1, 2, 3] for r in o.tolist())
   assert len({tuple(r) for r in o.tolist()}) > 5
-  np.testing.assert_array_equal(o[10:], T.round_orders(jax.random.key(0), 15, 40, 4))
+  np.testing.assert_array_equal(o[10:], schedule_lib.round_orders(jax.random.key(0), 15, 40, 4))
 
 
 def test_batch_sampler_epochs_cover_each_example_once():
   split = Split.from_tasks([np.zeros((10, 1)), np.zeros((7, 1))], [np.zeros(10), np.zeros(7)])
-  s = T.BatchSampler(jax.random.key(1), split, 3)
+  s = schedule_lib.BatchSampler(jax.random.key(1), split, 3)
   idx0 = s.task_indices(0, np.arange(3))  # one epoch of task 0: 3 batches (1 example dropped)
   assert len(set(idx0.ravel())) == 9 and idx0.min() >= 0 and idx0.max() < 10
   idx1 = s.task_indices(1, np.arange(2))
@@ -50,8 +53,8 @@ def test_scanned_steps_equal_single_steps():
   suite = data_lib.load_suite(c)
   setup = T.make_setup(c, suite)
   state = T.init_state(setup, jax.random.key(0))
-  step = jax.jit(T.make_train_step(setup, c))
-  run = T.make_run_steps(setup, c)
+  step = jax.jit(step_lib.make_train_step(setup, c))
+  run = schedule_lib.make_run_steps(setup, c)
   tasks = np.array([2, 0, 3, 1, 1, 2], np.int32)
   idx = np.arange(6 * 32, dtype=np.int32).reshape(6, 32) % suite.train.x.shape[0]
   key = jax.random.key(9)
@@ -74,7 +77,7 @@ def test_heads_of_tasks_not_in_the_batch(sparse):
   suite = data_lib.load_suite(c)
   setup = T.make_setup(c, suite)
   s0 = T.init_state(setup, jax.random.key(0))
-  step = jax.jit(T.make_train_step(setup, c))
+  step = jax.jit(step_lib.make_train_step(setup, c))
   x, y = suite.train.x[:32], suite.train.y[:32]
   s1, _ = step(s0, x, y, 0, jax.random.key(0))
   h1 = np.asarray(s1.params["model"]["heads"]["kernel"]).copy()
@@ -112,7 +115,7 @@ def _evaluate_per_batch(setup, params, split, batch_size, key, sample):
     model = setup.method.adapt(params["model"], params["alloc"], task)
     out = setup.net.apply({"params": model}, x.astype(np.float32) * setup.x_scale, rows, task,
                           train=False)
-    loss, correct = T.task_loss(setup.loss, out, y)
+    loss, correct = step_lib.task_loss(setup.loss, out, y)
     return (loss * mask).sum(), (correct * mask).sum()
   b = min(batch_size, max(split.sizes))
   loss, acc = [], []
@@ -150,11 +153,11 @@ def test_one_call_evaluation_equals_per_batch_evaluation():
   for sample in (False, True):
     for b in (5, 64):
       key = jax.random.key(4)
-      got = T.evaluate(setup, params, split, b, key, suite.task_names, sample)
+      got = evaluate_lib.evaluate(setup, params, split, b, key, suite.task_names, sample)
       want_l, _ = _evaluate_per_batch(setup, params, split, b, key, sample)
       np.testing.assert_allclose([got["loss"][n] for n in suite.task_names], want_l, rtol=1e-6)
       assert got["loss"]["mean"] == np.mean([got["loss"][n] for n in suite.task_names])
-  plan = T.eval_plan(split, 5)
+  plan = evaluate_lib.eval_plan(split, 5)
   assert plan.idx.shape == (2 + 6 + 1 + 3, 5) and plan.mask.sum() == sum(sizes)
 
 
@@ -201,14 +204,14 @@ def test_a_hand_written_step_scales_the_inputs_as_the_trainer_does():
   unscaled = T.make_setup(c, dataclasses.replace(suite, x_scale=1.0))
   state = T.init_state(setup, jax.random.key(0))
   x, y = suite.train.task(1)
-  a, la = jax.jit(T.make_train_step(setup, c))(state, x, y, 1, jax.random.key(5))
-  b, lb = jax.jit(T.make_train_step(unscaled, c))(state, x.astype(np.float32) / 255, y, 1,
+  a, la = jax.jit(step_lib.make_train_step(setup, c))(state, x, y, 1, jax.random.key(5))
+  b, lb = jax.jit(step_lib.make_train_step(unscaled, c))(state, x.astype(np.float32) / 255, y, 1,
                                                    jax.random.key(5))
   assert np.isfinite(float(la))
   np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
   for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-7)
-  raw = jax.jit(T.make_train_step(unscaled, c))(state, x, y, 1, jax.random.key(5))[1]
+  raw = jax.jit(step_lib.make_train_step(unscaled, c))(state, x, y, 1, jax.random.key(5))[1]
   assert abs(float(raw) - float(la)) > 1e-3  # unscaled pixels are another problem
 
 
@@ -268,8 +271,8 @@ def test_a_suite_whose_parts_disagree_is_refused_with_one_line(kind):
 def test_task_loss_refuses_targets_that_would_broadcast():
   out = np.zeros((5, 1), np.float32)
   with pytest.raises(ValueError, match=r"targets of shape \(5, 1\) for outputs \(5, 1\)"):
-    T.task_loss("mse", out, np.zeros((5, 1), np.float32))
-  loss, _ = T.task_loss("mse", out, np.ones(5, np.float32))
+    step_lib.task_loss("mse", out, np.zeros((5, 1), np.float32))
+  loss, _ = step_lib.task_loss("mse", out, np.ones(5, np.float32))
   assert loss.shape == (5,)
 
 

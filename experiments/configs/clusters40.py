@@ -11,7 +11,7 @@ the experiment runs where CIFAR-100 cannot be had. Adam lr 3e-4, logits lr 6e-3,
 """
 
 from experiments.configs import common
-from ml_collections import config_dict
+from gmr.config import suite_options
 
 METHODS = ("gumbel_matrix", "shared_bottom", "fixed", "taps")
 
@@ -50,11 +50,7 @@ def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "clusters40"
   c.arch = "clusters"
-  c.data = config_dict.ConfigDict()
-  c.data.validation_fraction = 0.2  # per class, of each train split (the CIFAR recipe)
-  c.data.split_seed = 0
-  c.data.max_examples = 0  # 0 = all (MNIST / Fashion); >0 keeps the first N (smoke runs)
-  c.data.alphabets = config_dict.placeholder(list)  # offline: None = the 20 of the paper
+  c.data = suite_options("clusters40")  # validation_fraction 0.2 (the CIFAR recipe), ...
   c.method = "gumbel_matrix"
   c.batch_size = 32
   c.learning_rate = 3e-4

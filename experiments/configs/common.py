@@ -21,7 +21,7 @@ def apply_variant(config, variant: str, methods=(), smoke=None, named=None):
   ``smoke(config)``; a token of ``named`` (name -> function) calls that function; other
   tokens ``<field>=<value>`` set fields, parsed by the field's type as on the command line
   (:func:`gmr.cli.set_field`; lists as literals: ``taps_layers=['layer_1/*','layer_2/*']``).
-  Raises :class:`gmr.methods.ConfigError` for an unknown token or a bad value."""
+  Raises :class:`gmr.config.ConfigError` for an unknown token or a bad value."""
   named = dict(named or {})
   if smoke is not None:
     named["smoke"] = smoke

@@ -24,8 +24,8 @@ Variants (combine with commas):
 """
 
 from experiments.configs import common
+from gmr.config import suite_options
 from experiments.configs.four_mnists import smoke  # the same network and data sizes
-from ml_collections import config_dict
 
 METHODS = ("shared_bottom", "taps")
 
@@ -70,10 +70,8 @@ def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "mnist_family"
   c.arch = "four_mnists"
-  c.data = config_dict.ConfigDict()
+  c.data = suite_options("mnist_family")
   c.data.tasks = "mnist_rot"  # the target task(s): mnist | mnist_rot | fashion, comma-separated
-  c.data.rotate_k = -1
-  c.data.max_examples = 0
   c.method = "taps"
   c.freeze_backbone = True
   c.init_from = "runs/finetune/source/seed_0"

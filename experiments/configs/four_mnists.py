@@ -13,7 +13,7 @@ Gumbel-Matrix allocation fixed, trained from scratch), smoke (a few seconds on 2
 """
 
 from experiments.configs import common
-from ml_collections import config_dict
+from gmr.config import suite_options
 
 METHODS = ("gumbel_matrix", "no_sharing", "shared_bottom", "fixed", "taps")
 
@@ -55,9 +55,7 @@ def get_config(variant: str = ""):
   c = common.base_config()
   c.suite = "four_mnists"
   c.arch = "four_mnists"
-  c.data = config_dict.ConfigDict()
-  c.data.rotate_k = -1  # np.rot90 k: -1 = clockwise; the authors' tf.image.rot90(k=1) is counter-clockwise
-  c.data.max_examples = 0  # 0 = all; >0 keeps the first N of each split (smoke runs)
+  c.data = suite_options("four_mnists")  # rotate_k -1: clockwise, the paper's rotation
   c.method = "gumbel_matrix"
   c.combine = "auto"
   c.batch_size = 16

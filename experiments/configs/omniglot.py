@@ -11,6 +11,7 @@ Variants: shared_bottom, gumbel_matrix, smoke.
 """
 
 from experiments.configs import common
+from gmr.config import suite_options
 from ml_collections import config_dict
 
 METHODS = ("gumbel_matrix", "shared_bottom", "fixed", "taps")
@@ -33,8 +34,7 @@ def get_config(variant: str = ""):
   c.suite = "omniglot20"
   c.arch = "omniglot"
   c.arch_kwargs = config_dict.ConfigDict({"filters": 48})
-  c.data = config_dict.ConfigDict()
-  c.data.alphabets = config_dict.placeholder(list)  # None: the 20 alphabets of the paper
+  c.data = suite_options("omniglot20")  # alphabets None: the 20 of the paper
   c.method = "gumbel_matrix"
   c.batch_size = 16
   c.learning_rate = 1e-4

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial import distance
 
-from gmr import methods
+from gmr.analysis import readers
 
 Allocations = Union[Dict[str, Sequence], Sequence[Sequence]]
 
@@ -54,22 +54,15 @@ def task_embeddings(allocations: Allocations) -> np.ndarray:
 def run_embeddings(results: dict) -> Tuple[np.ndarray, List[str]]:
   """A run's task embeddings and a name per column, from its ``results.json`` dict.
 
-  The method's own embedding when it has one (:meth:`gmr.methods.Method.task_embedding`:
+  The method's own embedding when it has one (:meth:`gmr.analysis.readers.Reader.task_embedding`:
   TAPS's task-specific layers), else the greedy allocations, float32 ``[T, sum_l C_l]`` with
   columns ``layer_<l>/<component>``. Raises ``KeyError`` for a missing field."""
-  own = methods.of_results(results).task_embedding(results)
+  own = readers.of_results(results).task_embedding(results)
   if own is not None:
     return own
   alloc = results["allocations"]
   names = [f"{k}/{c}" for k in _layer_order(alloc) for c in range(np.asarray(alloc[k]).shape[1])]
   return task_embeddings(alloc), names
-
-
-def embeds_allocation(results: dict) -> bool:
-  """A run whose task embeddings are its allocation rows: its method (``results["method"]``;
-  all a run in progress needs) defines no :meth:`~gmr.methods.Method.task_embedding` of its own."""
-  own = methods.of_results(results).task_embedding
-  return getattr(own, "__func__", own) is methods.Method.task_embedding.__func__
 
 
 def cosine_similarity(emb: np.ndarray) -> np.ndarray:
@@ -188,7 +181,7 @@ def cluster_report(results: dict) -> dict:
   distinct = {name: len({emb[t].tobytes() for t in members}) for name, members in clusters.items()}
   sim = cosine_similarity(emb)
   extra = {}
-  if embeds_allocation(results) and isinstance(results.get("allocations"), dict):
+  if readers.embeds_allocation(results) and isinstance(results.get("allocations"), dict):
     extra["per_layer"] = per_layer_report(results["allocations"], clusters)
     if results.get("probabilities"):
       extra["disagreement"] = within_cluster_disagreement(

@@ -18,9 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from gmr import methods
-from gmr.workdir import RunStatus
-from gmr.analysis import embeddings
+from gmr.analysis import embeddings, readers
 from gmr.analysis.stats import difference90, holm, interval90, sample_std
 from gmr.analysis.stats import share_of_gain as stats_share_of_gain
 
@@ -65,7 +63,7 @@ def groups_identical(results: dict) -> bool:
   return all(len({emb[t] for t in g}) == 1 for g in groups)
 
 
-def collect(root: str, statuses: Optional[Dict[str, RunStatus]] = None
+def collect(root: str, statuses: Optional[Dict[str, "gmr.workdir.RunStatus"]] = None
             ) -> Dict[str, List[dict]]:
   """A sweep's finished runs: ``{name: [results.json dict per seed]}`` from
   ``<root>/<name>/seed_*/results.json``, names in sorted order, seeds in path order.
@@ -96,7 +94,7 @@ def summarize(runs: List[dict]) -> dict:
   for one seed), ``loss_per_seed`` (in ``runs`` order), ``active_fraction`` and
   ``wall_time_s`` (means), ``steps`` (of the first run). With accuracies: ``acc_mean``,
   ``acc_std``, ``acc_ci90``, ``acc_per_seed`` (in %). The method's own numbers
-  (:meth:`gmr.methods.Method.summary_stats`; TAPS: ``taps_specific_pct`` (+ ``_std``),
+  (:meth:`gmr.analysis.readers.Reader.summary_stats`; TAPS: ``taps_specific_pct`` (+ ``_std``),
   ``taps_added_params``). With ``task_clusters`` in every run (section V-C), per seed in seed
   order: ``cluster_ari``, ``cluster_distinct``, ``cluster_within``, ``cluster_between``,
   ``cluster_neighbour`` (:func:`gmr.analysis.embeddings.cluster_report`) and, for routed runs
@@ -119,7 +117,7 @@ def summarize(runs: List[dict]) -> dict:
     acc = [100 * r["final"]["accuracy"]["mean"] for r in runs]
     s.update(acc_mean=float(np.mean(acc)), acc_std=sample_std(acc),
              acc_ci90=interval90(acc), acc_per_seed=acc)
-  s.update(methods.of_results(runs[0]).summary_stats(runs))  # the method's own numbers
+  s.update(readers.of_results(runs[0]).summary_stats(runs))  # the method's own numbers
   if all(r.get("task_clusters") for r in runs):  # section V-C: clusters in the embeddings
     by_seed = sorted(runs, key=lambda r: r["seed"])
     reps = [embeddings.cluster_report(r) for r in by_seed]
@@ -128,7 +126,7 @@ def summarize(runs: List[dict]) -> dict:
              cluster_within=[rep["within"] for rep in reps],
              cluster_between=[rep["between"] for rep in reps],
              cluster_neighbour=[rep["neighbour_agreement"] for rep in reps])
-    if all(r.get("probabilities") and embeddings.embeds_allocation(r) for r in runs):
+    if all(r.get("probabilities") and readers.embeds_allocation(r) for r in runs):
       s["decided_pct"] = [100 * embeddings.decided_fraction(r["probabilities"]) for r in by_seed]
       s["cluster_disagreement"] = [rep["disagreement"] for rep in reps]
   if runs[0].get("task_groups"):
@@ -171,7 +169,7 @@ def to_markdown(table: Dict[str, dict], title: str = "", command: str = "") -> s
     lines += [f"### {title}", ""]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, s in table.items():
-    row = [name, str(s["n"])] + ([s.get("combine", "")] if has_combine else []) + [
+    row = [name, str(s["n"])] + ([s["combine"] if "combine" in s else ""] if has_combine else []) + [
            f"{s['loss_mean']:.4f} +- {s['loss_std']:.4f}",
            f"[{s['loss_mean'] - s['loss_ci90']:.4f}, {s['loss_mean'] + s['loss_ci90']:.4f}]"]
     if has_acc:

@@ -1,151 +1,169 @@
-"""Task suites by name: ``load_suite(config)`` builds the suite a config asks for."""
+"""Task suites by name: one :class:`Suite` record per suite, and ``load_suite(config)``.
+
+A suite's record holds everything gmr needs to know about it before its data exists: how to
+build it, its options (``config.data.*``) with their defaults, the network's shape
+(``describe``), what an evaluation covers (``evaluation``: splits, loss, task names), its known
+task clusters, the prepared datasets it reads and its options' checks. The built-in suites
+have every entry; a suite registered by a user (:func:`register`, e.g. from a config file of
+their own) may give only ``build``: what is missing is read from one small build of the suite
+(the ``describe`` and ``evaluation`` of the built :class:`TaskSuite`), so the validation, the
+command line, sweeps, tables and the report treat it like a built-in one::
+
+  from gmr import data
+
+  @data.register("user_pairs")
+  def build(config, key):            # -> gmr.data.TaskSuite
+    ...
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 
+from gmr import config as config_schema
+from gmr.config import ConfigError
 from gmr.data import real, synthetic
 from gmr.data.suite import Split, TaskSuite
 
-SUITES = {}
+# the top-level fields every real-data suite reads besides its own options
+_FILE_FIELDS = ("data_dir", "tfds_dir", "download", "accept_noncanonical_data")
 
 
-def register(name):
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """What gmr knows about one suite. Every callable takes the run's config (``ConfigDict``).
+
+  ``build(config, key) -> TaskSuite``: the suite (``key``: a PRNG key for generated data).
+  ``options``: ``((name, default, one-line doc), ...)`` of ``config.data.*``; what the suite
+  reads is ``config.data`` completed by these (:func:`options`).
+  ``describe(config) -> (num_tasks, head_dims, input_dim)`` without the data (head sizes only
+  the data knows may be given as 2: they do not change the network's structure).
+  ``evaluation(config) -> (splits, loss, task_names)``: the splits an evaluation covers
+  (``("test",)`` or ``("test", "validation")``) and the loss (``"xent"``: loss and accuracy;
+  ``"mse"``: loss).
+  ``clusters(options) -> {cluster: [task indices]} | None``: the true task clusters (section
+  V-C), from the completed options (a dict) alone.
+  ``datasets(config) -> (TFDS builder names, ...)``: the prepared datasets it reads.
+  ``check(config)``: raises :class:`gmr.config.ConfigError` for a wrong option.
+  ``None`` entries of a user's suite are read from a build (``describe``, ``evaluation``) or
+  mean "none" (``clusters``, ``datasets``, ``check``)."""
+  name: str
+  build: Callable
+  options: Tuple = ()
+  describe: Optional[Callable] = None
+  evaluation: Optional[Callable] = None
+  clusters: Optional[Callable] = None
+  datasets: Optional[Callable] = None
+  check: Optional[Callable] = None
+
+
+SUITES: Dict[str, Suite] = {}
+
+
+def register(name: str, **record):
+  """Decorator: register ``build(config, key) -> TaskSuite`` as suite ``name`` (the other
+  :class:`Suite` entries as keyword arguments). A name registered again is replaced."""
   def deco(fn):
-    SUITES[name] = fn
+    SUITES[name] = Suite(name, fn, **record)
     return fn
   return deco
 
 
-@register("transfer")
-def _transfer(config, key):
-  s = config.synthetic
-  return synthetic.transfer_suite(key, config.rho, s.d, s.c, s.m, s.noise_std, s.num_train,
-                                  s.num_test)
+def suite_record(config) -> Suite:
+  """The :class:`Suite` of ``config.suite``. Raises :class:`ConfigError` (``suite``) for an
+  unknown one."""
+  if config.suite not in SUITES:
+    raise ConfigError("suite", f"unknown suite {config.suite!r}",
+                      f"choose one of {sorted(SUITES)}, or register one (gmr.data.register)")
+  return SUITES[config.suite]
 
 
-@register("synthetic_pairs")
-def _pairs(config, key):
-  s = config.synthetic
-  return synthetic.pairs_suite(key, s.d, s.c, s.m, s.noise_std, s.num_train, s.num_test,
-                               s.num_pairs)
+def options(config) -> dict:
+  """What a suite reads besides its generator's fields: ``data_dir``, ``tfds_dir``,
+  ``download``, ``accept_noncanonical_data`` and its options, ``config.data`` completed by
+  the option defaults of its record (a plain dict)."""
+  out = {k: config[k] for k in _FILE_FIELDS}
+  rec = SUITES.get(config.suite)
+  out.update({name: default for name, default, _ in (rec.options if rec else ())})
+  if "data" in config and config.data is not None:
+    out.update(config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data))
+  return out
 
 
-def _data_options(config) -> dict:
-  """The fields real-data suites read: data_dir, tfds_dir, download and ``config.data.*``."""
-  opts = {k: config[k] for k in ("data_dir", "tfds_dir", "download", "accept_noncanonical_data")}
-  opts.update(dict(config.get("data", {}) or {}))
-  return opts
+_BUILT: Dict[str, TaskSuite] = {}  # a user's suite built to read its description: config -> suite
 
 
-@register("four_mnists")
-def _four_mnists(config, key):
-  del key
-  return real.four_mnists(_data_options(config))
+def _small_build(config) -> TaskSuite:
+  """A user's suite, built once per config to read what its record does not give."""
+  key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+  if key not in _BUILT:
+    _BUILT.clear()  # one at a time: a suite may be large
+    _BUILT[key] = _build(config)
+  return _BUILT[key]
 
 
-@register("mnist_family")
-def _mnist_family(config, key):
-  del key
-  return real.mnist_family(_data_options(config))
-
-
-@register("omniglot20")
-def _omniglot20(config, key):
-  del key
-  return real.omniglot20(_data_options(config))
-
-
-@register("clusters40")
-def _clusters40(config, key):
-  del key
-  return real.clusters40(_data_options(config))
-
-
-@register("clusters40_offline")
-def _clusters40_offline(config, key):
-  del key
-  return real.clusters40(_data_options(config), offline=True)
-
-
-def describe(config):
-  """``(num_tasks, head_dims, input_dim)`` of the suite ``config`` asks for, without its data:
-  what the network is built from (``input_dim``: the features of a synthetic example, the
-  channels of an image). Head sizes that only the data knows (Omniglot's characters per
-  alphabet) are given as 2: enough to build the network's structure, which they do not
-  change."""
-  opts = _data_options(config)
-  name = config.suite
-  if name in ("synthetic_pairs", "transfer"):
-    t = 2 * int(config.synthetic.num_pairs) if name == "synthetic_pairs" else 2
-    return t, (1,) * t, int(config.synthetic.d)
-  if name == "four_mnists":
-    return 4, (10,) * 4, 1
-  if name == "mnist_family":
-    t = len([n for n in str(opts.get("tasks", "mnist")).split(",") if n.strip()])
-    return t, (10,) * t, 1
-  alphabets = len(opts.get("alphabets") or real.OMNIGLOT20)
-  if name == "omniglot20":
-    return alphabets, (2,) * alphabets, 1
-  if name == "clusters40":
-    return 40, (5,) * 20 + (9,) * 20, 3
-  if name == "clusters40_offline":
-    return alphabets + 20, (2,) * alphabets + (9,) * 20, 3
-  raise ValueError(f"suite: no description of suite {name!r}")
+def describe(config) -> Tuple[int, tuple, int]:
+  """``(num_tasks, head_dims, input_dim)`` of the suite ``config`` asks for, without its data
+  for a built-in suite (``input_dim``: the features of a synthetic example, the channels of an
+  image): what the network is built from. Raises :class:`ConfigError` (``suite``)."""
+  rec = suite_record(config)
+  if rec.describe is not None:
+    return rec.describe(config)
+  s = _small_build(config)
+  return s.num_tasks, tuple(s.head_dims), int(s.train.x.shape[-1])
 
 
 def evaluation_spec(config) -> tuple:
-  """``(splits, loss, task_names)`` of the suite ``config`` asks for, without its data: the
-  splits an evaluation covers (``("test",)`` or ``("test", "validation")``), the loss
-  (``"xent"``: loss and accuracy are reported; ``"mse"``: loss) and the tasks in order. What
-  ``select_by`` may name (:func:`gmr.validate.validate`). Raises ``ValueError`` for an
-  unknown suite or ``data.tasks``."""
-  name = config.suite
-  opts = _data_options(config)
-  if name == "synthetic_pairs":
-    return ("test",), "mse", synthetic.pairs_task_names(int(config.synthetic.num_pairs))
-  if name == "transfer":
-    return ("test",), "mse", synthetic.TRANSFER_TASKS
-  if name == "four_mnists":
-    return ("test",), "xent", real.FOUR_MNISTS_TASKS
-  if name == "mnist_family":
-    return ("test",), "xent", real.family_tasks(opts)
-  if name == "omniglot20":
-    return ("test", "validation"), "xent", real.omniglot_alphabets(opts)
-  if name in ("clusters40", "clusters40_offline"):
-    return ("test", "validation"), "xent", real.clusters40_tasks(opts, name.endswith("offline"))
-  raise ValueError(f"suite: no description of suite {name!r}")
+  """``(splits, loss, task_names)`` of the suite ``config`` asks for (:class:`Suite`'s
+  ``evaluation``): what ``select_by`` may name (:func:`gmr.validate.validate`). Raises
+  :class:`ConfigError` for an unknown suite or a wrong option (``data.tasks``)."""
+  rec = suite_record(config)
+  if rec.evaluation is not None:
+    return rec.evaluation(config)
+  s = _small_build(config)
+  splits = ("test",) + (("validation",) if s.validation is not None else ())
+  return splits, s.loss, tuple(s.task_names)
 
 
 def task_clusters(config):
   """The true task clusters of the suite ``config`` asks for, without its data (what a built
-  suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}`` for the section V-C suites,
-  ``None`` for every other suite (any name). Reads only ``suite`` and ``data.alphabets``, so
-  the config of a run made before other fields existed will do (a ``config.json`` read as a
-  dict included). Raises ``KeyError`` for a mapping without ``suite``."""
-  name = config["suite"]
-  if name not in ("clusters40", "clusters40_offline"):
+  suite's ``info["clusters"]`` holds): ``{cluster: [task indices]}``, or ``None`` for a suite
+  without known clusters or not registered in this process. ``config``: a ``ConfigDict`` or a
+  stored ``config.json`` dict (a run made before other fields existed will do). Raises
+  ``KeyError`` for a mapping without ``suite``."""
+  rec = SUITES.get(config["suite"])
+  if rec is None or rec.clusters is None:
     return None
-  return real.clusters_by_source(real.clusters40_tasks(dict(config.get("data") or {}),
-                                                       name.endswith("offline")))
+  opts = {name: default for name, default, _ in rec.options}
+  data = config["data"] if "data" in config else None
+  if data is not None:
+    opts.update(data.to_dict() if hasattr(data, "to_dict") else dict(data))
+  return rec.clusters(opts)
 
 
 def datasets_needed(config) -> tuple:
   """The prepared datasets (TFDS builder names) the suite of ``config`` reads (``()``: none)."""
-  name = config.suite
-  if name == "four_mnists":
-    return ("gmr_mnist",)
-  if name == "mnist_family":
-    tasks = [t.strip() for t in str(_data_options(config).get("tasks", "mnist")).split(",")]
-    return tuple(sorted({real.FAMILY[t][0] for t in tasks if t in real.FAMILY}))
-  if name == "omniglot20":
-    return ("gmr_omniglot",)
-  if name in ("clusters40", "clusters40_offline"):
-    first = "gmr_omniglot" if name.endswith("offline") else "gmr_cifar100"
-    return (first, "gmr_mnist", "gmr_fashion_mnist")
-  return ()
+  rec = suite_record(config)
+  return tuple(rec.datasets(config)) if rec.datasets is not None else ()
+
+
+def check_options(config) -> None:
+  """Raise :class:`ConfigError` for a wrong option of the suite of ``config``: an option its
+  record does not define (``data.<name>``), or its record's own checks."""
+  rec = suite_record(config)
+  if rec.options and "data" in config and config.data is not None:
+    known = {name for name, _, _ in rec.options}
+    for k in config.data.keys():
+      if k not in known:
+        raise ConfigError(f"data.{k}", f"suite {config.suite!r} has no option {k!r}",
+                          f"use one of {sorted(known)}")
+  if rec.check is not None:
+    rec.check(config)
 
 
 def check_data_available(config) -> None:
@@ -154,25 +172,184 @@ def check_data_available(config) -> None:
   :class:`gmr.data.raw.DataError` naming the first missing one (or ``data_dir: not set``)."""
   from gmr.data import raw, tfds_builders  # pylint: disable=g-import-not-at-top
   needed = datasets_needed(config)
-  if not needed:
+  if not needed or config.download:
     return
-  data_dir = raw.resolve_data_dir(_data_options(config).get("data_dir", ""))
-  if config.download:
-    return
+  data_dir = raw.resolve_data_dir(config.data_dir)
   for name in needed:
     for rel in tfds_builders.BUILDERS[name].raw_files():
       raw._check_or_fetch(os.path.join(data_dir, rel), rel, raw.URLS[rel.split("/")[0]],  # pylint: disable=protected-access
                           download=False)
 
 
-def load_suite(config) -> TaskSuite:
-  """The suite named ``config.suite``; synthetic data is drawn from ``config.data_seed``
-  (or ``config.seed`` when unset)."""
-  if config.suite not in SUITES:
-    raise ValueError(f"suite: unknown suite {config.suite!r}; choose one of {sorted(SUITES)}")
+def _build(config) -> TaskSuite:
   seed = config.data_seed
   key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), 7)
-  return SUITES[config.suite](config, key)
+  return suite_record(config).build(config, key)
 
 
-__all__ = ["Split", "TaskSuite", "load_suite", "describe", "evaluation_spec", "SUITES"]
+def load_suite(config) -> TaskSuite:
+  """The suite named ``config.suite``; synthetic data is drawn from ``config.data_seed``
+  (or ``config.seed`` when unset). Raises :class:`ConfigError` (``suite``) for an unknown
+  suite."""
+  key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+  if key in _BUILT:  # a user's suite built to read its description
+    return _BUILT.pop(key)
+  return _build(config)
+
+
+# ----------------------------------------------------------------------------- built-in suites
+def _check_synthetic(config) -> None:
+  """``synthetic.*``: appendix A1's generator (and ``rho`` for the transfer suite), and that
+  the generated data fits in this machine's memory: its float32 inputs and labels, about
+  three times over while they are drawn (the draw, its host copy, the labels' work)."""
+  for group in ("synthetic",) + (("rho",) if config.suite == "transfer" else ()):
+    if group not in config:
+      raise ConfigError(group, f"is required by suite {config.suite!r}",
+                        "start from its experiment config (experiments/configs/)")
+  if config.suite == "transfer":
+    config_schema.check_number(config, "rho", -1, 1, fix="give the tasks' similarity in [-1, 1]")
+  syn = config.synthetic
+  for f in ("d", "m", "num_train", "num_test", "num_pairs"):
+    config_schema.check_number(syn, f, 1, integer=True, name=f"synthetic.{f}")
+  config_schema.check_number(syn, "c", name="synthetic.c")
+  config_schema.check_number(syn, "noise_std", 0, name="synthetic.noise_std")
+  n = int(syn.num_train) + int(syn.num_test)
+  need = 3 * 4 * n * (int(syn.d) + _num_synthetic_tasks(config))
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return
+  if need > have:
+    field = "synthetic.d" if int(syn.d) > 128 and int(syn.d) * 1000 > n else "synthetic.num_train"
+    raise ConfigError(field, f"the generated data would take {need / 2**30:.1f} GiB while it is "
+                      f"drawn, this machine has {have / 2**30:.1f} GiB",
+                      "use fewer examples (synthetic.num_train) or fewer features (synthetic.d)")
+
+
+def _num_synthetic_tasks(config) -> int:
+  return 2 * int(config.synthetic.num_pairs) if config.suite == "synthetic_pairs" else 2
+
+
+def _check_rotate_k(config) -> None:
+  k = options(config)["rotate_k"]
+  if k not in (-3, -2, -1, 1, 2, 3):
+    raise ConfigError("data.rotate_k", f"must be a non-zero multiple of 90 degrees in -3..3, "
+                      f"got {k!r}", "use -1 (clockwise) or 1")
+
+
+def _check_max_examples(config) -> None:
+  config_schema.check_number(options(config), "max_examples", 0, integer=True,
+                             fix="use 0 for all examples", name="data.max_examples")
+
+
+def _check_alphabets(config) -> None:
+  alphabets = options(config)["alphabets"]
+  if alphabets is not None:
+    bad = [a for a in alphabets if not isinstance(a, str)]
+    if bad or not alphabets:
+      raise ConfigError("data.alphabets", f"must be a non-empty list of names, got "
+                        f"{alphabets!r}", f"e.g. {list(real.OMNIGLOT20[:2])}")
+
+
+def _check_four_mnists(config) -> None:
+  _check_rotate_k(config)
+  _check_max_examples(config)
+
+
+def _check_family(config) -> None:
+  names = [t.strip() for t in str(options(config)["tasks"]).split(",") if t.strip()]
+  bad = [t for t in names if t not in real.FAMILY]
+  if bad or not names:
+    raise ConfigError("data.tasks", f"unknown task(s) {bad or names}",
+                      f"give a comma-separated list of {sorted(real.FAMILY)}")
+  _check_rotate_k(config)
+  _check_max_examples(config)
+
+
+def _check_clusters(config) -> None:
+  opts = options(config)
+  config_schema.check_number(opts, "validation_fraction", 0, 1, hi_open=True,
+                             name="data.validation_fraction")
+  config_schema.check_number(opts, "split_seed", 0, integer=True, name="data.split_seed")
+  _check_max_examples(config)
+  _check_alphabets(config)
+
+
+def _register_builtins() -> None:
+  opts = config_schema._suite_option_fields()  # pylint: disable=protected-access
+
+  register(
+      "transfer",
+      describe=lambda c: (2, (1, 1), int(c.synthetic.d)),
+      evaluation=lambda c: (("test",), "mse", synthetic.TRANSFER_TASKS),
+      check=_check_synthetic)(
+          lambda c, key: synthetic.transfer_suite(
+              key, c.rho, c.synthetic.d, c.synthetic.c, c.synthetic.m, c.synthetic.noise_std,
+              c.synthetic.num_train, c.synthetic.num_test))
+
+  register(
+      "synthetic_pairs",
+      describe=lambda c: (_num_synthetic_tasks(c), (1,) * _num_synthetic_tasks(c),
+                          int(c.synthetic.d)),
+      evaluation=lambda c: (("test",), "mse",
+                            synthetic.pairs_task_names(int(c.synthetic.num_pairs))),
+      check=_check_synthetic)(
+          lambda c, key: synthetic.pairs_suite(
+              key, c.synthetic.d, c.synthetic.c, c.synthetic.m, c.synthetic.noise_std,
+              c.synthetic.num_train, c.synthetic.num_test, c.synthetic.num_pairs))
+
+  register(
+      "four_mnists", options=opts["four_mnists"],
+      describe=lambda c: (4, (10,) * 4, 1),
+      evaluation=lambda c: (("test",), "xent", real.FOUR_MNISTS_TASKS),
+      datasets=lambda c: ("gmr_mnist",), check=_check_four_mnists)(
+          lambda c, key: real.four_mnists(options(c)))
+
+  def family_describe(c):
+    t = len(real.family_tasks(options(c)))
+    return t, (10,) * t, 1
+
+  register(
+      "mnist_family", options=opts["mnist_family"], describe=family_describe,
+      evaluation=lambda c: (("test",), "xent", real.family_tasks(options(c))),
+      datasets=lambda c: tuple(sorted({real.FAMILY[t][0] for t in real.family_tasks(options(c))})),
+      check=_check_family)(
+          lambda c, key: real.mnist_family(options(c)))
+
+  def omniglot_describe(c):
+    n = len(real.omniglot_alphabets(options(c)))
+    return n, (2,) * n, 1
+
+  register(
+      "omniglot20", options=opts["omniglot20"], describe=omniglot_describe,
+      evaluation=lambda c: (("test", "validation"), "xent",
+                            real.omniglot_alphabets(options(c))),
+      datasets=lambda c: ("gmr_omniglot",), check=_check_alphabets)(
+          lambda c, key: real.omniglot20(options(c)))
+
+  for offline in (False, True):
+    name = "clusters40_offline" if offline else "clusters40"
+
+    def clusters_describe(c, offline=offline):
+      if not offline:
+        return 40, (5,) * 20 + (9,) * 20, 3
+      n = len(real.omniglot_alphabets(options(c)))
+      return n + 20, (2,) * n + (9,) * 20, 3
+
+    register(
+        name, options=opts[name], describe=clusters_describe,
+        evaluation=lambda c, offline=offline: (("test", "validation"), "xent",
+                                               real.clusters40_tasks(options(c), offline)),
+        clusters=lambda o, offline=offline: real.clusters_by_source(
+            real.clusters40_tasks(o, offline)),
+        datasets=lambda c, offline=offline: (
+            "gmr_omniglot" if offline else "gmr_cifar100", "gmr_mnist", "gmr_fashion_mnist"),
+        check=_check_clusters)(
+            lambda c, key, offline=offline: real.clusters40(options(c), offline=offline))
+
+
+_register_builtins()
+
+__all__ = ["Split", "TaskSuite", "Suite", "SUITES", "register", "suite_record", "options",
+           "load_suite", "describe", "evaluation_spec", "task_clusters", "datasets_needed",
+           "check_options", "check_data_available"]

@@ -12,6 +12,10 @@ Recipes (as in the authors' code):
   and 10 Fashion-MNIST leave-one-out tasks (9-way) at 32 x 32 x 3; ``clusters40_offline``
   replaces the CIFAR cluster with the 20 Omniglot alphabets at 32 x 32 x 3.
 
+Each recipe reads ``cfg``: the suite's options completed by their defaults
+(:func:`gmr.data.options`: ``data_dir``, ``tfds_dir``, ``download``,
+``accept_noncanonical_data`` and ``config.data.*``).
+
 Everything ends as in-memory uint8 arrays (``x_scale = 1/255``) with per-task index arrays
 into one image pool, so the jitted step gathers its batches on device.
 """
@@ -35,11 +39,9 @@ OMNIGLOT_SPLIT = (10, 4, 6)  # drawings per character: train / validation / test
 def _load(name, split, cfg):
   # imported here: gmr (and a suite loaded from a snapshot) works without TFDS installed
   from gmr.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  return tfds_builders.load_arrays(name, split, data_dir=cfg.get("data_dir", ""),
-                                   tfds_dir=cfg.get("tfds_dir", ""),
-                                   download=bool(cfg.get("download", False)),
-                                   accept_noncanonical=bool(cfg.get("accept_noncanonical_data",
-                                                                    False)))
+  return tfds_builders.load_arrays(name, split, data_dir=cfg["data_dir"],
+                                   tfds_dir=cfg["tfds_dir"], download=bool(cfg["download"]),
+                                   accept_noncanonical=bool(cfg["accept_noncanonical_data"]))
 
 
 def _indexed_split(pool: np.ndarray, members: Sequence[np.ndarray],
@@ -58,7 +60,7 @@ FAMILY = {"mnist": ("gmr_mnist", False), "mnist_rot": ("gmr_mnist", True),
 def family_tasks(cfg) -> Tuple[str, ...]:
   """The task names of ``mnist_family`` (``cfg.tasks``, comma-separated); ``ValueError`` for
   an unknown or empty list."""
-  names = tuple(t.strip() for t in str(cfg.get("tasks", "mnist")).split(",") if t.strip())
+  names = tuple(t.strip() for t in str(cfg["tasks"]).split(",") if t.strip())
   bad = [t for t in names if t not in FAMILY]
   if bad or not names:
     raise ValueError(f"data.tasks: unknown task(s) {bad or names!r}; choose from {sorted(FAMILY)}")
@@ -70,7 +72,7 @@ def mnist_family(cfg) -> TaskSuite:
   10-way tasks at 28 x 28 x 1: ``cfg.tasks`` is a comma-separated list (the fine-tuning
   experiments: a source on ``mnist``, targets ``mnist_rot`` and ``fashion``)."""
   names = family_tasks(cfg)
-  k = int(cfg.get("rotate_k", -1))
+  k = int(cfg["rotate_k"])
   splits = {}
   for split in ("train", "test"):
     xs, ys = [], []
@@ -78,7 +80,7 @@ def mnist_family(cfg) -> TaskSuite:
       ds, rot = FAMILY[t]
       a = _load(ds, split, cfg)
       img, lab = a["image"], a["label"].astype(np.int32)
-      if cfg.get("max_examples", 0):
+      if cfg["max_examples"]:
         img, lab = img[:cfg["max_examples"]], lab[:cfg["max_examples"]]
       xs.append(np.rot90(img, k=k, axes=(1, 2)) if rot else img)
       ys.append(lab)
@@ -94,12 +96,12 @@ FOUR_MNISTS_TASKS = ("mnist", "mnist_copy", "mnist_rot", "mnist_rot_copy")
 def four_mnists(cfg) -> TaskSuite:
   """``cfg.rotate_k``: ``np.rot90`` k of the rotated tasks (-1 = 90 degrees clockwise,
   the benchmark's definition; the authors' ``tf.image.rot90(k=1)`` is counter-clockwise)."""
-  k = int(cfg.get("rotate_k", -1))
+  k = int(cfg["rotate_k"])
   splits = {}
   for split in ("train", "test"):
     a = _load("gmr_mnist", split, cfg)
     img, lab = a["image"], a["label"].astype(np.int32)
-    if cfg.get("max_examples", 0):
+    if cfg["max_examples"]:
       img, lab = img[:cfg["max_examples"]], lab[:cfg["max_examples"]]
     rot = np.rot90(img, k=k, axes=(1, 2))
     pool = np.concatenate([img, rot])
@@ -162,7 +164,7 @@ def _omniglot_tasks(cfg, resize_to=None):
 
 def omniglot_alphabets(cfg) -> Tuple[str, ...]:
   """The alphabets (one task each) of the Omniglot suites: ``cfg.alphabets`` or the 20."""
-  return tuple(cfg.get("alphabets", None) or OMNIGLOT20)
+  return tuple(cfg["alphabets"] or OMNIGLOT20)
 
 
 def omniglot20(cfg) -> TaskSuite:
@@ -270,10 +272,10 @@ def _leave_one_out(name, cfg, base: int, frac: float):
   """10 nine-way tasks of ``name`` (MNIST or Fashion): images, and per split per task
   (members, labels). ``base`` offsets the members into the common pool."""
   tr, te = _load(name, "train", cfg), _load(name, "test", cfg)
-  if cfg.get("max_examples", 0):
+  if cfg["max_examples"]:
     tr = {k: v[:cfg["max_examples"]] for k, v in tr.items()}
     te = {k: v[:cfg["max_examples"]] for k, v in te.items()}
-  keep, held = _per_class_holdout(tr["label"], frac, cfg.get("split_seed", 0))
+  keep, held = _per_class_holdout(tr["label"], frac, cfg["split_seed"])
   images = np.concatenate([tr["image"], te["image"]])
   test_idx = len(tr["image"]) + np.arange(len(te["image"]))
   labels = np.concatenate([tr["label"], te["label"]]).astype(np.int64)
@@ -293,7 +295,7 @@ def _cifar_coarse(cfg, base: int, frac: float):
   fine = np.concatenate([tr["label"], te["label"]]).astype(np.int64)
   coarse = np.concatenate([tr["coarse_label"], te["coarse_label"]]).astype(np.int64)
   n_tr = len(tr["image"])
-  keep, held = _per_class_holdout(fine[:n_tr], frac, cfg.get("split_seed", 0))
+  keep, held = _per_class_holdout(fine[:n_tr], frac, cfg["split_seed"])
   test_idx = n_tr + np.arange(len(te["image"]))
   out = {"train": ([], []), "validation": ([], []), "test": ([], [])}
   for c in range(20):
@@ -329,7 +331,7 @@ def clusters_by_source(task_names) -> Dict[str, List[int]]:
 def clusters40(cfg, offline: bool = False) -> TaskSuite:
   """``cfg.validation_fraction`` (0.2) of each class of the train splits is held out for
   validation (the CIFAR recipe, applied to MNIST and Fashion too so every task has one)."""
-  frac = float(cfg.get("validation_fraction", 0.2))
+  frac = float(cfg["validation_fraction"])
   pools, parts, heads = [], [], []
   base = 0
   if offline:

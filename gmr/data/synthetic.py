@@ -22,7 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmr import config as config_schema
 from gmr.data.suite import Split, TaskSuite
+
+# appendix A1's constants: the defaults of the config's ``synthetic`` group, their one home
+_A1 = config_schema.synthetic_defaults()
 
 
 def orthonormal_vectors(key, d: int, k: int) -> np.ndarray:
@@ -31,12 +35,12 @@ def orthonormal_vectors(key, d: int, k: int) -> np.ndarray:
   return q.T.astype(np.float32)
 
 
-def pair_weights(u1, u2, rho: float, c: float = 1.0):
+def pair_weights(u1, u2, rho: float, c: float = _A1.c):
   """Eq. (1): ``w1 = c u1``, ``w2 = c (rho u1 + sqrt(1 - rho^2) u2)``."""
   return c * u1, c * (rho * u1 + np.sqrt(1.0 - rho ** 2) * u2)
 
 
-def labels(key, x, w, m: int = 6, noise_std: float = 0.01):
+def labels(key, x, w, m: int = _A1.m, noise_std: float = _A1.noise_std):
   """Eqs. (2)-(3): ``y = w.x + sum_i sin(i w.x + (i-1)^2) + eps``; ``x: [N, d] -> [N]``."""
   z = jnp.asarray(x, jnp.float32) @ jnp.asarray(w, jnp.float32)
   i = jnp.arange(1, m + 1, dtype=jnp.float32)
@@ -45,7 +49,7 @@ def labels(key, x, w, m: int = 6, noise_std: float = 0.01):
 
 
 def make_suite(key, weights: Sequence[np.ndarray], num_train: int, num_test: int,
-               m: int = 6, noise_std: float = 0.01, shared_inputs: bool = True,
+               m: int = _A1.m, noise_std: float = _A1.noise_std, shared_inputs: bool = True,
                name: str = "synthetic", task_names=None) -> TaskSuite:
   """A regression suite with one task per weight vector.
 
@@ -77,8 +81,8 @@ def pairs_task_names(num_pairs: int) -> Tuple[str, ...]:
   return tuple(f"pair{p}_{i}" for p in range(num_pairs) for i in "ab")
 
 
-def transfer_suite(key, rho: float, d=128, c=1.0, m=6, noise_std=0.01, num_train=100000,
-                   num_test=2000) -> TaskSuite:
+def transfer_suite(key, rho: float, d=_A1.d, c=_A1.c, m=_A1.m, noise_std=_A1.noise_std,
+                   num_train=_A1.num_train, num_test=_A1.num_test) -> TaskSuite:
   """Section II: two tasks of relatedness ``rho``."""
   ku, kd = jax.random.split(key)
   u1, u2 = orthonormal_vectors(ku, d, 2)
@@ -86,8 +90,9 @@ def transfer_suite(key, rho: float, d=128, c=1.0, m=6, noise_std=0.01, num_train
                     name="transfer", task_names=TRANSFER_TASKS)
 
 
-def pairs_suite(key, d=128, c=1.0, m=6, noise_std=0.01, num_train=100000, num_test=2000,
-                num_pairs=2) -> TaskSuite:
+def pairs_suite(key, d=_A1.d, c=_A1.c, m=_A1.m, noise_std=_A1.noise_std,
+                num_train=_A1.num_train, num_test=_A1.num_test,
+                num_pairs=_A1.num_pairs) -> TaskSuite:
   """Appendix A3: ``num_pairs`` pairs of tasks, equal up to noise within a pair (rho = 1),
   unrelated across pairs (orthogonal weights, rho = 0). Tasks are ordered pair by pair."""
   ku, kd = jax.random.split(key)
