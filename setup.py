@@ -4,7 +4,10 @@ setup(
     name="gmr",
     version="0.1.0",
     description="Gumbel-Matrix routing and learned parameter sharing for multi-task networks (JAX/Flax)",
-    packages=find_packages(include=["gmr", "gmr.*", "experiments", "experiments.*", "launch", "launch.*"]),
+    # the library alone: experiments/ (entry point, configs, report) and launch/ (sweeps,
+    # tables) run from the checkout (python -m experiments.main ..., as flax's examples do), so
+    # no top-level package with a name as common as "experiments" or "launch" is installed
+    packages=find_packages(include=["gmr", "gmr.*"]),
     license="Apache-2.0",
     python_requires=">=3.11",
     install_requires=[
