@@ -17,14 +17,14 @@ Errors are one line ``error: <field>: <what>; <fix>``, exit 2, before anything i
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import shutil
 import sys
 from typing import Dict, List
 
-USAGE = "usage: python -m launch.archive --root=<runs folder> --out=<archive folder>"
+USAGE = ("usage: python -m launch.archive --root=<runs folder> --out=<archive folder> "
+         "[--history_every=<rounds>]")
 KEPT = ("config.json", "environment.json", "results.json", "metrics.jsonl",
         "optimizer_changes.jsonl")
 
@@ -52,9 +52,28 @@ def _kept_names(workdir: str) -> List[str]:
   return names
 
 
-def archive(root: str, out: str, say=print) -> Dict[str, str]:
+def _kept_text(workdir: str, name: str, history_every: int) -> bytes:
+  """The archived bytes of ``<workdir>/<name>``: the file as it is, except that with
+  ``history_every`` > 0 the allocation history of ``metrics.jsonl`` (``"kind": "alloc"``
+  lines) keeps only the rounds that are multiples of it and the run's last record (every log
+  and evaluation line stays)."""
+  with open(os.path.join(workdir, name), "rb") as f:
+    data = f.read()
+  if name != "metrics.jsonl" or history_every <= 0:
+    return data
+  lines = data.decode().splitlines(keepends=True)
+  alloc = [i for i, l in enumerate(lines) if '"kind": "alloc"' in l or '"kind":"alloc"' in l]
+  last = alloc[-1] if alloc else -1
+  keep = [l for i, l in enumerate(lines) if i not in set(alloc) or i == last
+          or json.loads(l)["round"] % history_every == 0]
+  return "".join(keep).encode()
+
+
+def archive(root: str, out: str, say=print, history_every: int = 0) -> Dict[str, str]:
   """Copy what the tables and figures read of every finished run below ``root`` into
-  ``<out>/<run>/``; return ``{run: "kept" | "unchanged" | "unfinished"}``. Raises
+  ``<out>/<run>/``; return ``{run: "kept" | "unchanged" | "unfinished"}``. ``history_every``
+  (rounds; 0 = all): thin the allocation history (:func:`_kept_text`), for long runs whose
+  history the figures need only at that spacing. Raises
   :class:`ArchiveError` for a missing ``root``, one without runs, an ``out`` that is a file,
   or an archived run whose config differs from the run's (checked before anything is
   written)."""
@@ -82,15 +101,18 @@ def archive(root: str, out: str, say=print) -> Dict[str, str]:
       say(f"{src}: not finished, not archived")
       continue
     names = _kept_names(src)
+    texts = {n: _kept_text(src, n, history_every) for n in names}
     if os.path.isdir(dest) and sorted(os.listdir(dest)) == sorted(names) and all(
-        filecmp.cmp(os.path.join(src, n), os.path.join(dest, n), shallow=False) for n in names):
+        open(os.path.join(dest, n), "rb").read() == texts[n] for n in names):
       done[rel] = "unchanged"
       continue
     tmp = dest + ".archive-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     for n in names:
-      shutil.copy2(os.path.join(src, n), os.path.join(tmp, n))
+      with open(os.path.join(tmp, n), "wb") as f:
+        f.write(texts[n])
+      shutil.copystat(os.path.join(src, n), os.path.join(tmp, n))
     if os.path.isdir(dest):
       shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -108,11 +130,18 @@ def main(argv) -> int:
     print(f"{__doc__.strip()}\n\n{USAGE}")
     return 0
   from launch.park import named_args  # pylint: disable=g-import-not-at-top
-  got = named_args(argv, ("root", "out"), USAGE)
+  every = [a for a in argv if a.startswith("--history_every=")]
+  got = named_args([a for a in argv if a not in every], ("root", "out"), USAGE)
   if got is None:
     return 2
   try:
-    archive(got["root"], got["out"])
+    history_every = int(every[-1].split("=", 1)[1]) if every else 0
+  except ValueError:
+    print(f"error: history_every: {every[-1]!r} is not a number of rounds; e.g. "
+          "--history_every=1000", file=sys.stderr)
+    return 2
+  try:
+    archive(got["root"], got["out"], history_every=history_every)
   except ArchiveError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -43,6 +43,28 @@ def test_an_archive_holds_what_tables_read_and_nothing_else(tmp_path):
     archive.archive(str(root), str(out))
 
 
+def test_a_thinned_history_keeps_every_log_and_eval_line_and_the_last_record(tmp_path):
+  """``history_every``: the allocation history at multiples of it and at the run's last record;
+  the log and evaluation lines, results and config as they are; archiving again is
+  "unchanged"."""
+  root, out = tmp_path / "runs", tmp_path / "kept"
+  wd = root / "gumbel_matrix" / "seed_0"
+  experiment.run(small(method="gumbel_matrix", num_rounds=50, alloc_history_every=10,
+                       log_every=10), str(wd), quiet=True)
+  done = archive.archive(str(root), str(out), say=lambda _: None, history_every=20)
+  assert done == {"gumbel_matrix/seed_0": "kept"}
+  lines = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  kept = [json.loads(l) for l in open(out / "gumbel_matrix" / "seed_0" / "metrics.jsonl")]
+  rounds = [l["round"] for l in lines if l.get("kind") == "alloc"]
+  assert rounds == [10, 20, 30, 40, 50]
+  assert [l["round"] for l in kept if l.get("kind") == "alloc"] == [20, 40, 50]
+  assert [l for l in kept if l.get("kind") != "alloc"] == [
+      l for l in lines if l.get("kind") != "alloc"]
+  assert tables.collect(str(out)) == tables.collect(str(root))
+  assert archive.archive(str(root), str(out), say=lambda _: None, history_every=20) == {
+      "gumbel_matrix/seed_0": "unchanged"}
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path):
   (tmp_path / "f").write_text("x")
   for args, start in ((["--root=" + str(tmp_path / "none"), "--out=" + str(tmp_path / "o")],
