@@ -62,9 +62,9 @@ def _kept_text(workdir: str, name: str, history_every: int) -> bytes:
   if name != "metrics.jsonl" or history_every <= 0:
     return data
   lines = data.decode().splitlines(keepends=True)
-  alloc = [i for i, l in enumerate(lines) if '"kind": "alloc"' in l or '"kind":"alloc"' in l]
-  last = alloc[-1] if alloc else -1
-  keep = [l for i, l in enumerate(lines) if i not in set(alloc) or i == last
+  alloc = {i for i, l in enumerate(lines) if '"kind": "alloc"' in l or '"kind":"alloc"' in l}
+  last = max(alloc, default=-1)
+  keep = [l for i, l in enumerate(lines) if i not in alloc or i == last
           or json.loads(l)["round"] % history_every == 0]
   return "".join(keep).encode()
 
@@ -136,8 +136,10 @@ def main(argv) -> int:
     return 2
   try:
     history_every = int(every[-1].split("=", 1)[1]) if every else 0
+    if history_every < 0:
+      raise ValueError
   except ValueError:
-    print(f"error: history_every: {every[-1]!r} is not a number of rounds; e.g. "
+    print(f"error: history_every: {every[-1]!r} is not a number of rounds >= 0; e.g. "
           "--history_every=1000", file=sys.stderr)
     return 2
   try:

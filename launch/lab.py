@@ -84,23 +84,39 @@ class Lab:
       raise LabError(f"commit: the worktree {self.wt} is at {at[:12]}, not {want[:12]}; give "
                      f"--commit={at[:12]}, or another --worktree")
     os.makedirs(self.root, exist_ok=True)
-    if pins and not os.path.exists(os.path.join(self.wt, ".venv")):
-      subprocess.run([sys.executable, "-m", "venv", os.path.join(self.wt, ".venv")], check=True)
-      subprocess.run([self.python, "-m", "pip", "install", "-q", "-e", self.wt,
-                      *shlex.split(pins)], check=True)
+    if pins:  # the versions asked, installed once per worktree (pip skips what is there)
+      venv = os.path.join(self.wt, ".venv")
+      try:
+        if not os.path.exists(venv):
+          subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([self.python, "-m", "pip", "install", "-q", "-e", self.wt,
+                        *shlex.split(pins)], check=True)
+      except subprocess.CalledProcessError as e:
+        raise LabError(f"pins: making {venv} with {pins!r} failed ({e}); check the pins and "
+                       "that the package index is reachable, then start again") from None
     if os.path.isdir(self.state):
       from launch import park  # pylint: disable=g-import-not-at-top
       park.restore(self.state, self.root)
 
+  @staticmethod
+  def _stat(pid: int):
+    """``(state, start time in clock ticks since boot)`` of process ``pid`` (/proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
   def running(self):
-    """The pid of the background session, or ``None``."""
+    """The pid of the background session, or ``None``: the pid file names a live session
+    leader started at the recorded time (a pid the system has since given to another process
+    is not ours)."""
     try:
-      pid = int(open(self.pid_file).read())
-      with open(f"/proc/{pid}/stat") as f:
-        alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+      pid, started = open(self.pid_file).read().split()
+      pid = int(pid)
+      state, now_started = self._stat(pid)
     except (OSError, ValueError):
       return None
-    return pid if alive and os.getsid(pid) == pid else None
+    ours = state != "Z" and now_started == started and os.getsid(pid) == pid
+    return pid if ours else None
 
   def start(self, commit: str, seeds: str, parallel: int, pins: str = "") -> int:
     if self.running():
@@ -111,12 +127,13 @@ class Lab:
         self.python, "-m", "launch.tables", self.recipe, f"--seeds={seeds}",
         f"--root=runs/{self.recipe}", f"--parallel={parallel}"))
     chain = (f"for i in {' '.join(map(str, range(1, ROUNDS + 1)))}; do "
-             f"echo \"=== pass $i $(date -u +%FT%TZ)\"; {tables}; done; echo \"=== ended\"")
+             f"echo \"=== pass $i $(date -u +%FT%TZ)\"; {tables}; done; "
+             f"rm -f {shlex.quote(self.pid_file)}; echo \"=== ended\"")
     with open(self.log, "a") as log:
       p = subprocess.Popen(["bash", "-c", chain], cwd=self.wt, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     with open(self.pid_file, "w") as f:
-      f.write(str(p.pid))
+      f.write(f"{p.pid} {self._stat(p.pid)[1]}")
     with open(os.path.join(self.wt, "runs", f"lab_{self.recipe}.json"), "w") as f:
       json.dump({"commit": commit, "seeds": seeds, "parallel": parallel, "pins": pins}, f)
     return p.pid

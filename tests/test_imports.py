@@ -43,6 +43,10 @@ def _modules():
 MODULES = _modules()
 
 
+def test_the_modules_are_found():
+  assert len(MODULES) > 40 and {"gmr.config", "gmr.train", "launch.tables"} <= set(MODULES)
+
+
 def _tier_of(rel: str, tiers) -> list:
   return [t for t, pats in tiers for p in pats if fnmatch.fnmatch(rel, p)
           and rel.count("/") == p.count("/")]
@@ -79,6 +83,20 @@ def test_every_module_has_exactly_one_tier():
   placed = {rel: _tier_of(rel, tiers) for rel in MODULES.values()}
   assert not [rel for rel, ts in placed.items() if len(ts) != 1], (
       "modules placed in no tier or in several (docs/architecture.md's table)")
+
+
+def test_no_project_module_is_imported_by_a_computed_name():
+  """importlib.import_module / __import__ of a project module would hide an import from the
+  checks above (a config file loaded by its path, gmr/cli.py, is not a module import)."""
+  bad = []
+  for rel in MODULES.values():
+    for node in ast.walk(ast.parse(open(os.path.join(ROOT, rel)).read())):
+      if isinstance(node, ast.Call):
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+        if name in ("import_module", "__import__"):
+          bad.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+  assert not bad
 
 
 def test_no_import_climbs_a_tier():

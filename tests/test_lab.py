@@ -92,3 +92,22 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
     assert lab_lib.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_a_pid_given_to_another_process_is_not_taken_for_the_runs(tmp_path):
+  """The pid file names the session and its start time: a live session leader with that pid
+  but another start time (the pid reused after the runs ended) is not stopped as ours."""
+  lab = lab_lib.Lab("four_mnists", str(tmp_path / "wt"), str(tmp_path / "state"))
+  os.makedirs(os.path.dirname(lab.pid_file))
+  other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+  try:
+    started = lab._stat(other.pid)[1]  # pylint: disable=protected-access
+    open(lab.pid_file, "w").write(f"{other.pid} {int(started) + 1}")
+    assert lab.running() is None
+    open(lab.pid_file, "w").write(f"{other.pid} {started}")
+    assert lab.running() == other.pid
+    open(lab.pid_file, "w").write(f"{other.pid}")  # a file of another format: not ours
+    assert lab.running() is None
+  finally:
+    other.kill()
+    other.wait()

@@ -82,3 +82,35 @@ def test_a_users_suite_runs_from_the_command_line_and_a_sweep(tmp_path, user_con
   table = json.load(open(tmp_path / "table.json"))
   rows = table["rows"] if "rows" in table else table
   assert set(rows) == {"no_sharing"} and rows["no_sharing"]["n"] == 2
+
+
+def test_a_users_suite_is_built_once_per_run(tmp_path):
+  """Its description is read from a build made while the config is checked, and the run trains
+  on that same build; a build for another config is not kept."""
+  import numpy as np
+  from experiments.configs import transfer
+  from gmr import data, experiment
+  from gmr.data.suite import Split, TaskSuite
+  builds = []
+
+  @data.register("counted_pairs")
+  def build(config, key):
+    del key
+    builds.append(config.seed)
+    x = np.random.default_rng(config.seed).normal(size=(64, 8)).astype(np.float32)
+    split = Split.from_tasks([x, x], [x.sum(1), x[:, 0]])
+    return TaskSuite("counted_pairs", ("sum", "first"), "mse", (1, 1), split, split,
+                     validation=split)
+  try:
+    c = transfer.get_config("shared_bottom,smoke")
+    c.suite, c.synthetic.d, c.select_by = "counted_pairs", 8, "validation.loss.mean"
+    c.num_rounds, c.rounds_per_call, c.log_every, c.eval_every = 4, 2, 2, 2
+    res = experiment.run(c, str(tmp_path / "w"), quiet=True)
+    assert builds == [0] and res["tasks"] == ["sum", "first"]
+    other = c.copy_and_resolve_references()
+    other.seed = 1
+    assert data.describe(other) == (2, (1, 1), 8) and builds == [0, 1]
+    data.load_suite(c)  # another config: built anew, and the build for seed 1 is dropped
+    assert builds == [0, 1, 0] and not data._BUILT  # pylint: disable=protected-access
+  finally:
+    data.SUITES.pop("counted_pairs")

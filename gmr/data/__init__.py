@@ -5,9 +5,11 @@ build it, its options (``config.data.*``) with their defaults, the network's sha
 (``describe``), what an evaluation covers (``evaluation``: splits, loss, task names), its known
 task clusters, the prepared datasets it reads and its options' checks. The built-in suites
 have every entry; a suite registered by a user (:func:`register`, e.g. from a config file of
-their own) may give only ``build``: what is missing is read from one small build of the suite
-(the ``describe`` and ``evaluation`` of the built :class:`TaskSuite`), so the validation, the
-command line, sweeps, tables and the report treat it like a built-in one::
+their own) may give only ``build``: what is missing is read from the suite built once, during
+validation (the ``describe`` and ``evaluation`` of the built :class:`TaskSuite`; the run then
+trains on that same build), so the validation, the command line, sweeps, tables and the
+report treat it like a built-in one. ``config.data`` keys a suite's record does not declare
+are refused only for a suite that declares options::
 
   from gmr import data
 
@@ -98,8 +100,9 @@ def options(config) -> dict:
 _BUILT: Dict[str, TaskSuite] = {}  # a user's suite built to read its description: config -> suite
 
 
-def _small_build(config) -> TaskSuite:
-  """A user's suite, built once per config to read what its record does not give."""
+def _built_once(config) -> TaskSuite:
+  """A user's suite, built once per config to read what its record does not give (kept for
+  :func:`load_suite`, which takes it; one at a time)."""
   key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
   if key not in _BUILT:
     _BUILT.clear()  # one at a time: a suite may be large
@@ -114,7 +117,7 @@ def describe(config) -> Tuple[int, tuple, int]:
   rec = suite_record(config)
   if rec.describe is not None:
     return rec.describe(config)
-  s = _small_build(config)
+  s = _built_once(config)
   return s.num_tasks, tuple(s.head_dims), int(s.train.x.shape[-1])
 
 
@@ -125,7 +128,7 @@ def evaluation_spec(config) -> tuple:
   rec = suite_record(config)
   if rec.evaluation is not None:
     return rec.evaluation(config)
-  s = _small_build(config)
+  s = _built_once(config)
   splits = ("test",) + (("validation",) if s.validation is not None else ())
   return splits, s.loss, tuple(s.task_names)
 
@@ -192,9 +195,9 @@ def load_suite(config) -> TaskSuite:
   (or ``config.seed`` when unset). Raises :class:`ConfigError` (``suite``) for an unknown
   suite."""
   key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
-  if key in _BUILT:  # a user's suite built to read its description
-    return _BUILT.pop(key)
-  return _build(config)
+  built = _BUILT.pop(key, None)  # a user's suite built to read its description
+  _BUILT.clear()  # one for another config is not kept
+  return built if built is not None else _build(config)
 
 
 # ----------------------------------------------------------------------------- built-in suites
