@@ -83,10 +83,12 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   is refused with :class:`WorkdirError` unless ``accept_environment_change``."""
   validate.validate(config)
   use_compilation_cache(config.compilation_cache_dir)  # before anything compiles
-  setup = train_lib.check_structure(built_config(config, workdir), *data_lib.describe(config))
+  built = built_config(config, workdir)  # read once: the fixed_allocation_from source
+  setup = train_lib.check_structure(built, *data_lib.describe(config))
   data_lib.check_data_available(config)
   workdir_lib.make_workdir(workdir)
-  args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change, setup)
+  args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change,
+          (built, setup))
   with _machine_failures(workdir):
     if jax.process_index() != 0:
       return _run(config, workdir, *args)
@@ -199,7 +201,7 @@ class _Start(NamedTuple):
 
 def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = False,
          extend: bool = False, change_optimizer: bool = False,
-         accept_environment_change: bool = False, setup=None) -> dict:
+         accept_environment_change: bool = False, built=None) -> dict:
   """Train and evaluate ``config``; write everything under ``workdir``; return results.
 
   Rerunning on an interrupted workdir resumes from its last checkpoint (bit-exact on CPU);
@@ -211,8 +213,9 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   :data:`gmr.optim.OPTIMIZER_FIELDS` values (a diverged run with a lower learning rate):
   parameters, step and the optimizer's moments carry over, the change and its round are
   recorded in ``optimizer_changes.jsonl`` and ``results.json``; every other change is refused.
-  SIGTERM writes a checkpoint and raises :class:`Preempted`. ``setup``: the one :func:`run`
-  built from the suite's description before the data (:func:`gmr.train.setup_for`).
+  SIGTERM writes a checkpoint and raises :class:`Preempted`. ``built``: ``(config,
+  setup)`` as :func:`run` built them before the data (:func:`built_config`, then
+  :func:`gmr.train.setup_for`).
   """
   stream = stream or sys.stdout
   # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
@@ -249,8 +252,8 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
     stream.flush()
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
   # built once, before the data (:func:`run`): the restore template's and the training's
-  setup = (train_lib.make_setup(built_config(config, workdir), suite) if setup is None else
-           train_lib.setup_for(setup, built_config(config, workdir), suite))
+  setup = (train_lib.make_setup(built_config(config, workdir), suite) if built is None else
+           train_lib.setup_for(built[1], built[0], suite))
   start = _restore(config, workdir, suite, setup, ckpt, primary and not had_config)
   changes = start.changes
   if start.reset is not None and primary:  # continued under a changed optimizer

@@ -156,10 +156,8 @@ class Lab:
     for p in os.listdir("/proc"):
       if p.isdigit():
         try:
-          if os.getsid(int(p)) == pid:
-            with open(f"/proc/{p}/stat") as f:
-              if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                return True
+          if os.getsid(int(p)) == pid and Lab._stat(int(p))[0] != "Z":
+            return True
         except OSError:
           continue
     return False
