@@ -1,5 +1,8 @@
 """Entry point: python -m experiments.main --config=experiments/configs/<name>.py[:<variant>] --workdir=<dir>
 
+A population, several seeds as one program (``jax.vmap`` over members; gmr/population.py):
+python -m experiments.main --config=... --seeds=0-9 --workdir='runs/<name>/seed_{seed}'
+
 Every user error (flags, the config file and its variant, ``--config.<field>=<value>``
 overrides, the config's values, the network's structure, the data, the workdir) ends the
 command with one line ``error: <field>: <what>; <fix>`` on stderr and exit status 2, before
@@ -27,6 +30,11 @@ _CONFIG = flags.DEFINE_string(
     flag_values=FLAGS)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, metrics.jsonl, ...",
                                flag_values=FLAGS)
+_SEEDS = flags.DEFINE_string(
+    "seeds", "", "A population: train these seeds ('0-9', '0,3,7') as one program (jax.vmap "
+    "over members), each into --workdir with {seed} replaced by its seed, e.g. "
+    "--workdir='runs/gm/seed_{seed}'. Members differ only in their seed; each workdir is an "
+    "ordinary run's (see gmr/population.py).", flag_values=FLAGS)
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress lines.", flag_values=FLAGS)
 _FRESH = flags.DEFINE_bool("fresh", False, "Start again in a workdir that holds another run "
                            "(it is moved to <workdir>/previous_<n>/, never deleted).",
@@ -151,13 +159,39 @@ def parse_args(argv):
   return remaining
 
 
+def run_population(config) -> None:
+  """``--seeds``: the population of those seeds (exit status 1 when a member diverged)."""
+  from gmr import cli, population  # pylint: disable=g-import-not-at-top
+  seeds = cli.parse_seeds(_SEEDS.value)
+  if "{seed}" not in _WORKDIR.value:
+    raise ConfigError("--workdir", "has no {seed} for the members of --seeds",
+                      "write e.g. --workdir='runs/gm/seed_{seed}'")
+  for name, flag in (("extend", _EXTEND), ("change_optimizer", _CHANGE_OPT),
+                     ("coordinator_address", _COORD)):
+    if flag.value:
+      raise ConfigError(f"--{name}", "applies to one run, not to a population (--seeds)",
+                        "continue that member's workdir on its own")
+  configs = population.member_configs(config, seeds)
+  workdirs = [population.member_workdir(_WORKDIR.value, c) for c in configs]
+  results = population.run_population(configs, workdirs, quiet=_QUIET.value,
+                                      fresh=_FRESH.value,
+                                      accept_environment_change=_ACCEPT_ENV.value)
+  failed = [wd for wd, r in zip(workdirs, results) if isinstance(r, NonFiniteError)]
+  if failed:
+    print(f"error: training diverged in {len(failed)} of {len(workdirs)} members "
+          f"({', '.join(failed)}); the others finished", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every save and load at INFO
     logging.set_verbosity(logging.WARNING)
-  if _COORD.value:
+  if _COORD.value and not _SEEDS.value:
     init_distributed(_COORD.value, _NPROC.value, _PID.value)
   try:
+    if _SEEDS.value:
+      return run_population(_PARSED["config"])
     experiment.run(_PARSED["config"], _WORKDIR.value, quiet=_QUIET.value, fresh=_FRESH.value,
                    extend=_EXTEND.value, change_optimizer=_CHANGE_OPT.value,
                    accept_environment_change=_ACCEPT_ENV.value)

@@ -200,3 +200,20 @@ def fields_help(config: config_dict.ConfigDict = None) -> str:
   width = max(len(f"{n} = {v}") for n, v, _ in rows)
   return "\n".join(f"  {n} = {v}".ljust(width + 4) + (f"  {d}" if d else "")
                    for n, v, d in rows)
+
+
+def parse_seeds(text: str, field: str = "--seeds") -> List[int]:
+  """Seeds from ``"0-4"``, ``"0,3,7"`` or both (``"0-2,5"``), in the order given. Raises
+  :class:`ConfigError` (``field``) for anything else, an empty list or a seed given twice."""
+  out: List[int] = []
+  for part in text.replace(" ", "").split(","):
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+    if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+      raise ConfigError(field, f"{part!r} is not a seed or a range of seeds",
+                        "write e.g. 0-9 or 0,3,7")
+    a = int(m.group(1))
+    out.extend(range(a, int(m.group(2) if m.group(2) is not None else a) + 1))
+  if len(set(out)) != len(out):
+    dup = next(s for s in out if out.count(s) > 1)
+    raise ConfigError(field, f"seed {dup} is given twice", "give each seed once")
+  return out

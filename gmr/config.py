@@ -72,6 +72,8 @@ SUITE_FIELDS = ("data", "synthetic", "rho")
 # Fields that define the network's parameters: a run that starts from another run's backbone
 # (``init_from``) must have the same values (compared before any compute).
 NETWORK_FIELDS = ("arch", "arch_kwargs")
+# fields in which the members of a population (one program, gmr.population) may differ
+POPULATION_FIELDS = ("seed",)
 
 # Fields added after runs were made: the value that reproduces a run made before (its stored
 # config.json lacks the field). Compared by gmr.experiment when a workdir is resumed.

@@ -89,7 +89,7 @@ def run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = Fa
   workdir_lib.make_workdir(workdir)
   args = (quiet, stream, fresh, extend, change_optimizer, accept_environment_change,
           (built, setup))
-  with _machine_failures(workdir):
+  with machine_failures(workdir):
     if jax.process_index() != 0:
       return _run(config, workdir, *args)
     with open(os.path.join(workdir, ".lock"), "w") as lock:
@@ -153,7 +153,7 @@ class _QuietLibraryWriteErrors(logging.Filter):
 
 
 @contextlib.contextmanager
-def _machine_failures(workdir: str):
+def machine_failures(workdir: str):
   """A write the machine refuses (full disk, read-only or removed workdir, ...) anywhere in
   the run becomes one :class:`WorkdirError` line naming the path and the fix; the checkpoints
   written before it stay (orbax renames a complete checkpoint into place). Library threads'
@@ -217,91 +217,161 @@ def _run(config, workdir: str, quiet: bool = False, stream=None, fresh: bool = F
   setup)`` as :func:`run` built them before the data (:func:`built_config`, then
   :func:`gmr.train.setup_for`).
   """
-  stream = stream or sys.stdout
-  # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
-  primary = jax.process_index() == 0
-  quiet = quiet or not primary
-  had_config = os.path.exists(os.path.join(workdir, "config.json"))
-  done = (workdir_lib.prepare(config, workdir, fresh, extend, change_optimizer,
-                              accept_environment_change) if primary else None)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("gmr: workdir prepared")
-    if not primary:
-      done = workdir_lib.finished_results(config, workdir)
+  member = Member(config, workdir, quiet, stream, built)
+  done = member.prepare(fresh, extend, change_optimizer, accept_environment_change)
   if done is not None:
-    if not quiet:
-      stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
     return done
-  t_data = time.time()
-  suite = data_lib.load_suite(config)
-  try:  # what only the data tells: refused as bad input, leaving the workdir as it was
-    schedule.check_batch_size(suite.train, int(config.batch_size))
-  except ConfigError:
-    if primary and not had_config:
-      for name in ("config.json", workdir_lib.ENVIRONMENT_FILE):
-        if os.path.exists(os.path.join(workdir, name)):
-          os.remove(os.path.join(workdir, name))
-    raise
-  if not quiet:
-    stream.write(f"gmr: {config.method} on {config.suite} ({suite.num_tasks} tasks), "
-                 f"{config.num_rounds} rounds x batch {config.batch_size}, seed {config.seed}, "
-                 f"{jax.default_backend()} -> {workdir}\n")
-    if time.time() - t_data > 1.0:
-      stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
-    stream.flush()
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
-  # built once, before the data (:func:`run`): the restore template's and the training's
-  setup = (train_lib.make_setup(built_config(config, workdir), suite) if built is None else
-           train_lib.setup_for(built[1], built[0], suite))
-  start = _restore(config, workdir, suite, setup, ckpt, primary and not had_config)
-  changes = start.changes
-  if start.reset is not None and primary:  # continued under a changed optimizer
-    workdir_lib.write_changes(workdir, changes)
-  if not quiet:
-    _report_start(start, ckpt, stream)
-    if config.init_from and start.resumed_from is None:
-      own = (" and the method's own parameters" if setup.method.learned else "")
-      stream.write(f"backbone from {checkpoint_lib.source_checkpoint(config.init_from)}"
-                   + (f", frozen (only the heads{own} learn)" if config.freeze_backbone
-                      else ", trained further") + "\n")
-  # the workdir as the checkpoint we start from left it: what a killed run wrote after it
-  # (metric lines, best checkpoints) goes, and is written again, identical
-  ckpt.keep_best_only((start.best or {}).get("round"))
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if primary:
-    workdir_lib.truncate_metrics(metrics_path, start.round, config)
-  t0 = time.time()
-  saver = _Saver(config, ckpt, start, t0, workdir)
-  tb = logs.TensorBoard(workdir if primary else None)
-  tb.hparams(workdir_lib.config_json(config))
+  suite = member.load_suite()
+  member.start(suite)
   try:
-    with open(metrics_path if primary else os.devnull, "a") as mf, saver.on_sigterm():
+    with member.saver.on_sigterm():
       try:
-        setup, state, final, best = train_lib.train(
-            config, suite, _event_writer(mf, tb, config, suite, None if quiet else stream),
-            state=start.state, start_round=start.round, on_chunk=saver.on_chunk,
-            best=start.best, log_carry=start.log_carry,
-            on_progress=None if quiet else logs.ProgressLines(stream), setup=setup,
-            backbone=(checkpoint_lib.source_model_params(config.init_from)
-                      if config.init_from and start.state is None else None))
+        (out,) = train_lib.train_population([member.lane()], suite, setup=member.setup)
       except train_lib.NonFiniteError as e:
-        raise saver.non_finite(e) from None
+        raise member.saver.non_finite(e) from None
   finally:
-    tb.close()
-    ckpt.close()
-  wall = start.wall_before + time.time() - t0  # summed over every start of a resumed run
-  results = _results(config, workdir, suite, setup, state, final, best, ckpt, start, changes,
-                     wall)
-  if primary:
-    saver.check_workdir()
-    workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  if not quiet:
-    acc = results["final"].get("accuracy", {}).get("mean")
-    stream.write(f"done in {wall:.1f}s: test loss {results['final']['loss']['mean']:.4f}"
-                 + (f", accuracy {acc:.4f}" if acc is not None else "")
-                 + f", active {results['active_fraction']:.2%} -> {workdir}/results.json\n")
-  return results
+    member.close()
+  return member.finish(out)
+
+
+class Member:
+  """One run's side of the workdir, in the order a run takes it: :meth:`prepare` the workdir
+  (or find it finished), :meth:`load_suite`, :meth:`start` (restore its checkpoint, open its
+  event files), :meth:`lane` (what :func:`gmr.train.train_population` trains), :meth:`close`
+  and :meth:`finish` (``results.json``). :func:`run` is one member; a population
+  (:mod:`gmr.population`) is several, trained by one program. ``population``: ``{"member":
+  i, "size": P}`` for a member of a population (recorded in its environment and results)."""
+
+  def __init__(self, config, workdir: str, quiet: bool = False, stream=None, built=None,
+               population: Optional[dict] = None):
+    self.config, self.workdir, self.built, self.population = config, workdir, built, population
+    self.stream = stream or sys.stdout
+    # multi-host: process 0 owns the workdir's files; every process trains and checkpoints
+    self.primary = jax.process_index() == 0
+    self.quiet = quiet or not self.primary
+    self.had_config = os.path.exists(os.path.join(workdir, "config.json"))
+    self.suite = self.setup = self.start_ = self.saver = self.tb = self.mf = self.ckpt = None
+    self.t0 = 0.0
+
+  def prepare(self, fresh=False, extend=False, change_optimizer=False,
+              accept_environment_change=False) -> Optional[dict]:
+    """The workdir ready for this run (:func:`gmr.workdir.prepare`); its results if it is
+    finished (said on the stream), else ``None``."""
+    config, workdir = self.config, self.workdir
+    done = (workdir_lib.prepare(config, workdir, fresh, extend, change_optimizer,
+                                accept_environment_change, self.population)
+            if self.primary else None)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("gmr: workdir prepared")
+      if not self.primary:
+        done = workdir_lib.finished_results(config, workdir)
+    if done is not None and not self.quiet:
+      self.stream.write(f"already finished: {workdir}/results.json (nothing to do)\n")
+    return done
+
+  def undo_prepare(self) -> None:
+    """Remove what :meth:`prepare` wrote in a workdir that held no run (a refusal after it
+    leaves the workdir as it was)."""
+    if self.primary and not self.had_config:
+      for name in ("config.json", workdir_lib.ENVIRONMENT_FILE):
+        if os.path.exists(os.path.join(self.workdir, name)):
+          os.remove(os.path.join(self.workdir, name))
+
+  def load_suite(self, suite=None):
+    """The run's suite (``suite`` when the caller loaded it), checked against the batch size:
+    what only the data tells is refused as bad input, leaving the workdir as it was."""
+    config, workdir = self.config, self.workdir
+    t_data = time.time()
+    suite = data_lib.load_suite(config) if suite is None else suite
+    try:
+      schedule.check_batch_size(suite.train, int(config.batch_size))
+    except ConfigError:
+      self.undo_prepare()
+      raise
+    if not self.quiet:
+      who = (f"member {self.population['member']} of {self.population['size']}, "
+             if self.population else "")
+      self.stream.write(f"gmr: {config.method} on {config.suite} ({suite.num_tasks} tasks), "
+                        f"{config.num_rounds} rounds x batch {config.batch_size}, {who}seed "
+                        f"{config.seed}, {jax.default_backend()} -> {workdir}\n")
+      if time.time() - t_data > 1.0:
+        self.stream.write(f"data ready in {time.time() - t_data:.1f}s\n")
+      self.stream.flush()
+    self.suite = suite
+    return suite
+
+  def start(self, suite, setup=None) -> None:
+    """Restore the newest intact checkpoint (or start afresh), leave the workdir as that
+    checkpoint left it, and open the event files. ``setup``: the network, method and optimizer
+    built for this config and suite (default: the one :func:`run` built before the data, taken
+    on for the suite)."""
+    config, workdir, stream = self.config, self.workdir, self.stream
+    self.ckpt = ckpt = checkpoint_lib.Checkpoints(workdir, keep=int(config.keep_checkpoints))
+    built = self.built
+    if setup is None:
+      setup = (train_lib.make_setup(built_config(config, workdir), suite) if built is None else
+               train_lib.setup_for(built[1], built[0], suite))
+    self.setup = setup
+    start = _restore(config, workdir, suite, setup, ckpt, self.primary and not self.had_config)
+    if start.reset is not None and self.primary:  # continued under a changed optimizer
+      workdir_lib.write_changes(workdir, start.changes)
+    if not self.quiet:
+      _report_start(start, ckpt, stream)
+      if config.init_from and start.resumed_from is None:
+        own = (" and the method's own parameters" if setup.method.learned else "")
+        stream.write(f"backbone from {checkpoint_lib.source_checkpoint(config.init_from)}"
+                     + (f", frozen (only the heads{own} learn)" if config.freeze_backbone
+                        else ", trained further") + "\n")
+    # the workdir as the checkpoint we start from left it: what a killed run wrote after it
+    # (metric lines, best checkpoints) goes, and is written again, identical
+    ckpt.keep_best_only((start.best or {}).get("round"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if self.primary:
+      workdir_lib.truncate_metrics(metrics_path, start.round, config)
+    self.t0 = time.time()
+    self.start_ = start
+    self.saver = _Saver(config, ckpt, start, self.t0, workdir)
+    self.tb = logs.TensorBoard(workdir if self.primary else None)
+    self.tb.hparams(workdir_lib.config_json(config))
+    self.mf = open(metrics_path if self.primary else os.devnull, "a")
+
+  def lane(self, on_chunk=None) -> train_lib.Lane:
+    """What :func:`gmr.train.train_population` trains for this run (``on_chunk``: default the
+    saver's, which ends the run on SIGTERM)."""
+    config, start = self.config, self.start_
+    return train_lib.Lane(
+        config, _event_writer(self.mf, self.tb, config, self.suite,
+                              None if self.quiet else self.stream),
+        start.state, start.round, on_chunk or self.saver.on_chunk, start.best, start.log_carry,
+        None if self.quiet else logs.ProgressLines(self.stream),
+        (checkpoint_lib.source_model_params(config.init_from)
+         if config.init_from and start.state is None else None))
+
+  def close(self) -> None:
+    for f in (self.mf, self.tb, self.ckpt):
+      if f is not None:
+        f.close()
+    self.mf = self.tb = None
+
+  def finish(self, out) -> dict:
+    """Write ``results.json`` of the trained run (``out``: :func:`gmr.train.train`'s)."""
+    config, workdir, start = self.config, self.workdir, self.start_
+    setup, state, final, best = out
+    wall = start.wall_before + time.time() - self.t0  # summed over every start of a resumed run
+    results = _results(config, workdir, self.suite, setup, state, final, best, self.ckpt, start,
+                       start.changes, wall)
+    if self.population:
+      results["population"] = dict(self.population)
+    if self.primary:
+      self.saver.check_workdir()
+      workdir_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    if not self.quiet:
+      acc = results["final"].get("accuracy", {}).get("mean")
+      self.stream.write(f"done in {wall:.1f}s: test loss {results['final']['loss']['mean']:.4f}"
+                        + (f", accuracy {acc:.4f}" if acc is not None else "")
+                        + f", active {results['active_fraction']:.2%} -> {workdir}/results.json\n")
+    return results
 
 
 def _restore(config, workdir: str, suite, setup, ckpt, written_now: bool) -> _Start:
@@ -403,6 +473,18 @@ class _Saver:
     self.signal = signum
 
   def on_chunk(self, r, st, best_now, evaluated, carry):
+    """:meth:`save_chunk`, then :class:`Preempted` if SIGTERM arrived."""
+    self.save_chunk(r, st, best_now, evaluated, carry)
+    self.stop_if_signalled(r)
+
+  def stop_if_signalled(self, r: int) -> None:
+    if self.signal is not None:
+      raise Preempted(f"stopped by signal {self.signal} at round {r}; checkpoint "
+                      f"{self.ckpt.last_dir}/{r} written; rerun the same command to resume")
+
+  def save_chunk(self, r, st, best_now, evaluated, carry):
+    """The checkpoints due after round ``r``: the best one, the regular one (every
+    ``checkpoint_every`` rounds, at the end, and when SIGTERM arrived)."""
     self.check_workdir()
     every = int(self.config.checkpoint_every)
     meta = {"round": r, "best": {k: v for k, v in (best_now or {}).items() if k != "new"} or None,
@@ -414,9 +496,6 @@ class _Saver:
       self.ckpt.save(r, st, meta)
       self.ckpt.keep_best_only((best_now or {}).get("round"))
       self.good_round = r
-    if self.signal is not None:
-      raise Preempted(f"stopped by signal {self.signal} at round {r}; checkpoint "
-                      f"{self.ckpt.last_dir}/{r} written; rerun the same command to resume")
 
   def non_finite(self, e: train_lib.NonFiniteError) -> train_lib.NonFiniteError:
     """``e`` with what the workdir keeps and how to continue."""

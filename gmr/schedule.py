@@ -65,7 +65,8 @@ def replicate(tree, mesh):
   return jax.tree_util.tree_map(put, tree)
 
 
-def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
+def make_run_steps(setup: Setup, config, mesh=None, population: bool = False,
+                   member_data: bool = False) -> Callable:
   """Jitted ``run(state, x_pool, y_pool, tasks [S], idx [S, B], step_key) -> (state, losses [S])``.
 
   Runs S task-batch steps in one device call. The batch of step ``i`` is gathered on device
@@ -73,7 +74,16 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   randomness is ``fold_in(step_key, state.step)``. With ``schedule="joint"`` the S steps are
   S / T rounds in task order (``tasks`` = 0..T-1 repeated); each round is one update.
   With ``mesh`` (see :func:`make_mesh`) the batch axis is split over its devices.
+
+  ``population=True``: the same call for P runs at once (``jax.vmap`` over a leading member
+  axis): ``state`` stacked ``[P, ...]``, ``tasks [P, S]``, ``idx [P, S, B]``, ``step_key
+  [P]``, losses ``[P, S]``; the pools are shared (not copied per member), or, with
+  ``member_data`` (generated data drawn from each member's seed), stacked ``[P, ...]``. Each member's
+  arithmetic is its own run's; XLA's batched kernels may sum in another order, so a member
+  equals its separate run up to float rounding (:mod:`gmr.population`).
   """
+  if population and mesh is not None:
+    raise ValueError("a population runs on one device; use --config.data_parallel=1")
   joint = config.schedule == "joint"
   step = make_joint_step(setup, config) if joint else make_train_step(setup, config)
   augment, pad = config.augment, int(config.augment_pad)
@@ -102,7 +112,6 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
   if mesh is not None:
     jit_kw["out_shardings"] = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  @functools.partial(jax.jit, **jit_kw)
   def run(state, x_pool, y_pool, tasks, idx, step_key, x_index=None):
     if joint:
       def body(st, ix):
@@ -118,7 +127,12 @@ def make_run_steps(setup: Setup, config, mesh=None) -> Callable:
       return step(st, x, y, task, key)
     return jax.lax.scan(body, state, (tasks, idx))
 
-  return run
+  if population:
+    d = 0 if member_data else None
+    members = jax.vmap(run, in_axes=(0, d, d, 0, 0, 0, d))
+    return jax.jit(lambda state, x_pool, y_pool, tasks, idx, step_key, x_index=None: members(
+        state, x_pool, y_pool, tasks, idx, step_key, x_index), **jit_kw)
+  return jax.jit(run, **jit_kw)
 
 
 def pad_crop(x, key, pad: int):

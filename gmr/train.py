@@ -215,36 +215,66 @@ def _all_finite(tree):
 
 
 
-class _Loop:
-  """What one call of :func:`train` holds fixed (keys, device pools, the compiled calls, the
-  evaluators) and the loop's jobs, one method each; ``pending``, ``wall`` and ``steady`` are
-  its running records between log lines."""
+class _Device:
+  """What the members of one program share: the compiled training call (vmapped over members
+  for a population), the suites' pools and evaluation splits on the device (one copy for all
+  members when they read the same data, else one per member, stacked) and the small jitted
+  helpers. ``eval_lane`` is the member being evaluated (its ``_on_eval_task`` gets the
+  evaluator's progress)."""
 
-  def __init__(self, config, suite: TaskSuite, setup: Setup, on_event, on_progress,
-               log_carry: Optional[dict], backbone: Optional[dict] = None):
-    self.config, self.suite, self.setup, self.backbone = config, suite, setup, backbone
-    self.on_event, self.on_progress = on_event, on_progress
-    self.keys = make_keys(config.seed)
-    self.names, self.num_tasks, self.total = suite.task_names, suite.num_tasks, int(config.num_rounds)
-    self.mesh = make_mesh(config)
+  def __init__(self, config, suites, setup: Setup, population: bool):
+    self.population = population
+    self.member_data = len(suites) > 1
+    self.mesh = None if population else make_mesh(config)
     if self.mesh is not None and config.batch_size % self.mesh.size:
       raise ValueError(f"batch_size={config.batch_size} does not split over data_parallel="
                        f"{self.mesh.size} devices; use a multiple of {self.mesh.size}")
-    self.run_steps = make_run_steps(setup, config, self.mesh)
+    self.run_steps = make_run_steps(setup, config, self.mesh, population, self.member_data)
+    self.eval_lane = None
+    evaluator = make_evaluator(setup, bool(config.eval_sample),
+                               lambda t: self.eval_lane._on_eval_task(t))  # pylint: disable=protected-access
+    put = (lambda a: replicate(a, self.mesh)) if self.mesh is not None else jax.device_put
+
+    def pools(splits):
+      if len(splits) == 1:
+        return (put(splits[0].x), put(splits[0].y),
+                None if splits[0].index is None else put(splits[0].index))
+      return (put(np.stack([s.x for s in splits])), put(np.stack([s.y for s in splits])),
+              None if splits[0].index is None else put(np.stack([s.index for s in splits])))
+    self.pools = pools([s.train for s in suites])
+    self.evaluations = [
+        {k: SplitEvaluation(setup, evaluator, getattr(s, k), config.eval_batch_size,
+                            s.task_names, put)
+         for k in ("test", "validation") if getattr(s, k) is not None} for s in suites]
+    self.compiled = {}  # shapes of the training call -> its program, compiled apart (timed)
+    num_tasks = suites[0].num_tasks
+    self.penalties = jax.jit(lambda alloc: jax.vmap(
+        lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(num_tasks)))
+    self.finite = jax.jit(jax.vmap(_all_finite)) if population else _all_finite
+    self.member = jax.jit(lambda p, i: jax.tree_util.tree_map(lambda a: a[i], p))
+    self.place = jax.jit(lambda p, i, m: jax.tree_util.tree_map(lambda a, b: a.at[i].set(b), p, m),
+                         donate_argnums=(0,))
+
+  def evaluations_of(self, i: int) -> dict:
+    """Member ``i``'s split evaluations (``{split: SplitEvaluation}``)."""
+    return self.evaluations[i if self.member_data else 0]
+
+
+class _Loop:
+  """What one member of :func:`train_population` holds fixed (keys, its batches) and its jobs,
+  one method each; ``pending``, ``wall`` and ``steady`` are its running records between log
+  lines."""
+
+  def __init__(self, config, suite: TaskSuite, setup: Setup, device: _Device, index: int,
+               on_event, on_progress, log_carry: Optional[dict], backbone: Optional[dict] = None):
+    self.config, self.suite, self.setup, self.backbone = config, suite, setup, backbone
+    self.device, self.index = device, index
+    self.on_event, self.on_progress = on_event, on_progress
+    self.keys = make_keys(config.seed)
+    self.names, self.num_tasks, self.total = suite.task_names, suite.num_tasks, int(config.num_rounds)
     self.sampler = BatchSampler(self.keys.batch, suite.train, config.batch_size)
     self.boundaries = call_boundaries(config)
     self.eval_now = {"split": "", "t0": 0.0}
-    evaluator = make_evaluator(setup, bool(config.eval_sample), self._on_eval_task)
-    put = (lambda a: replicate(a, self.mesh)) if self.mesh is not None else jax.device_put
-    self.pools = (put(suite.train.x), put(suite.train.y),
-                  None if suite.train.index is None else put(suite.train.index))
-    splits = {"test": suite.test, "validation": suite.validation}
-    self.evaluations = {k: SplitEvaluation(setup, evaluator, v, config.eval_batch_size,
-                                           self.names, put)
-                        for k, v in splits.items() if v is not None}
-    self.compiled = {}  # shapes of the training call -> its program, compiled apart (timed)
-    self.penalties = jax.jit(lambda alloc: jax.vmap(
-        lambda t: setup.method.penalty_terms(alloc, t))(jnp.arange(self.num_tasks)))
     self.pending: List = []  # (tasks, losses) host arrays since the last log
     if log_carry and log_carry.get("tasks"):
       self.pending.append((np.asarray(log_carry["tasks"], np.int32),
@@ -268,7 +298,7 @@ class _Loop:
         state = init_from(self.setup, state, self.backbone, self.config.init_from)
     else:
       state = jax.tree_util.tree_map(jnp.copy, state)
-    return replicate(state, self.mesh)
+    return replicate(state, self.device.mesh)
 
   def next_boundary(self, r: int) -> Optional[int]:
     return next((b for b in self.boundaries if b > r), None)
@@ -284,37 +314,19 @@ class _Loop:
       orders = round_orders(self.keys.order, a, b - a, self.num_tasks)
     return self.sampler.round_robin(orders, a)
 
-  def run_chunk(self, state: TrainState, r: int, nxt: int, ahead):
-    """Rounds ``r..nxt`` as one device call; returns ``(state, the next chunk's batches)``.
-    Raises :class:`NonFiniteError` at the first non-finite loss, parameter or moment."""
-    tasks, idx = ahead
-    prev_step = int(state.step)
-    x_pool, y_pool, x_index = self.pools
-    args = (state, x_pool, y_pool, tasks, idx, self.keys.step, x_index)
-    shapes = (tasks.shape, idx.shape)
-    if shapes not in self.compiled:
-      t_c = time.time()
-      self.compiled[shapes] = self.run_steps.lower(*args).compile()
-      self.on_progress("compiled", {"seconds": time.time() - t_c, "rounds": nxt - r})
-    t_run = time.time()
-    state, losses = self.compiled[shapes](*args)
-    # dispatch is asynchronous: build the next chunk's batches before waiting for this one
-    ahead = self.batches(nxt, self.next_boundary(nxt))
-    ls = np.asarray(losses)
+  def check_chunk(self, tasks, ls, finite: bool, prev_step: int, step: int) -> None:
+    """Raise :class:`NonFiniteError` at the first non-finite loss of the chunk (``ls``), or
+    when a parameter or moment is not finite (``finite`` False); else keep the losses."""
     if not np.all(np.isfinite(ls)):
       bad = int(np.argmax(~np.isfinite(ls)))
       raise NonFiniteError(prev_step + bad, self.names[int(tasks[bad])], "loss")
-    if not bool(_all_finite((state.params, state.opt_state))):  # all a checkpoint keeps
-      raise NonFiniteError(int(state.step) - 1, self.names[int(tasks[-1])],
-                           "parameter or optimizer state")
+    if not finite:  # all a checkpoint keeps
+      raise NonFiniteError(step - 1, self.names[int(tasks[-1])], "parameter or optimizer state")
     self.pending.append((tasks, ls))
-    self.steady["seconds"] += time.time() - t_run
-    self.steady["steps"] += len(tasks)
-    return state, ahead
 
   def penalty_report(self, state: TrainState) -> dict:
     """Every task's auxiliary terms at the current parameters (``{}`` for a method without)."""
-    terms = jax.device_get(self.penalties(state.params["alloc"]))
+    terms = jax.device_get(self.device.penalties(state.params["alloc"]))
     return {k: dict({n: float(v[i]) for i, n in enumerate(self.names)}, mean=float(np.mean(v)))
             for k, v in terms.items()}
 
@@ -325,7 +337,7 @@ class _Loop:
     now = time.time()
     rate = self.steady["steps"] / max(self.steady["seconds"], 1e-9)
     e = int(self.config.eval_every or 0)  # evaluations after r: the eval_every grid and the end
-    evals_left = (r < self.total) + (((self.total - 1) // e - r // e) if e else 0)
+    evals_left = (r < self.total) + (max(0, (self.total - 1) // e - r // e) if e else 0)
     eta = ((self.total - r) * self.num_tasks / max(rate, 1e-9)
            + evals_left * self.steady["eval_s"])
     per_task = {n: float(la[tk == i].mean()) for i, n in enumerate(self.names) if np.any(tk == i)}
@@ -358,7 +370,8 @@ class _Loop:
   def evaluate_splits(self, state: TrainState, r: int) -> dict:
     """The evaluation of round ``r``: ``{split: {metric: {task..., "mean"}}}``."""
     out = {}
-    for k, ev in self.evaluations.items():
+    self.device.eval_lane = self
+    for k, ev in self.device.evaluations_of(self.index).items():
       if k in evaluated_splits(self.config, r):
         self.eval_now.update(split=k, t0=time.time())
         out[k] = ev(state.params, self.keys.eval)
@@ -427,30 +440,168 @@ def train(config, suite: TaskSuite, on_event: Optional[Callable[[Event], None]] 
   copied, not consumed, so the caller may use it after.
   Returns ``(setup, state, final, best)``; ``final`` is the last evaluation.
   """
-  loop = _Loop(config, suite, setup or make_setup(config, suite),
-               on_event or (lambda e: None), on_progress or (lambda kind, data: None), log_carry,
-               backbone)
-  state = loop.initial_state(state)
-  r, total = start_round, loop.total
-  final_best, last_eval = None, None  # final_best: the end of a run off the eval grid
-  nxt = loop.next_boundary(r) or total
-  ahead = loop.batches(r, nxt) if r < total else None
+  lane = Lane(config, on_event, state, start_round, on_chunk, best, log_carry, on_progress,
+              backbone)
+  return train_population([lane], suite, setup=setup)[0]
+
+
+class Lane(NamedTuple):
+  """One member of :func:`train_population`: what :func:`train` takes for one run (its
+  config, callbacks, the state and round it starts from, its best so far and log carry)."""
+  config: object
+  on_event: Optional[Callable[[Event], None]] = None
+  state: Optional[TrainState] = None
+  start_round: int = 0
+  on_chunk: Optional[Callable] = None
+  best: Optional[dict] = None
+  log_carry: Optional[dict] = None
+  on_progress: Optional[Callable[[str, dict], None]] = None
+  backbone: Optional[dict] = None
+  placeholder: bool = False  # a finished member keeping its slot: never trains, no output
+
+
+def stack_states(states):
+  """Member states stacked on a new leading axis (a population's state)."""
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+
+
+def train_population(lanes, suite, setup: Optional[Setup] = None,
+                     on_diverge: Optional[Callable[[int, NonFiniteError], None]] = None,
+                     after_chunk: Optional[Callable[[int], None]] = None) -> list:
+  """:func:`train` for several runs at once: ``lanes`` (:class:`Lane`), members of one config
+  that differ only in ``seed`` (:mod:`gmr.population` checks), trained by one compiled
+  program, ``jax.vmap`` over a leading member axis, with the suite's pools and evaluation
+  splits on the device once. One lane is :func:`train` itself (no vmap). ``suite``: the
+  :class:`TaskSuite` every member reads, or one per lane (data generated from each member's
+  seed: stacked on the device, one copy per member).
+
+  Every member draws exactly what its own run draws (keys from its seed, task orders,
+  batches, Gumbel noise, dropout) and gets its own events, evaluations, ``select_by`` and
+  ``on_chunk`` calls, at the same rounds as its run. Members may start at different rounds
+  (resumed from their own checkpoints, :func:`gmr.schedule.call_boundaries` rounds): the
+  program starts at the earliest, and a member joins when the program reaches its round; until
+  then (and after a member has diverged) its slot computes values nobody reads, which change
+  no other member's numbers (each member's arithmetic reads only its own slot).
+
+  A member whose loss or parameters become non-finite: with ``on_diverge``, it gets
+  ``on_diverge(i, error)`` and stops (no more events or ``on_chunk``) while the others go on;
+  without, :class:`NonFiniteError` is raised. ``after_chunk(round)`` is called after every
+  device call, once every member's ``on_chunk`` has run (a population stops on SIGTERM there,
+  with every member checkpointed).
+
+  Returns one ``(setup, state, final, best)`` per lane (as :func:`train`), ``None`` for a
+  member that diverged.
+  """
+  config = lanes[0].config
+  suites = list(suite) if isinstance(suite, (list, tuple)) else [suite]
+  if len(suites) not in (1, len(lanes)):
+    raise ValueError(f"{len(suites)} suites for {len(lanes)} members; give one, or one each")
+  setup = setup or make_setup(config, suites[0])
+  population = len(lanes) > 1
+  device = _Device(config, suites, setup, population)
+  loops = [_Loop(ln.config, suites[i % len(suites)], setup, device, i,
+                 ln.on_event or (lambda e: None), ln.on_progress or (lambda kind, data: None),
+                 ln.log_carry, ln.backbone) for i, ln in enumerate(lanes)]
+  states = [lp.initial_state(ln.state) for lp, ln in zip(loops, lanes)]
+  total = loops[0].total
+  starts = [min(int(ln.start_round), total) for ln in lanes]
+  waiting = {i for i, s in enumerate(starts) if s < total}
+  live, diverged = set(), set()  # members training now (joined, not diverged); stopped
+  bests = [ln.best for ln in lanes]
+  final_bests, last_evals = [None] * len(lanes), [None] * len(lanes)
+  r = min((starts[i] for i in waiting), default=total)
+  pstate = stack_states(states) if population else states[0]
+  nxt = loops[0].next_boundary(r) or total
+  aheads = [lp.batches(r, nxt) if r < total else None for lp in loops]
   while r < total:
+    for i in sorted(waiting):
+      if starts[i] == r:  # joins now, from its own state
+        waiting.discard(i)
+        live.add(i)
+        if population:
+          pstate = device.place(pstate, i, states[i])
     t0 = time.time()
-    state, ahead = loop.run_chunk(state, r, nxt, ahead)
-    r, nxt = nxt, loop.next_boundary(nxt)
-    loop.wall["steps"] += time.time() - t0
-    if (config.log_every and r % config.log_every == 0) or r == total:
-      loop.log(state, r)
-    if history_at(config, r) and state.params["alloc"]:
-      loop.record_history(state, r)
-    evaluated = bool(evaluated_splits(config, r))
-    if evaluated:
-      last_eval = loop.evaluate(state, r)
-      if config.select_by:
-        best, final_best = update_best(config, r, last_eval, best, final_best)
-    if on_chunk is not None:
-      loop.checkpoint(on_chunk, r, state, best, evaluated)
-  if last_eval is None:
-    last_eval = loop.evaluate_splits(state, r)
-  return loop.setup, state, last_eval, final_best or best
+    chunk = _run_chunk(device, loops, pstate, r, nxt, aheads)
+    pstate, aheads = chunk.state, chunk.ahead
+    r, nxt = nxt, loops[0].next_boundary(nxt)
+    for i in sorted(live):
+      lp = loops[i]
+      try:
+        lp.check_chunk(chunk.tasks[i], chunk.losses[i], bool(chunk.finite[i]),
+                       int(chunk.before[i]), int(chunk.after[i]))
+      except NonFiniteError as e:
+        if on_diverge is None:
+          raise
+        live.discard(i)
+        diverged.add(i)
+        on_diverge(i, e)
+        continue
+      state = device.member(pstate, i) if population else pstate
+      lp.wall["steps"] += time.time() - t0
+      lp.steady["seconds"] += chunk.seconds
+      lp.steady["steps"] += len(chunk.tasks[i])
+      cfg = lp.config
+      if (cfg.log_every and r % cfg.log_every == 0) or r == total:
+        lp.log(state, r)
+      if history_at(cfg, r) and state.params["alloc"]:
+        lp.record_history(state, r)
+      evaluated = bool(evaluated_splits(cfg, r))
+      if evaluated:
+        last_evals[i] = lp.evaluate(state, r)
+        if cfg.select_by:
+          bests[i], final_bests[i] = update_best(cfg, r, last_evals[i], bests[i],
+                                                 final_bests[i])
+      if lanes[i].on_chunk is not None:
+        lp.checkpoint(lanes[i].on_chunk, r, state, bests[i], evaluated)
+    if after_chunk is not None:
+      after_chunk(r)
+  out = []
+  for i, lp in enumerate(loops):
+    if i in diverged or lanes[i].placeholder:
+      out.append(None)
+      continue
+    state = (device.member(pstate, i) if population else pstate) if starts[i] < total else states[i]
+    if last_evals[i] is None:
+      last_evals[i] = lp.evaluate_splits(state, total)
+    out.append((setup, state, last_evals[i], final_bests[i] or bests[i]))
+  return out
+
+
+class _Chunk(NamedTuple):
+  """What one device call gave, per member (a leading member axis also for one run)."""
+  state: TrainState   # the program's state (stacked for a population)
+  losses: np.ndarray  # [P, steps] the task-batch losses
+  finite: np.ndarray  # [P] every parameter and moment finite
+  tasks: np.ndarray   # [P, steps] the task of each step
+  before: np.ndarray  # [P] the step counter before the call
+  after: np.ndarray   # [P] and after it
+  seconds: float      # device time of the call (and the host's next batches meanwhile)
+  ahead: list         # the next call's batches, per member
+
+
+def _run_chunk(device: _Device, loops, pstate, r: int, nxt: int, aheads) -> _Chunk:
+  """Rounds ``r..nxt`` of every member as one device call."""
+  if device.population:
+    tasks = np.stack([a[0] for a in aheads])
+    idx = np.stack([a[1] for a in aheads])
+    step_key = jnp.stack([lp.keys.step for lp in loops])
+  else:
+    (tasks, idx), step_key = aheads[0], loops[0].keys.step
+  before = np.asarray(pstate.step)
+  x_pool, y_pool, x_index = device.pools
+  args = (pstate, x_pool, y_pool, tasks, idx, step_key, x_index)
+  shapes = (tasks.shape, idx.shape)
+  if shapes not in device.compiled:
+    t_c = time.time()
+    device.compiled[shapes] = device.run_steps.lower(*args).compile()
+    loops[0].on_progress("compiled", {"seconds": time.time() - t_c, "rounds": nxt - r})
+  t_run = time.time()
+  pstate, losses = device.compiled[shapes](*args)
+  # dispatch is asynchronous: build the next chunk's batches before waiting for this one
+  nxt_b = loops[0].next_boundary(nxt)
+  ahead = [lp.batches(nxt, nxt_b) for lp in loops]
+  per_member = lambda a: a if device.population else a[None]
+  return _Chunk(pstate, per_member(np.asarray(losses)),
+                per_member(np.asarray(device.finite((pstate.params, pstate.opt_state)))),
+                per_member(tasks), per_member(before), per_member(np.asarray(pstate.step)),
+                time.time() - t_run, ahead)

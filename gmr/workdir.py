@@ -205,11 +205,14 @@ ENVIRONMENT_FILE = "environment.json"
 ENVIRONMENT_BEFORE_RECORD = {"x64": False}
 
 
-def environment() -> dict:
+def environment(population: Optional[dict] = None) -> dict:
   """This process's settings that change a run's numbers and are not in its config:
   ``{"x64": jax_enable_x64, "default_matmul_precision": <str or None>, "prng_impl":
   jax_default_prng_impl, "threefry_partitionable": <bool>, "xla_flags": $XLA_FLAGS ("" when
-  unset), "backend": jax.default_backend()}``. gmr pins the dtype of every random draw and of
+  unset), "backend": jax.default_backend(), "population": population}``; ``population``
+  (``{"member": i, "size": P}``, ``None`` for a run of its own): a member of a population
+  (:mod:`gmr.population`) sums in the order of XLA's batched kernels, so it equals its own
+  run only up to float rounding. gmr pins the dtype of every random draw and of
   the arrays it makes, but a run's arithmetic still follows these (float64 under x64, another
   matmul precision, other random bits, another compiler). JSON types; never raises."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -220,7 +223,8 @@ def environment() -> dict:
           "prng_impl": str(get("jax_default_prng_impl", "")),
           "threefry_partitionable": bool(get("jax_threefry_partitionable", False)),
           "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
-          "backend": jax.default_backend()}
+          "backend": jax.default_backend(),
+          "population": population}
 
 
 def read_environment(workdir: str) -> dict:
@@ -242,14 +246,15 @@ def environment_diff(recorded: dict, now: dict) -> list:
   return [(k, v, now.get(k)) for k, v in sorted(recorded.items()) if now.get(k) != v]
 
 
-def check_environment(workdir: str, accept_change: bool = False) -> list:
+def check_environment(workdir: str, accept_change: bool = False,
+                      population: Optional[dict] = None) -> list:
   """Compare this process's :func:`environment` with the one ``workdir``'s run was made in
   (:func:`read_environment`).
 
   Returns the differences (``[]`` when none). Raises :class:`WorkdirError` naming the first
   difference unless ``accept_change`` (the run then continues here: :func:`record_environment`
   records the change)."""
-  diff = environment_diff(read_environment(workdir)["environment"], environment())
+  diff = environment_diff(read_environment(workdir)["environment"], environment(population))
   if diff and not accept_change:
     k, old, new = diff[0]
     more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
@@ -262,11 +267,11 @@ def check_environment(workdir: str, accept_change: bool = False) -> list:
   return diff
 
 
-def record_environment(workdir: str, new_run: bool) -> None:
+def record_environment(workdir: str, new_run: bool, population: Optional[dict] = None) -> None:
   """Record this process's :func:`environment` in ``workdir``: as the environment of a run
   that starts now (``new_run``), or, for a run that continues, as a change (when it differs
   from the recorded one, which :func:`check_environment` accepted)."""
-  now = environment()
+  now = environment(population)
   rec = {"environment": now, "changes": []}
   if not new_run:
     rec = read_environment(workdir)
@@ -339,7 +344,8 @@ def _change_optimizer(workdir: str, old: dict, cfg: dict, diff: list, extend: bo
 
 
 def prepare(config, workdir: str, fresh: bool, extend: bool = False,
-            change_optimizer: bool = False, accept_environment_change: bool = False):
+            change_optimizer: bool = False, accept_environment_change: bool = False,
+            population: Optional[dict] = None):
   """Refuse a workdir holding another config (``fresh`` moves that run aside instead);
   return the finished results if this very run is already done. ``extend``: a run whose
   config differs only in a smaller ``num_rounds`` is continued to this ``num_rounds`` (its
@@ -349,11 +355,12 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
   ``optimizer_changes.jsonl``. A run that continues (resume, extend, changed optimizer) is
   refused when this process's :func:`environment` differs from the one it was made in, unless
   ``accept_environment_change`` (then recorded in ``environment.json``); before anything in
-  the workdir is changed."""
+  the workdir is changed. ``population``: the run is that member of a population
+  (:func:`environment`)."""
   os.makedirs(workdir, exist_ok=True)
   cfg = config_json(config)
   path = os.path.join(workdir, "config.json")
-  continues = lambda: check_environment(workdir, accept_environment_change)
+  continues = lambda: check_environment(workdir, accept_environment_change, population)
   if os.path.exists(path):
     try:
       with open(path) as f:
@@ -364,7 +371,7 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
     if change_optimizer and diff and not fresh and diff != ["num_rounds"]:
       continues()
       _change_optimizer(workdir, old, cfg, diff, extend)
-      record_environment(workdir, new_run=False)
+      record_environment(workdir, new_run=False, population=population)
       return None
     if diff == ["num_rounds"] and not fresh:
       n_old, n_new = int(old["num_rounds"]), int(cfg["num_rounds"])
@@ -378,7 +385,7 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
       if os.path.exists(done):  # kept: the shorter run's numbers stay readable
         os.replace(done, os.path.join(workdir, f"results_round_{n_old}.json"))
       write_json_atomic(path, cfg)
-      record_environment(workdir, new_run=False)
+      record_environment(workdir, new_run=False, population=population)
       return None
     if diff and not fresh:
       shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
@@ -400,10 +407,10 @@ def prepare(config, workdir: str, fresh: bool, extend: bool = False,
     else:  # the same run, interrupted: it resumes
       continues()
       write_json_atomic(path, cfg)
-      record_environment(workdir, new_run=False)
+      record_environment(workdir, new_run=False, population=population)
       return None
   write_json_atomic(path, cfg)
-  record_environment(workdir, new_run=True)
+  record_environment(workdir, new_run=True, population=population)
   return None
 
 

@@ -172,14 +172,14 @@ def submit(runs, folder: str, cluster: str = "", partition: str = "", timeout_mi
 
 
 def parse_seeds(s: str):
-  out = []
-  for part in s.split(","):
-    if "-" in part:
-      a, b = part.split("-")
-      out.extend(range(int(a), int(b) + 1))
-    elif part:
-      out.append(int(part))
-  return out
+  """:func:`gmr.cli.parse_seeds` (``error: --seeds: ...``, exit 2, for a wrong one)."""
+  from gmr import cli  # pylint: disable=g-import-not-at-top
+  from gmr.config import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    return cli.parse_seeds(s)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def plan(config, methods, seeds, grid, fixed, root):

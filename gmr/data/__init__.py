@@ -52,6 +52,9 @@ class Suite:
   V-C), from the completed options (a dict) alone.
   ``datasets(config) -> (TFDS builder names, ...)``: the prepared datasets it reads.
   ``check(config)``: raises :class:`gmr.config.ConfigError` for a wrong option.
+  ``seeded``: ``build`` draws the data from ``key`` (generated data: each ``seed`` its own,
+  unless ``data_seed`` is set); ``False``: every seed reads the same data (a population of
+  seeds then shares one copy on the device, :func:`same_data_for_seeds`).
   ``None`` entries of a user's suite are read from a build (``describe``, ``evaluation``) or
   mean "none" (``clusters``, ``datasets``, ``check``)."""
   name: str
@@ -62,6 +65,7 @@ class Suite:
   clusters: Optional[Callable] = None
   datasets: Optional[Callable] = None
   check: Optional[Callable] = None
+  seeded: bool = True
 
 
 SUITES: Dict[str, Suite] = {}
@@ -190,6 +194,12 @@ def _build(config) -> TaskSuite:
   return suite_record(config).build(config, key)
 
 
+def same_data_for_seeds(config) -> bool:
+  """Whether runs of ``config`` that differ only in ``seed`` read the same data: the suite's
+  build ignores its key (:class:`Suite`'s ``seeded``) or ``data_seed`` fixes it."""
+  return not suite_record(config).seeded or config.data_seed is not None
+
+
 def load_suite(config) -> TaskSuite:
   """The suite named ``config.suite``; synthetic data is drawn from ``config.data_seed``
   (or ``config.seed`` when unset). Raises :class:`ConfigError` (``suite``) for an unknown
@@ -302,7 +312,7 @@ def _register_builtins() -> None:
               c.synthetic.num_train, c.synthetic.num_test, c.synthetic.num_pairs))
 
   register(
-      "four_mnists", options=opts["four_mnists"],
+      "four_mnists", options=opts["four_mnists"], seeded=False,
       describe=lambda c: (4, (10,) * 4, 1),
       evaluation=lambda c: (("test",), "xent", real.FOUR_MNISTS_TASKS),
       datasets=lambda c: ("gmr_mnist",), check=_check_four_mnists)(
@@ -313,7 +323,7 @@ def _register_builtins() -> None:
     return t, (10,) * t, 1
 
   register(
-      "mnist_family", options=opts["mnist_family"], describe=family_describe,
+      "mnist_family", options=opts["mnist_family"], seeded=False, describe=family_describe,
       evaluation=lambda c: (("test",), "xent", real.family_tasks(options(c))),
       datasets=lambda c: tuple(sorted({real.FAMILY[t][0] for t in real.family_tasks(options(c))})),
       check=_check_family)(
@@ -324,7 +334,7 @@ def _register_builtins() -> None:
     return n, (2,) * n, 1
 
   register(
-      "omniglot20", options=opts["omniglot20"], describe=omniglot_describe,
+      "omniglot20", options=opts["omniglot20"], seeded=False, describe=omniglot_describe,
       evaluation=lambda c: (("test", "validation"), "xent",
                             real.omniglot_alphabets(options(c))),
       datasets=lambda c: ("gmr_omniglot",), check=_check_alphabets)(
@@ -340,7 +350,7 @@ def _register_builtins() -> None:
       return n + 20, (2,) * n + (9,) * 20, 3
 
     register(
-        name, options=opts[name], describe=clusters_describe,
+        name, options=opts[name], seeded=False, describe=clusters_describe,
         evaluation=lambda c, offline=offline: (("test", "validation"), "xent",
                                                real.clusters40_tasks(options(c), offline)),
         clusters=lambda o, offline=offline: real.clusters_by_source(
@@ -354,5 +364,5 @@ def _register_builtins() -> None:
 _register_builtins()
 
 __all__ = ["Split", "TaskSuite", "Suite", "SUITES", "register", "suite_record", "options",
-           "load_suite", "describe", "evaluation_spec", "task_clusters", "datasets_needed",
+           "load_suite", "same_data_for_seeds", "describe", "evaluation_spec", "task_clusters", "datasets_needed",
            "check_options", "check_data_available"]
