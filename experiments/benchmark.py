@@ -13,6 +13,17 @@ twice with a fresh cache folder (the first fills it, the second reads it). Repor
 seconds from the process start to the "compiled the training step" line (imports, data, setup
 and compilation), the compile time that line gives, and the whole run's wall time.
 
+``--mode=population``: many runs as one program (gmr/population.py): for each population size
+S of ``--population`` (default 1, 2, 4, 8, 16, 32), S members of one architecture's config
+(their own keys and task orders, the data shared) stepped by the vmapped call of
+``make_run_steps(population=True)``, beside the one-run call ("single"). Reported per size:
+task-steps/s per member and in total (members x steps), the total over the single run's, the
+latency of one step (a member takes its steps one after another), MFLOP per task step
+(XLA's cost analysis), the achieved GFLOP/s and its fraction of the device's datasheet peak
+(``PEAK_TFLOPS``; "-" where the device has none listed, e.g. a CPU), and the kernels the
+compiled call launches per step (fusions, convolutions, dots and custom calls of its
+program: what a step's time is split into on a GPU).
+
 ``--mode=step`` (the default):
 
 "ours <layout> conv=<impl>": fused components, ``rounds_per_call`` rounds per device call
@@ -55,9 +66,12 @@ from gmr import train as T
 from gmr import schedule as schedule_lib
 from gmr.data.suite import Split, TaskSuite
 
-_MODE = flags.DEFINE_enum("mode", "step", ["step", "startup"], "step: training throughput per "
-                          "architecture; startup: a run's start-up, JAX's compilation cache off "
-                          "and on.")
+_MODE = flags.DEFINE_enum("mode", "step", ["step", "startup", "population"], "step: training "
+                          "throughput per architecture; startup: a run's start-up, JAX's "
+                          "compilation cache off and on; population: throughput of S runs as "
+                          "one vmapped program.")
+_POP = flags.DEFINE_list("population", ["1", "2", "4", "8", "16", "32"], "--mode=population: "
+                         "the population sizes to time.")
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/synthetic.py",
                               "--mode=startup: the run's config[:variant].")
 _OVERRIDES = flags.DEFINE_string("overrides", "", "--mode=startup: more flags for every run "
@@ -208,6 +222,99 @@ def time_variants(preps: dict) -> dict:
   return out
 
 
+# Datasheet peaks (TFLOP/s, dense) by device kind and compute dtype: float32 without tensor
+# cores, tf32 and bfloat16 tensor cores (NVIDIA H100 SXM / H200 datasheets).
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},
+    "NVIDIA H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},
+}
+_KERNEL = re.compile(r"= [^=]*\b(fusion|convolution|dot|custom-call)\(")
+
+
+def kernels_per_step(compiled, steps: int) -> float:
+  """Kernels a compiled call launches per task step: its program's fusions, convolutions,
+  dots and custom calls (a scan's body counted once, so per step when ``steps`` is the
+  call's scan length only for a call of one step)."""
+  return len(_KERNEL.findall(compiled.as_text() or "")) / max(steps, 1)
+
+
+def prepare_population(arch: str, size: int, conv_dtype: str = "float32") -> dict:
+  """A population of ``size`` members of ``arch`` (``size=0``: the single run's call),
+  compiled and warmed up, as :func:`prepare` gives a variant."""
+  suite = random_suite(arch)
+  c = config_for(arch, True, "auto")
+  c.conv_dtype = conv_dtype
+  setup = T.make_setup(c, suite)
+  tcount, r = suite.num_tasks, _ROUNDS.value or ROUNDS[arch]
+  sampler = schedule_lib.BatchSampler(jax.random.key(1), suite.train, c.batch_size)
+  members = max(size, 1)
+  plans = [sampler.round_robin(schedule_lib.round_orders(jax.random.key(2 + m), 0, r, tcount), 0)
+           for m in range(members)]
+  if not _ROUNDS.value and arch in STEPS:
+    plans = [(t[:STEPS[arch]], i[:STEPS[arch]]) for t, i in plans]
+  states = [T.init_state(setup, jax.random.key(10 + m)) for m in range(members)]
+  xp, yp = jax.device_put(suite.train.x), jax.device_put(suite.train.y)
+  run = schedule_lib.make_run_steps(setup, c, population=size > 0)
+  if size:
+    state, keys = T.stack_states(states), jax.numpy.stack([jax.random.key(3 + m)
+                                                            for m in range(members)])
+    tasks, idx = np.stack([p[0] for p in plans]), np.stack([p[1] for p in plans])
+    unit = (state, xp, yp, tasks[:, :1], idx[:, :1], keys)
+  else:
+    state, keys, (tasks, idx) = states[0], jax.random.key(3), plans[0]
+    unit = (state, xp, yp, tasks[:1], idx[:1], keys)
+  t0 = time.perf_counter()
+  one = run.lower(*unit).compile()
+  compiled = run.lower(state, xp, yp, tasks, idx, keys).compile()
+  compile_s = time.perf_counter() - t0
+  call = lambda st: compiled(st, xp, yp, tasks, idx, keys)
+  state, l = call(state)
+  jax.block_until_ready(l)
+  return dict(call=call, state=state, steps=tasks.shape[-1] * members, batch=c.batch_size,
+              members=members, compile_s=compile_s, flops_per_step=_flops(one) / members,
+              kernels=kernels_per_step(one, 1), peak_mb=_peak_mb(), times=[])
+
+
+def population_table() -> str:
+  """``--mode=population``'s table (Markdown, with the command and the machine)."""
+  kind = jax.devices()[0].device_kind
+  rows = []
+  for arch in _ARCH.value:
+    for dt in _DTYPES.value:
+      preps = {"single": prepare_population(arch, 0, dt)}
+      for s in _POP.value:
+        preps[f"S={int(s)}"] = prepare_population(arch, int(s), dt)
+        print(f"{arch:12s} {dt:9s} S={int(s):<3d} compiled in "
+              f"{preps[f'S={int(s)}']['compile_s']:.1f} s", flush=True)
+      res = time_variants(preps)
+      base = res["single"]["steps_s"]
+      peak = PEAK_TFLOPS.get(kind, {}).get(dt)
+      for name, v in res.items():
+        members = preps[name]["members"]
+        frac = f"{v['gflops'] / (peak * 1e3):.1%}" if peak else "-"
+        rows.append(f"| {arch} | {DTYPE_NAMES[dt]} | {name} | {_fmt(v['steps_s'] / members)} | "
+                    f"{_fmt(v['steps_s'])} | {v['steps_s'] / base:.2f}x | "
+                    f"{1e3 * members / v['steps_s']:.3g} | {_fmt(v['mflop_step'])} | "
+                    f"{_fmt(v['gflops'])} | {frac} | {preps[name]['kernels']:.0f} | "
+                    f"{v['compile_s']:.1f} | {v['peak_mb']} |")
+        print(rows[-1], flush=True)
+      del preps
+  cores = sorted(os.sched_getaffinity(0))
+  machine = (f"{platform.machine()} {jax.default_backend()} ({kind}), {len(cores)} usable CPU "
+             f"core(s), jax {jax.__version__}")
+  pin = (f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else "")
+  return ("| architecture | dtype | program | task-steps/s per member | task-steps/s total | "
+          "total vs single | ms per step | MFLOP/step | GFLOP/s | of peak | kernels/step | "
+          "compile s | peak MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+          + "\n".join(rows) + f"\n\nBatch {_BATCH.value} per task, round-robin, gumbel_matrix; "
+          f"each call: {_rounds_text()} per member; median of {_REPEATS.value} timed calls "
+          "after a warm-up, interleaved across the programs of an architecture. single: one "
+          "run's call; S=k: k members vmapped (each its own keys and task order, the data "
+          "shared). ms per step: one member's step latency. MFLOP/step: XLA's cost analysis "
+          "of one update per member. Machine: " + machine + ".\n"
+          f"Command: `{pin}python -m experiments.benchmark {shlex.join(sys.argv[1:])}`\n")
+
+
 def startup_run(config: str, overrides: list, cache: str, workdir: str) -> dict:
   """One run of ``experiments.main`` in a fresh process: seconds to its "compiled the training
   step" line (``startup_s``), the compile time that line gives (``compile_s``) and its whole
@@ -251,6 +358,12 @@ def startup_table() -> str:
 
 def main(argv):
   del argv
+  if _MODE.value == "population":
+    text = population_table()
+    print(text)
+    if _WRITE.value:
+      write_table(_WRITE.value, text, _SECTION.value)
+    return
   if _MODE.value == "startup":
     text = startup_table()
     print(text)

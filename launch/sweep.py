@@ -14,7 +14,14 @@ holds a run of another config stops the sweep before any run, naming it and the 
 fields. Each run's progress lines and errors go to its ``log.txt``. ``--print_only`` prints one
 command per run (for another scheduler).
 
-``--launcher=submitit``: one job per run, submitted as one job array (``submitit.AutoExecutor``:
+``--population=S``: the seeds of each method and grid point run S at a time as one program
+(``experiments.main --seeds``, a vmapped population: gmr/population.py), each member into
+its own ``seed_<s>`` workdir; the groups are fixed by the planned seeds (seeds 0..S-1, S..2S-1,
+...), so a rerun resumes each group as the same program; its output goes to
+``<root>/<name>/population_<first>-<last>.log``. A config whose seeds cannot share a program
+(a ``fixed_allocation_from`` per seed) runs one process per seed.
+
+``--launcher=submitit``: one job per run (per program with ``--population``), submitted as one job array (``submitit.AutoExecutor``:
 Slurm where ``srun`` exists, local processes otherwise; at most ``--array_parallelism`` at
 once on Slurm). A job that is preempted or reaches its time limit gets submitit's signal, has
 its run write a checkpoint (SIGTERM to the run) and is requeued with the same command, which
@@ -58,6 +65,9 @@ def _define_flags():  # only when run as a script
   define_plan_flags()
   flags.DEFINE_integer("parallel", 1, "Runs at once.")
   flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
+  flags.DEFINE_integer("population", 1, "Seeds per program: S > 1 trains S seeds of each "
+                       "method and grid point as one vmapped program (one job with submitit).",
+                       lower_bound=1)
   flags.DEFINE_bool("pin_cpus", False, "Pin each of the --parallel runs to its own CPU core "
                     "(taskset), among the cores this process may use. On small CPUs N "
                     "one-core runs beat one N-core run.")
@@ -87,8 +97,9 @@ class RunJob:
   coordinator is ``localhost:<port>`` on one machine and found by JAX on Slurm (``auto``).
   """
 
-  def __init__(self, argv, workdir: str, port: int = 0):
+  def __init__(self, argv, workdir: str, port: int = 0, log: str = ""):
     self.argv, self.workdir, self.port = list(argv), workdir, port
+    self.log = log or os.path.join(workdir, "log.txt")
     self._proc = None
 
   def command(self):
@@ -105,7 +116,7 @@ class RunJob:
     import submitit  # pylint: disable=g-import-not-at-top
     usr = submitit.JobEnvironment._usr_sig()  # pylint: disable=protected-access
     os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "log.txt"), "a") as log:
+    with open(self.log, "a") as log:
       # the run ignores the preemption signal (its default action is to die without a
       # checkpoint); this job's handler turns it into SIGTERM, which gmr checkpoints on
       self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -137,10 +148,12 @@ class RunJob:
         time.sleep(0.1)
       else:
         os.kill(pid, signal.SIGKILL)
-    return submitit.helpers.DelayedSubmission(RunJob(self.argv, self.workdir, self.port))
+    return submitit.helpers.DelayedSubmission(RunJob(self.argv, self.workdir, self.port,
+                                                     self.log))
 
   def __getstate__(self):
-    return {"argv": self.argv, "workdir": self.workdir, "port": self.port, "_proc": None}
+    return {"argv": self.argv, "workdir": self.workdir, "port": self.port, "log": self.log,
+            "_proc": None}
 
 
 def _free_port() -> int:
@@ -166,8 +179,11 @@ def submit(runs, folder: str, cluster: str = "", partition: str = "", timeout_mi
   ex.update_parameters(**params)
   jobs = []
   with ex.batch():
-    for wd, argv in runs:
-      jobs.append(ex.submit(RunJob(argv, wd, _free_port() if nodes * tasks_per_node > 1 else 0)))
+    for run in runs:
+      wd, argv = run[:2]
+      log = run[2] if len(run) > 2 else ""
+      jobs.append(ex.submit(RunJob(argv, wd, _free_port() if nodes * tasks_per_node > 1 else 0,
+                                   log)))
   return jobs
 
 
@@ -199,6 +215,43 @@ def plan(config, methods, seeds, grid, fixed, root):
         argv += [f"--config.{kv}" for kv in fixed] + [f"--config.{k}={v}" for k, v in combo]
         runs.append((wd, argv))
   return runs
+
+
+def populations(runs, size: int, status: dict):
+  """The sweep's programs when ``size`` seeds share one (``--population``): ``[(folder, argv,
+  log, workdirs)]``. The planned seeds of each method and grid point (``runs`` of
+  :func:`plan`) are cut into groups of ``size`` in seed order, whatever is finished, so a rerun
+  makes the same programs; a group runs when one of its runs is unfinished (finished members
+  keep their place and are not written again). A config whose seeds cannot share a program
+  (:func:`gmr.population.unsupported`) gives one program per unfinished run."""
+  by_name = {}
+  for wd, argv in runs:
+    by_name.setdefault(os.path.dirname(wd), []).append((wd, argv))
+  out = []
+  for folder, members in by_name.items():
+    if size == 1 or _unsupported(members[0][1]):
+      out += [(wd, a, os.path.join(wd, "log.txt"), [wd]) for wd, a in members
+              if status[wd].state != "finished"]
+      continue
+    members.sort(key=lambda m: int(m[0].rsplit("seed_", 1)[1]))
+    for i in range(0, len(members), size):
+      group = members[i:i + size]
+      if all(status[wd].state == "finished" for wd, _ in group):
+        continue
+      seeds = [int(wd.rsplit("seed_", 1)[1]) for wd, _ in group]
+      argv = [a for a in group[0][1] if not a.startswith(("--workdir=", "--config.seed="))]
+      argv += [f"--workdir={os.path.join(folder, 'seed_{seed}')}",
+               f"--seeds={','.join(map(str, seeds))}"]
+      log = os.path.join(folder, f"population_{seeds[0]}-{seeds[-1]}.log")
+      out.append((folder, argv, log, [wd for wd, _ in group]))
+  # seed-major order: a sweep cut short still has every method at the first seeds
+  out.sort(key=lambda p: min(int(w.rsplit("seed_", 1)[1]) for w in p[3]))
+  return out
+
+
+def _unsupported(argv) -> bool:
+  from gmr import population  # pylint: disable=g-import-not-at-top
+  return population.unsupported(planned_config(argv)) is not None
 
 
 def planned_config(argv):
@@ -235,8 +288,9 @@ def main(argv):
   from gmr import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from gmr.config import ConfigError  # pylint: disable=g-import-not-at-top
   runs = plan_from_flags()
-  if FLAGS.print_only:
-    for _, a in runs:
+  if FLAGS.print_only:  # every planned run (or program), finished or not
+    unknown = {wd: workdir_lib.RunStatus("missing", None, None) for wd, _ in runs}
+    for _, a, _, _ in populations(runs, FLAGS.population, unknown):
       print(shlex.join(a))
     return
   try:
@@ -252,21 +306,23 @@ def main(argv):
           "(experiments.main --fresh moves one to <workdir>/previous_<n>/)", file=sys.stderr)
     sys.exit(2)
   todo = [(wd, a) for wd, a in runs if status[wd].state != "finished"]
-  # seed-major order: a sweep cut short still has every method at the first seeds
-  todo.sort(key=lambda item: int(item[0].rsplit("seed_", 1)[1]))
-  print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+  programs = populations(runs, FLAGS.population, status)
+  print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run"
+        + (f" in {len(programs)} programs of up to {FLAGS.population} seeds"
+           if FLAGS.population > 1 else ""), flush=True)
   if FLAGS.launcher == "submitit":
-    if not todo:
+    if not programs:
       return
-    jobs = submit(todo, os.path.join(FLAGS.root, "_submitit"), FLAGS.cluster,
+    jobs = submit([(wd, a, log) for wd, a, log, _ in programs],
+                  os.path.join(FLAGS.root, "_submitit"), FLAGS.cluster,
                   FLAGS.slurm_partition, FLAGS.timeout_min, FLAGS.gpus_per_node,
                   FLAGS.cpus_per_task, FLAGS.array_parallelism, FLAGS.nodes,
                   FLAGS.tasks_per_node)
     print(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}...): logs in "
-          f"{FLAGS.root}/_submitit and each run's log.txt", flush=True)
+          f"{FLAGS.root}/_submitit and each program's log", flush=True)
     if FLAGS.wait:
       failed = 0
-      for (wd, _), job in zip(todo, jobs):
+      for (wd, _, _, _), job in zip(programs, jobs):
         try:
           job.result()
           print(f"ok {wd}", flush=True)
@@ -275,7 +331,7 @@ def main(argv):
           print(f"FAILED {wd}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
                 flush=True)
       if failed:
-        print(f"{failed} runs failed: see their log.txt", file=sys.stderr)
+        print(f"{failed} runs failed: see their log", file=sys.stderr)
         sys.exit(1)
     return
 
@@ -284,23 +340,24 @@ def main(argv):
   for i in range(max(1, FLAGS.parallel)):
     free.put(cpus[i % len(cpus)])
 
-  def one(item):
-    wd, a = item
+  def one(program):
+    wd, a, log_path, _ = program
     os.makedirs(wd, exist_ok=True)
     t = time.time()
     cpu = free.get()
     if FLAGS.pin_cpus and shutil.which("taskset"):
       a = ["taskset", "-c", str(cpu)] + a
-    with open(os.path.join(wd, "log.txt"), "a") as log:
+    with open(log_path, "a") as log:
       rc = subprocess.call(a, stdout=log, stderr=subprocess.STDOUT)
     free.put(cpu)
-    print(f"{'ok ' if rc == 0 else 'FAILED'} {wd} ({time.time() - t:.0f}s)", flush=True)
+    name = log_path if log_path != os.path.join(wd, "log.txt") else wd
+    print(f"{'ok ' if rc == 0 else 'FAILED'} {name} ({time.time() - t:.0f}s)", flush=True)
     return rc
 
   with ThreadPoolExecutor(max(1, FLAGS.parallel)) as ex:
-    failed = sum(rc != 0 for rc in ex.map(one, todo))
+    failed = sum(rc != 0 for rc in ex.map(one, programs))
   if failed:
-    print(f"{failed} runs failed: see their log.txt", file=sys.stderr)
+    print(f"{failed} programs failed: see their log", file=sys.stderr)
     sys.exit(1)
 
 

@@ -362,3 +362,34 @@ def test_cli_population_sigterm_checkpoints_every_member_and_resumes(tmp_path):
   for s in ("s0", "s1"):
     assert _metrics(tmp_path / "cut" / s) == _metrics(tmp_path / "ref" / s)
     assert _results(tmp_path / "cut" / s) == _results(tmp_path / "ref" / s)
+
+
+def test_sweep_population_groups_seeds_and_the_tables_read_the_members(tmp_path):
+  """launch.sweep --population=2 over seeds 0-2: programs {0, 1} and {2}; every member an
+  ordinary finished run that launch.aggregate tables; a rerun has nothing to do; the groups are
+  fixed by the planned seeds, so a member finished alone does not change its program."""
+  root = str(tmp_path / "sweep")
+  flags_ = ["--config=experiments/configs/synthetic.py:smoke", "--methods=gumbel_matrix",
+            "--seeds=0-2", f"--root={root}", "--set=synthetic.d=8", "--set=num_rounds=12",
+            "--set=log_every=6", "--set=eval_every=6", "--set=rounds_per_call=6"]
+  printed = subprocess.run([sys.executable, "-m", "launch.sweep", *flags_, "--population=2",
+                            "--print_only"], cwd=ROOT, capture_output=True, text=True)
+  assert printed.returncode == 0, printed.stderr
+  lines = printed.stdout.strip().splitlines()
+  assert len(lines) == 2 and "--seeds=0,1" in lines[0] and "--seeds=2" in lines[1]
+  assert "seed_{seed}" in lines[0] and "--config.seed=" not in lines[0]
+  p = subprocess.run([sys.executable, "-m", "launch.sweep", *flags_, "--population=2"],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert p.returncode == 0, p.stdout + p.stderr
+  assert "3 to run in 2 programs of up to 2 seeds" in p.stdout
+  for s in range(3):
+    r = json.load(open(os.path.join(root, "gumbel_matrix", f"seed_{s}", "results.json")))
+    assert r["seed"] == s and r["population"]["size"] == (2 if s < 2 else 1)
+  assert os.path.exists(os.path.join(root, "gumbel_matrix", "population_0-1.log"))
+  agg = subprocess.run([sys.executable, "-m", "launch.aggregate", *flags_,
+                        f"--out={tmp_path}/table"], cwd=ROOT, capture_output=True, text=True)
+  assert agg.returncode == 0, agg.stderr
+  assert json.load(open(f"{tmp_path}/table.json"))  # every seed's row
+  again = subprocess.run([sys.executable, "-m", "launch.sweep", *flags_, "--population=2"],
+                         cwd=ROOT, capture_output=True, text=True)
+  assert "3 finished, 0 to run in 0 programs" in again.stdout
