@@ -100,15 +100,26 @@ def setup_for(setup: Setup, config, suite: TaskSuite) -> Setup:
   return setup._replace(loss=suite.loss, x_scale=float(suite.x_scale))
 
 
-def init_state(setup: Setup, key) -> TrainState:
-  k_model, k_alloc, k_drop = jax.random.split(key, 3)
+def make_init(setup: Setup) -> Callable:
+  """``init(key) -> TrainState``: :func:`init_state` with the network's initialisation
+  compiled once, for every key it is called with (a population's members)."""
   x = jnp.zeros((1,) + setup.arch.input_shape, jnp.float32)
   rows = [jnp.ones((c,), jnp.float32) for c in setup.arch.layer_sizes]
   # jitted: eager init runs (and compiles) every op of the network one by one
-  init = jax.jit(lambda k1, k2: setup.net.init({"params": k1, "dropout": k2}, x, rows, 0))
-  model = init(k_model, k_drop)["params"]
-  params = {"model": model, "alloc": setup.method.init(k_alloc, model)}
-  return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+  net_init = jax.jit(lambda k1, k2: setup.net.init({"params": k1, "dropout": k2}, x, rows, 0))
+
+  def init(key) -> TrainState:
+    k_model, k_alloc, k_drop = jax.random.split(key, 3)
+    model = net_init(k_model, k_drop)["params"]
+    params = {"model": model, "alloc": setup.method.init(k_alloc, model)}
+    return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+  return init
+
+
+def init_state(setup: Setup, key) -> TrainState:
+  """A fresh train state: the network's parameters from ``key``, the method's own parameters
+  (allocation logits, TAPS scores) and the optimizer's state."""
+  return make_init(setup)(key)
 
 
 # ----------------------------------------------------------------------------- init_from
@@ -225,6 +236,7 @@ class _Device:
   def __init__(self, config, suites, setup: Setup, population: bool):
     self.population = population
     self.member_data = len(suites) > 1
+    self.init = make_init(setup)
     self.mesh = None if population else make_mesh(config)
     if self.mesh is not None and config.batch_size % self.mesh.size:
       raise ValueError(f"batch_size={config.batch_size} does not split over data_parallel="
@@ -289,7 +301,7 @@ class _Loop:
     """A fresh state (or ``init_from``'s backbone), or a copy of the caller's ``state``: the
     compiled steps donate their input state, and the caller's arrays must stay readable."""
     if state is None:
-      state = init_state(self.setup, self.keys.init)
+      state = self.device.init(self.keys.init)
       if self.config.init_from:
         if self.backbone is None:
           raise InitFromError(f"init_from: {self.config.init_from} is set but no backbone was "
