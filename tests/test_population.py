@@ -399,3 +399,19 @@ def test_sweep_population_groups_seeds_and_the_tables_read_the_members(tmp_path)
   again = subprocess.run([sys.executable, "-m", "launch.sweep", *flags_, "--population=2"],
                          cwd=ROOT, capture_output=True, text=True)
   assert "3 finished, 0 to run in 0 programs" in again.stdout
+
+
+@pytest.mark.parametrize("args,line", [
+    (["{tmp}/out", "100"], "error: seconds: 100 is not a whole number >= 240"),
+    (["{tmp}/full", "600"], "error: out: {tmp}/full is not empty"),
+    (["{tmp}/out", "600", "{tmp}/nowhere"], "error: out_in: {tmp}/nowhere is not a folder"),
+])
+def test_the_gpu_session_script_refuses_bad_input_in_one_line(tmp_path, args, line):
+  """launch/gpu_population.sh (tried on this CPU with GMR_GPU_TRY=1: results/README.md)."""
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "x").write_text("")
+  p = subprocess.run(["bash", "launch/gpu_population.sh",
+                      *[a.replace("{tmp}", str(tmp_path)) for a in args]],
+                     cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, GMR_GPU_TRY="1"))
+  assert p.returncode == 2 and p.stderr.strip().startswith(line.replace("{tmp}", str(tmp_path)))
+  assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
