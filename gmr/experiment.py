@@ -425,6 +425,20 @@ def _report_start(start: _Start, ckpt, stream) -> None:
     stream.write(f"resuming from {ckpt.last_dir}/{start.resumed_from} (round {start.round})\n")
 
 
+@contextlib.contextmanager
+def sigterm_noted(note):
+  """A context in which SIGTERM calls ``note(signum)`` (in the main thread only; elsewhere
+  signals cannot be caught) instead of ending the process."""
+  prev = None
+  if threading.current_thread() is threading.main_thread():
+    prev = signal.signal(signal.SIGTERM, lambda signum, frame: note(signum))
+  try:
+    yield
+  finally:
+    if prev is not None:
+      signal.signal(signal.SIGTERM, prev)
+
+
 class _Saver:
   """Checkpoints as the loop asks (``on_chunk``): regular ones every ``checkpoint_every``
   rounds and at the end, the best one by ``select_by``, and one when SIGTERM arrived (then
@@ -455,22 +469,10 @@ class _Saver:
                          "are gone); rerun the same command to start again, or restore the "
                          "workdir (launch.park restore) and rerun to resume")
 
-  @contextlib.contextmanager
   def on_sigterm(self):
-    """A context in which SIGTERM is noted (in the main thread only) and acted on after the
+    """A context in which SIGTERM is noted (:func:`sigterm_noted`) and acted on after the
     current device call."""
-    prev = None
-    if threading.current_thread() is threading.main_thread():
-      prev = signal.signal(signal.SIGTERM, self._note)
-    try:
-      yield
-    finally:
-      if prev is not None:
-        signal.signal(signal.SIGTERM, prev)
-
-  def _note(self, signum, frame):
-    del frame
-    self.signal = signum
+    return sigterm_noted(lambda signum: setattr(self, "signal", signum))
 
   def on_chunk(self, r, st, best_now, evaluated, carry):
     """:meth:`save_chunk`, then :class:`Preempted` if SIGTERM arrived."""

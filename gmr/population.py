@@ -45,9 +45,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import sys
-import threading
 from typing import List, NamedTuple, Optional, Sequence
 
 import jax
@@ -230,29 +228,6 @@ class _Prefixed:
     self.stream.flush()
 
 
-class _Signal:
-  """SIGTERM noted for every member's saver (acted on after the current device call)."""
-
-  def __init__(self, savers):
-    self.savers = savers
-
-  @contextlib.contextmanager
-  def installed(self):
-    prev = None
-    if threading.current_thread() is threading.main_thread():
-      prev = signal.signal(signal.SIGTERM, self._note)
-    try:
-      yield
-    finally:
-      if prev is not None:
-        signal.signal(signal.SIGTERM, prev)
-
-  def _note(self, signum, frame):
-    del frame
-    for s in self.savers:
-      s.signal = signum
-
-
 def run_population(configs, workdirs: Sequence[str], quiet: bool = False, stream=None,
                    fresh: bool = False, accept_environment_change: bool = False,
                    memory_bytes: Optional[int] = None) -> List:
@@ -332,7 +307,11 @@ def run_population(configs, workdirs: Sequence[str], quiet: bool = False, stream
               f"stopped by signal {savers[0].signal} at round {r}; every member's checkpoint "
               "written; rerun the same command to resume")
 
-      with _Signal(savers).installed():
+      def note(signum: int) -> None:  # every member checkpoints after the device call
+        for s in savers:
+          s.signal = signum
+
+      with experiment.sigterm_noted(note):
         outs = train_lib.train_population(lanes, suites if not shared else suites[0],
                                           setup=setup, on_diverge=on_diverge,
                                           after_chunk=after_chunk)

@@ -55,8 +55,11 @@ def test_the_data_a_seed_draws_is_the_same_under_x64():
 def test_environment_names_every_setting_and_diff_compares_what_was_recorded():
   env = workdir_lib.environment()
   assert set(env) == {"x64", "default_matmul_precision", "prng_impl", "threefry_partitionable",
-                      "xla_flags", "backend"}
-  assert env["x64"] is False and env["backend"] == "cpu"
+                      "xla_flags", "backend", "population"}
+  assert env["x64"] is False and env["backend"] == "cpu" and env["population"] is None
+  member = workdir_lib.environment({"member": 1, "size": 4})
+  assert workdir_lib.environment_diff(env, member) == [("population", None,
+                                                       {"member": 1, "size": 4})]
   assert workdir_lib.environment_diff(env, env) == []
   assert workdir_lib.environment_diff({"x64": True}, env) == [("x64", True, False)]
   # a run made before gmr recorded its environment is compared on what is known of it

@@ -367,8 +367,8 @@ def _results(wd):
   return {k: v for k, v in r.items() if k not in ("wall_time_s", "resumed_from_round")}
 
 
-def _run_counting_writes(c, wd, kill_after=None, **run_kw):
-  """experiment.run with every file-system write of the workdir counted (config.json and
+def count_writes(run, kill_after=None) -> int:
+  """``run()`` with every file-system write of a workdir counted (config.json and
   results.json, each metrics line, each checkpoint save); ``kill_after=k`` raises
   :class:`Killed` right after the k-th. Returns the number of writes."""
   n = [0]
@@ -388,7 +388,7 @@ def _run_counting_writes(c, wd, kill_after=None, **run_kw):
   mp.setattr(workdir_lib, "write_changes", count(workdir_lib.write_changes))
   mp.setattr(checkpoint.Checkpoints, "save", count(checkpoint.Checkpoints.save))
   try:
-    experiment.run(c, wd, quiet=True, **run_kw)
+    run()
   except Killed:
     pass
   finally:
@@ -397,6 +397,11 @@ def _run_counting_writes(c, wd, kill_after=None, **run_kw):
     # only pile up (each loaded program keeps its own memory maps, and a process has 65,530)
     jax.clear_caches()
   return n[0]
+
+
+def _run_counting_writes(c, wd, kill_after=None, **run_kw):
+  """:func:`count_writes` of ``experiment.run(c, wd, ...)``."""
+  return count_writes(lambda: experiment.run(c, wd, quiet=True, **run_kw), kill_after)
 
 
 KILL_SCHEDULES = {
