@@ -80,12 +80,7 @@ def _compare(single, member):
     assert best_a["round"] == best_b["round"]
 
 
-# pinned to one core too (CI's second pass): the synthetic and the convolutional network
-PINNED = ("gumbel_matrix",)
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.equivalence) if c in PINNED
-                                  else c for c in sorted(CASES)])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_a_member_equals_its_separate_run(case):
   """Every method and schedule: a population of seeds 0 and 1 against the separate run of
   seed 1 (per-step losses, evaluations, final parameters, the selected round)."""
@@ -109,8 +104,7 @@ def tiny_images(num_tasks=4, n=96, seed=0) -> TaskSuite:
                    (10,) * num_tasks, split(n), split(32), x_scale=1 / 255)
 
 
-@pytest.mark.parametrize("method", [pytest.param("gumbel_matrix", marks=pytest.mark.equivalence),
-                                    "shared_bottom"])
+@pytest.mark.parametrize("method", ["gumbel_matrix"])
 def test_a_member_of_the_convolutional_network_equals_its_run(method):
   """4-MNISTs' network (convolutions, batched over members by vmap) on tiny images."""
   configs = []
@@ -286,7 +280,7 @@ def test_population_bad_input_is_one_line(tmp_path, args, line):
 def test_cli_population_sigterm_checkpoints_every_member_and_resumes(tmp_path):
   """SIGTERM: every member writes a checkpoint, exit 143; the same command resumes and ends
   as the uninterrupted population."""
-  long = ["--config.num_rounds=3000", "--config.log_every=100", "--config.eval_every=0",
+  long = ["--config.num_rounds=1500", "--config.log_every=100", "--config.eval_every=0",
           "--config.rounds_per_call=50", "--config.checkpoint_every=1000",
           "--config.data_seed=0", "--seeds=0-1", "--quiet"]
   ref = _cli(*long, f"--workdir={tmp_path}/ref/s{{seed}}")
