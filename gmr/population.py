@@ -103,12 +103,13 @@ def check_members(configs, workdirs) -> None:
     raise ConfigError("population", f"seed {dup} is given twice", "give each seed once")
   real = [os.path.realpath(w) for w in workdirs]
   if len(set(real)) != len(real):
-    raise ConfigError("population", f"members share the workdir {workdirs[0] if len(set(real)) == 1 else next(w for w, r in zip(workdirs, real) if real.count(r) > 1)}",
+    shared = next(w for w, r in zip(workdirs, real) if real.count(r) > 1)
+    raise ConfigError("population", f"members share the workdir {shared}",
                       "give each member its own workdir, e.g. --workdir='runs/x/seed_{seed}'")
-  if "{seed}" in configs[0].fixed_allocation_from and len(configs) > 1:
-    raise ConfigError("population", "fixed_allocation_from names a source per seed, so each "
-                      "member would have another network", "run these seeds as separate runs "
-                      "(launch.sweep without --population)")
+  why = unsupported(configs[0])
+  if why and len(configs) > 1:
+    raise ConfigError("population", f"{why}, so each member would have another network",
+                      "run these seeds as separate runs (launch.sweep without --population)")
   if jax.process_count() > 1:
     raise ConfigError("population", "runs in one process on one device",
                       "run it without --coordinator_address")
